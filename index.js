@@ -1,0 +1,355 @@
+// realtime-events: the JS face of the Rust engine.
+//
+// This file only loads the addon, resolves options (with their environment fallbacks), turns
+// native errors into `Error`s with a `code`, and keeps the list of JS subscribers. All fan-out,
+// JSON encoding, WebSocket and Redis work happens on the engine's tokio threads.
+'use strict';
+
+const path = require('node:path');
+
+const native = loadAddon();
+native.initLogging(process.env.LOG_LEVEL);
+
+const DEFAULT_PORT = 3006;
+const DEFAULT_CHANNEL = 'parcel_events';
+
+function loadAddon() {
+  const file = path.join(__dirname, 'realtime_events.node');
+  try {
+    return require(file);
+  } catch (err) {
+    const e = new Error(
+      `realtime-events: cannot load the native addon (${file}). It is compiled when the ` +
+        'package is installed; run `npm run build` in the package folder (needs Rust/cargo). ' +
+        `Cause: ${err.message}`,
+    );
+    e.code = 'ERR_ADDON_NOT_BUILT';
+    e.cause = err;
+    throw e;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+const TYPE_ERROR_CODES = new Set(['ERR_INVALID_PARCEL_ID', 'ERR_INVALID_OPTION']);
+
+function makeError(code, message) {
+  const err = TYPE_ERROR_CODES.has(code) ? new TypeError(message) : new Error(message);
+  err.code = code;
+  return err;
+}
+
+/** Native errors cross as "CODE: message"; give them back their code. */
+function fromNative(err) {
+  const m = err && typeof err.message === 'string' && /^(ERR_[A-Z0-9_]+): ([\s\S]*)$/.exec(err.message);
+  return m ? makeError(m[1], m[2]) : err;
+}
+
+function callNative(fn) {
+  try {
+    return fn();
+  } catch (err) {
+    throw fromNative(err);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keeping the process alive: tokio threads do not, so a running server or an active subscription
+// holds one referenced timer, like a listening http.Server holds its socket.
+
+let holds = 0;
+let holdTimer = null;
+
+function hold() {
+  if (holds++ === 0) holdTimer = setInterval(() => {}, 1 << 30);
+}
+
+function release() {
+  if (holds > 0 && --holds === 0) {
+    clearInterval(holdTimer);
+    holdTimer = null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+function envFlag(value) {
+  return value === '1' || value === 'true' || value === 'yes';
+}
+
+function busOptionsFrom(options, env) {
+  const redisUrl = 'redisUrl' in options ? options.redisUrl : env.REDIS_URL;
+  if (redisUrl != null && typeof redisUrl !== 'string') {
+    throw makeError('ERR_INVALID_OPTION', 'redisUrl must be a string (redis://host:port) or null');
+  }
+  const channel = options.channel ?? env.REDIS_CHANNEL ?? DEFAULT_CHANNEL;
+  if (typeof channel !== 'string' || channel === '') {
+    throw makeError('ERR_INVALID_OPTION', 'channel must be a non-empty string');
+  }
+  const redisRequired = options.redisRequired ?? envFlag(env.REDIS_REQUIRED);
+  if (typeof redisRequired !== 'boolean') {
+    throw makeError('ERR_INVALID_OPTION', 'redisRequired must be a boolean');
+  }
+  return { redisUrl: redisUrl || undefined, channel, redisRequired };
+}
+
+const SERVER_OPTIONS = new Set([
+  'port', 'host', 'path', 'jwtSecret', 'redisUrl', 'channel', 'redisRequired', 'validateUser',
+  'maxMessageBytes', 'handshakeTimeoutMs',
+]);
+
+function resolveServerOptions(options, env = process.env) {
+  if (options == null) options = {};
+  if (typeof options !== 'object' || Array.isArray(options)) {
+    throw makeError('ERR_INVALID_OPTION', 'startServer(options): options must be an object');
+  }
+  for (const key of Object.keys(options)) {
+    if (!SERVER_OPTIONS.has(key)) {
+      throw makeError('ERR_INVALID_OPTION', `startServer: unknown option "${key}"`);
+    }
+  }
+  let port = options.port ?? env.REALTIME_PORT ?? DEFAULT_PORT;
+  if (typeof port === 'string' && /^\d+$/.test(port.trim())) port = Number(port.trim());
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw makeError('ERR_INVALID_OPTION', `port must be an integer from 0 to 65535, got ${JSON.stringify(port)}`);
+  }
+  const host = options.host ?? env.REALTIME_HOST ?? '0.0.0.0';
+  if (typeof host !== 'string' || host === '') throw makeError('ERR_INVALID_OPTION', 'host must be a non-empty string');
+  const wsPath = options.path ?? '/ws';
+  if (typeof wsPath !== 'string' || !wsPath.startsWith('/')) {
+    throw makeError('ERR_INVALID_OPTION', 'path must be a string starting with "/"');
+  }
+  const jwtSecret = options.jwtSecret ?? env.JWT_SECRET;
+  if (jwtSecret != null && typeof jwtSecret !== 'string') {
+    throw makeError('ERR_INVALID_OPTION', 'jwtSecret must be a string');
+  }
+  if (!jwtSecret) {
+    throw makeError('ERR_MISSING_JWT_SECRET', 'a JWT secret is required: set JWT_SECRET or pass jwtSecret (the Auth module\'s HS256 secret)');
+  }
+  const { validateUser } = options;
+  if (validateUser != null && typeof validateUser !== 'function') {
+    throw makeError('ERR_INVALID_OPTION', 'validateUser must be a function (claims) => boolean | Promise<boolean>');
+  }
+  for (const key of ['maxMessageBytes', 'handshakeTimeoutMs']) {
+    const v = options[key];
+    if (v != null && (!Number.isInteger(v) || v < 1 || v > 0xffffffff)) {
+      throw makeError('ERR_INVALID_OPTION', `${key} must be a positive integer`);
+    }
+  }
+  return {
+    native: {
+      host,
+      port,
+      path: wsPath,
+      jwtSecret,
+      maxMessageBytes: options.maxMessageBytes,
+      handshakeTimeoutMs: options.handshakeTimeoutMs,
+      bus: busOptionsFrom(options, env),
+    },
+    validateUser,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bus a process without a server uses: started from the environment on first use.
+
+let busStarted = false;
+
+function ensureBus() {
+  if (!busStarted) {
+    callNative(() => native.ensureBus(busOptionsFrom({}, process.env)));
+    busStarted = true;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server
+
+/** A running WebSocket server. Created by `startServer`. */
+class Server {
+  #native;
+  #closing = null;
+
+  constructor(nativeServer) {
+    this.#native = nativeServer;
+    hold();
+  }
+
+  /** The port the server listens on (useful with `port: 0`). */
+  get port() {
+    return this.#native.port;
+  }
+
+  /** WebSocket clients connected right now. */
+  get clientCount() {
+    return this.#native.clientCount;
+  }
+
+  /** 'memory' or 'redis'. */
+  get busMode() {
+    return this.#native.busMode;
+  }
+
+  /**
+   * Stops accepting, closes every client with code 1001 and resolves once the port is free and
+   * the connections are gone (at most `graceMs`, default 5000). Calling it again is harmless.
+   */
+  close(options = {}) {
+    if (!this.#closing) {
+      const graceMs = options.graceMs ?? 5000;
+      if (!Number.isInteger(graceMs) || graceMs < 0) {
+        return Promise.reject(makeError('ERR_INVALID_OPTION', 'graceMs must be a non-negative integer'));
+      }
+      this.#closing = callNative(() => this.#native.close(graceMs)).finally(release);
+    }
+    return this.#closing;
+  }
+}
+
+function wrapValidateUser(validateUser) {
+  // The engine awaits a boolean; a throw or rejection counts as "no" and is reported.
+  return (claimsJson) =>
+    (async () => {
+      try {
+        return (await validateUser(JSON.parse(claimsJson))) === true;
+      } catch (err) {
+        console.error('[realtime-events] validateUser threw; connection refused:', err);
+        return false;
+      }
+    })();
+}
+
+/**
+ * Starts the WebSocket server. Resolves once it listens; rejects with a coded Error when the
+ * port is taken (ERR_PORT_IN_USE), the secret is missing (ERR_MISSING_JWT_SECRET), an option is
+ * wrong (TypeError, ERR_INVALID_OPTION) or Redis is required but unreachable (ERR_REDIS_UNAVAILABLE).
+ */
+async function startServer(options) {
+  const resolved = resolveServerOptions(options);
+  const validate = resolved.validateUser ? wrapValidateUser(resolved.validateUser) : undefined;
+  try {
+    const nativeServer = await native.startServer(resolved.native, validate);
+    busStarted = true;
+    return new Server(nativeServer);
+  } catch (err) {
+    throw fromNative(err);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publishing
+
+function checkParcelId(parcelId) {
+  if (typeof parcelId !== 'string') {
+    throw makeError('ERR_INVALID_PARCEL_ID', `parcelId must be a string, got ${parcelId === null ? 'null' : typeof parcelId}`);
+  }
+}
+
+/**
+ * Publishes `{type:'parcel_updated', parcel_id}` to every client of every server on the bus.
+ * Resolves once the bus has taken the event (with Redis: once Redis acknowledged it).
+ */
+async function publishParcelUpdate(parcelId) {
+  checkParcelId(parcelId);
+  ensureBus();
+  try {
+    await native.publish(parcelId);
+  } catch (err) {
+    throw fromNative(err);
+  }
+}
+
+/**
+ * Fire and forget: publishes without waiting. Bus failures are logged, never thrown; a
+ * non-string id throws a TypeError at once (a programming error). The process stays alive until
+ * the event has reached the bus.
+ */
+function publishParcelUpdateDirect(parcelId) {
+  checkParcelId(parcelId);
+  publishParcelUpdate(parcelId).catch((err) => {
+    console.error(`[realtime-events] publishParcelUpdateDirect(${JSON.stringify(parcelId)}) failed: ${err.message} (${err.code})`);
+  });
+}
+
+/**
+ * Express middleware: publishes `req.params.parcel_id` once the response has been sent with a
+ * 2xx status. Works after the handler (which calls next()) or before it.
+ */
+function publishParcelEvent(req, res, next) {
+  const parcelId = req && req.params ? req.params.parcel_id : undefined;
+  if (typeof parcelId !== 'string' || parcelId === '') {
+    console.error('[realtime-events] publishParcelEvent: no req.params.parcel_id on this route; nothing published');
+  } else {
+    const publishIfOk = () => {
+      if (res.statusCode >= 200 && res.statusCode < 300) publishParcelUpdateDirect(parcelId);
+    };
+    if (res.writableFinished) publishIfOk();
+    else res.once('finish', publishIfOk);
+  }
+  if (typeof next === 'function') next();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscribing
+
+const subscribers = new Set();
+
+function report(err) {
+  console.error('[realtime-events] a subscribeToParcelEvents callback threw:', err);
+}
+
+function dispatch(parcelId) {
+  const event = { type: 'parcel_updated', parcel_id: parcelId };
+  for (const sub of subscribers) {
+    try {
+      const result = sub.callback(event);
+      if (result && typeof result.then === 'function') result.then(undefined, report);
+    } catch (err) {
+      report(err);
+    }
+  }
+}
+
+/**
+ * Calls `callback({type:'parcel_updated', parcel_id})` for every event on the bus (from any
+ * process in Redis mode). Returns `unsubscribe()`. While a subscription is active it keeps the
+ * process alive; unsubscribe to let it exit.
+ */
+function subscribeToParcelEvents(callback) {
+  if (typeof callback !== 'function') {
+    throw makeError('ERR_INVALID_OPTION', 'subscribeToParcelEvents(callback): callback must be a function');
+  }
+  ensureBus();
+  const sub = { callback };
+  subscribers.add(sub);
+  if (subscribers.size === 1) {
+    native.setEventSink(dispatch);
+    hold();
+  }
+  let active = true;
+  return function unsubscribe() {
+    if (!active) return;
+    active = false;
+    subscribers.delete(sub);
+    if (subscribers.size === 0) {
+      native.setEventSink(null);
+      release();
+    }
+  };
+}
+
+module.exports = {
+  startServer,
+  publishParcelUpdate,
+  publishParcelUpdateDirect,
+  publishParcelEvent,
+  subscribeToParcelEvents,
+  Server,
+  MAX_PARCEL_ID_BYTES: native.MAX_PARCEL_ID_BYTES,
+  DEFAULT_PORT,
+  DEFAULT_CHANNEL,
+  /** @internal for tests and diagnostics */
+  _busInfo: () => native.busInfo(),
+};

@@ -1,0 +1,282 @@
+//! The napi-rs skin: converts JS values to engine types and engine errors to JS errors. No logic
+//! of its own beyond holding the process-wide bus, which every server and publish shares.
+//!
+//! Errors cross as `"<CODE>: <message>"` (napi's async rejections carry no custom code); the JS
+//! glue in `index.js` turns that into an `Error` with a `code` property.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+
+use crate::auth::Claims;
+use crate::bus::{Bus, Sink};
+use crate::config::{BusConfig, ServerConfig};
+use crate::error::{codes, Error as EngineError};
+use crate::server::{Server, UserValidator};
+
+/// `validateUser` as JS hands it over: claims JSON in, a promise of a boolean out (the JS glue
+/// makes sure it never throws). Weak: it never keeps the process alive by itself.
+type ValidateFn = ThreadsafeFunction<String, Promise<bool>, String, Status, false, true>;
+/// The event sink: one parcel id per call, fire and forget, bounded so a stalled JS thread cannot
+/// grow memory without limit.
+const SINK_QUEUE: usize = 16_384;
+type SinkFn = ThreadsafeFunction<String, (), String, Status, false, true, SINK_QUEUE>;
+
+fn to_js(e: EngineError) -> napi::Error {
+    let status = if e.is_invalid_argument() {
+        Status::InvalidArg
+    } else {
+        Status::GenericFailure
+    };
+    napi::Error::new(status, format!("{}: {}", e.code(), e.message()))
+}
+
+/// The process-wide bus and the sink to attach to it.
+struct Global {
+    bus: Option<Arc<Bus>>,
+    sink: Option<Sink>,
+}
+
+static GLOBAL: Mutex<Global> = Mutex::new(Global {
+    bus: None,
+    sink: None,
+});
+
+fn global() -> std::sync::MutexGuard<'static, Global> {
+    GLOBAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The running bus, or a new one from `config`. A bus whose start failed is replaced.
+/// Asking for a different Redis URL or channel than the running bus uses is `ERR_BUS_CONFLICT`.
+fn bus_with(config: BusConfig) -> napi::Result<Arc<Bus>> {
+    let mut global = global();
+    if let Some(bus) = &global.bus {
+        if !bus.has_failed() {
+            let running = bus.config();
+            if running.redis_url != config.redis_url || running.channel != config.channel {
+                return Err(to_js(EngineError::new(
+                    codes::BUS_CONFLICT,
+                    "this process already runs a bus with another redisUrl or channel; \
+                     one process has one bus",
+                )));
+            }
+            return Ok(bus.clone());
+        }
+    }
+    let bus = within_runtime_if_available(|| Bus::start(config));
+    bus.set_sink(global.sink.clone());
+    global.bus = Some(bus.clone());
+    Ok(bus)
+}
+
+#[napi(object)]
+pub struct BusOptions {
+    pub redis_url: Option<String>,
+    pub channel: Option<String>,
+    pub redis_required: Option<bool>,
+}
+
+impl From<&BusOptions> for BusConfig {
+    fn from(o: &BusOptions) -> Self {
+        let mut config = BusConfig::default();
+        config.redis_url = o.redis_url.clone().filter(|u| !u.is_empty());
+        if let Some(channel) = &o.channel {
+            config.channel = channel.clone();
+        }
+        config.redis_required = o.redis_required.unwrap_or(false);
+        config
+    }
+}
+
+/// Starts the process-wide bus if none runs yet (used by publish-only processes).
+#[napi(catch_unwind)]
+pub fn ensure_bus(options: BusOptions) -> napi::Result<()> {
+    bus_with(BusConfig::from(&options)).map(|_| ())
+}
+
+#[napi(object)]
+pub struct BusInfo {
+    /// "memory", "redis", or "starting" (connecting to Redis), or "none" (no bus yet).
+    pub mode: String,
+    pub redis_connected: bool,
+}
+
+#[napi(catch_unwind)]
+pub fn bus_info() -> BusInfo {
+    match &global().bus {
+        None => BusInfo {
+            mode: "none".into(),
+            redis_connected: false,
+        },
+        Some(bus) => BusInfo {
+            mode: bus.mode().map_or("starting", |m| m.as_str()).into(),
+            redis_connected: bus.redis_connected(),
+        },
+    }
+}
+
+/// Enqueues one event. Synchronous enqueue keeps publish order equal to call order; the promise
+/// settles when the bus has taken the event (Redis: acknowledged it).
+#[napi(catch_unwind)]
+pub fn publish(env: &Env, parcel_id: String) -> napi::Result<PromiseRaw<'_, ()>> {
+    let bus = global().bus.clone().ok_or_else(|| {
+        to_js(EngineError::new(
+            codes::BUS_CLOSED,
+            "no bus: call ensureBus first",
+        ))
+    })?;
+    let done = bus.publish(&parcel_id).map_err(to_js)?;
+    env.spawn_future(async move {
+        done.await
+            .unwrap_or_else(|_| Err(EngineError::new(codes::BUS_CLOSED, "the bus has stopped")))
+            .map_err(to_js)
+    })
+}
+
+/// Routes every event's parcel id to `callback` (or stops with `null`).
+#[napi(catch_unwind)]
+pub fn set_event_sink(callback: Option<SinkFn>) {
+    let sink: Option<Sink> = callback.map(|tsfn| {
+        let tsfn = Arc::new(tsfn);
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        Arc::new(move |event: &crate::event::Event| {
+            let status = tsfn.call(
+                event.parcel_id().to_string(),
+                ThreadsafeFunctionCallMode::NonBlocking,
+            );
+            if status == Status::QueueFull {
+                let n = dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    log::warn!(
+                        "subscribers: the JS thread is {SINK_QUEUE} events behind; {} events \
+                         not delivered to subscribeToParcelEvents callbacks so far",
+                        n + 1
+                    );
+                }
+            }
+        }) as Sink
+    });
+    let mut global = global();
+    if let Some(bus) = &global.bus {
+        bus.set_sink(sink.clone());
+    }
+    global.sink = sink;
+}
+
+#[napi(object)]
+pub struct NativeServerOptions {
+    pub host: String,
+    pub port: u32,
+    pub path: String,
+    pub jwt_secret: String,
+    pub max_message_bytes: Option<u32>,
+    pub handshake_timeout_ms: Option<u32>,
+    pub bus: BusOptions,
+}
+
+struct JsValidator(Arc<ValidateFn>);
+
+impl UserValidator for JsValidator {
+    fn validate(
+        &self,
+        claims: &Claims,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::result::Result<bool, String>> + Send>,
+    > {
+        let tsfn = self.0.clone();
+        let claims = serde_json::to_string(claims).unwrap_or_else(|_| "{}".into());
+        Box::pin(async move {
+            let promise = tsfn
+                .call_async(claims)
+                .await
+                .map_err(|e| e.reason.clone())?;
+            promise.await.map_err(|e| e.reason.clone())
+        })
+    }
+}
+
+#[napi]
+pub struct NativeServer {
+    server: Arc<Server>,
+}
+
+#[napi]
+impl NativeServer {
+    #[napi(getter)]
+    pub fn port(&self) -> u32 {
+        self.server.local_addr().port() as u32
+    }
+
+    #[napi(getter)]
+    pub fn client_count(&self) -> u32 {
+        self.server.stats().clients() as u32
+    }
+
+    #[napi(getter)]
+    pub fn bus_mode(&self) -> String {
+        self.server
+            .bus()
+            .mode()
+            .map_or("starting", |m| m.as_str())
+            .to_string()
+    }
+
+    /// Stops accepting, closes clients with 1001, and resolves once the port is free.
+    #[napi(catch_unwind)]
+    pub fn close<'env>(
+        &self,
+        env: &'env Env,
+        grace_ms: Option<u32>,
+    ) -> napi::Result<PromiseRaw<'env, ()>> {
+        let server = self.server.clone();
+        let grace = Duration::from_millis(grace_ms.unwrap_or(5_000) as u64);
+        env.spawn_future(async move {
+            server.close(grace).await;
+            Ok(())
+        })
+    }
+}
+
+#[napi]
+pub async fn start_server(
+    options: NativeServerOptions,
+    validate_user: Option<ValidateFn>,
+) -> napi::Result<NativeServer> {
+    let port = u16::try_from(options.port).map_err(|_| {
+        to_js(EngineError::new(
+            codes::INVALID_OPTION,
+            "port must be an integer from 0 to 65535",
+        ))
+    })?;
+    let bus = bus_with(BusConfig::from(&options.bus))?;
+    bus.ready().await.map_err(to_js)?;
+    let mut config = ServerConfig::new(options.jwt_secret);
+    config.host = options.host;
+    config.port = port;
+    config.path = options.path;
+    if let Some(bytes) = options.max_message_bytes {
+        config.max_message_bytes = bytes as usize;
+    }
+    if let Some(ms) = options.handshake_timeout_ms {
+        config.handshake_timeout = Duration::from_millis(ms as u64);
+    }
+    let validator =
+        validate_user.map(|f| Arc::new(JsValidator(Arc::new(f))) as Arc<dyn UserValidator>);
+    let server = Server::start(config, bus, validator).await.map_err(to_js)?;
+    Ok(NativeServer {
+        server: Arc::new(server),
+    })
+}
+
+/// Installs the stderr logger at `level` (LOG_LEVEL semantics).
+#[napi(catch_unwind)]
+pub fn init_logging(level: Option<String>) {
+    crate::logger::init(crate::logger::parse_level(level.as_deref()));
+}
+
+/// Longest accepted parcel id, in bytes.
+#[napi]
+pub const MAX_PARCEL_ID_BYTES: u32 = crate::event::MAX_PARCEL_ID_BYTES as u32;

@@ -1,0 +1,227 @@
+//! JWT authentication of WebSocket clients.
+//!
+//! Tokens are HS256 only (an explicit allow-list: `alg: none` and RS256 are refused), signed with
+//! the secret shared with the marketplace's Auth module. `exp` and `nbf` are honoured when present;
+//! `exp` is not required because tokens from npm `jsonwebtoken` often carry none. `aud`/`iss` are
+//! not checked (the Auth module does not set them consistently).
+
+use std::time::Duration;
+
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+/// The verified payload of a token.
+pub type Claims = Map<String, Value>;
+
+/// Why a token was refused. Each maps to an HTTP 401 with its `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    Malformed,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    AlgorithmNotAllowed,
+}
+
+impl AuthError {
+    pub fn code(self) -> &'static str {
+        match self {
+            AuthError::Missing => "TOKEN_MISSING",
+            AuthError::Malformed => "TOKEN_MALFORMED",
+            AuthError::BadSignature => "TOKEN_INVALID_SIGNATURE",
+            AuthError::Expired => "TOKEN_EXPIRED",
+            AuthError::NotYetValid => "TOKEN_NOT_YET_VALID",
+            AuthError::AlgorithmNotAllowed => "TOKEN_ALGORITHM_NOT_ALLOWED",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            AuthError::Missing => {
+                "Authentication required: pass a JWT as ?token= or Authorization: Bearer"
+            }
+            AuthError::Malformed => "Invalid token: not a well-formed JWT",
+            AuthError::BadSignature => "Invalid token: signature does not match",
+            AuthError::Expired => "Invalid token: expired",
+            AuthError::NotYetValid => "Invalid token: not valid yet (nbf)",
+            AuthError::AlgorithmNotAllowed => "Invalid token: only HS256 is accepted",
+        }
+    }
+}
+
+/// Verifies tokens against one secret. Cheap to share (`Arc`) between connections.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Authenticator {
+    pub fn new(secret: &str, leeway: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.required_spec_claims.clear();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.leeway = leeway.as_secs();
+        Self {
+            key: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        // Checked before the signature so that the refusal names the real problem.
+        match header_alg(token) {
+            Some(alg) if alg == "HS256" => {}
+            Some(_) => return Err(AuthError::AlgorithmNotAllowed),
+            None => return Err(AuthError::Malformed),
+        }
+        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
+                _ => AuthError::Malformed,
+            })
+    }
+}
+
+/// The `alg` of a token's header, read without trusting anything else in it (jsonwebtoken cannot
+/// parse `alg: none` at all, and we want to name that refusal precisely).
+fn header_alg(token: &str) -> Option<String> {
+    use base64::Engine;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()?;
+    let value: Value = serde_json::from_slice(&bytes).ok()?;
+    Some(value.get("alg")?.as_str()?.to_string())
+}
+
+/// The user id for logs: the first of `sub`, `id`, `userId`, `user_id` that the token carries.
+pub fn user_id(claims: &Claims) -> Option<String> {
+    ["sub", "id", "userId", "user_id"]
+        .iter()
+        .find_map(|k| match claims.get(*k)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+}
+
+/// The token of a request: `?token=` in the query (percent-decoded), else `Authorization: Bearer`.
+pub fn token_from_request<'a>(
+    query: Option<&'a str>,
+    authorization: Option<&'a str>,
+) -> Option<String> {
+    if let Some(query) = query {
+        for pair in query.split('&') {
+            if let Some(value) = pair.strip_prefix("token=") {
+                let plus_as_space = value.replace('+', " ");
+                return Some(
+                    percent_encoding::percent_decode_str(&plus_as_space)
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    let header = authorization?.trim();
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "test-secret";
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn sign(claims: Value, secret: &str) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn auth() -> Authenticator {
+        Authenticator::new(SECRET, Duration::from_secs(5))
+    }
+
+    #[test]
+    fn accepts_tokens_without_exp() {
+        let claims = auth().verify(&sign(json!({"sub": "u1"}), SECRET)).unwrap();
+        assert_eq!(user_id(&claims).as_deref(), Some("u1"));
+    }
+
+    #[test]
+    fn refuses_wrong_secret_expired_and_future_tokens() {
+        let a = auth();
+        assert_eq!(
+            a.verify(&sign(json!({"sub":"u"}), "other")),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            a.verify(&sign(json!({"exp": now() - 60}), SECRET)),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            a.verify(&sign(json!({"nbf": now() + 600}), SECRET)),
+            Err(AuthError::NotYetValid)
+        );
+        assert!(a.verify(&sign(json!({"exp": now() + 60}), SECRET)).is_ok());
+    }
+
+    #[test]
+    fn refuses_alg_none_and_garbage() {
+        // {"alg":"none","typ":"JWT"} . {"sub":"u"} . (no signature)
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1In0.";
+        assert_eq!(auth().verify(none), Err(AuthError::AlgorithmNotAllowed));
+        assert_eq!(auth().verify("garbage"), Err(AuthError::Malformed));
+        assert_eq!(auth().verify(""), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn finds_the_token_in_query_or_header() {
+        assert_eq!(
+            token_from_request(Some("a=1&token=abc%2Bd"), None).as_deref(),
+            Some("abc+d")
+        );
+        assert_eq!(
+            token_from_request(None, Some("Bearer xyz")).as_deref(),
+            Some("xyz")
+        );
+        assert_eq!(
+            token_from_request(None, Some("bearer  xyz ")).as_deref(),
+            Some("xyz")
+        );
+        assert_eq!(token_from_request(None, Some("Basic xyz")), None);
+        assert_eq!(token_from_request(Some("x=1"), None), None);
+    }
+
+    #[test]
+    fn user_id_from_common_claims() {
+        let claims: Claims = serde_json::from_value(json!({"userId": 42})).unwrap();
+        assert_eq!(user_id(&claims).as_deref(), Some("42"));
+    }
+}

@@ -1,0 +1,283 @@
+//! The event bus: how a published event reaches every WebSocket connection and JS subscriber.
+//!
+//! ```text
+//!  publish() ──mpsc (ordered, bounded)──▶ pump task ──┬─ memory: Hub::dispatch
+//!                                                     └─ redis:  PUBLISH (pipelined) ──▶ Redis
+//!  Redis SUBSCRIBE task ◀──────────────────────────────────────────────────────────────┘
+//!        └──▶ Hub::dispatch ──▶ broadcast ring ──▶ one task per connection
+//!                           └─▶ JS sink (one call per event, never waited for)
+//! ```
+//!
+//! `publish` only enqueues: the caller's thread (the JS thread) never encodes, sends or waits
+//! on Redis. One pump task drains the queue in order, so events leave in the order they were
+//! published. In Redis mode the hub is fed only by the subscription, so every process, this one
+//! included, sees exactly the events Redis delivered, once each.
+
+mod redis;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{redact_url, BusConfig};
+use crate::error::{codes, Error, Result};
+use crate::event::Event;
+
+/// Receives every event that passes through the bus, on a tokio worker. Must not block.
+pub type Sink = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Which bus is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Memory,
+    Redis,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Memory => "memory",
+            Mode::Redis => "redis",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Starting,
+    Ready(Mode),
+    Failed(Error),
+}
+
+/// The fan-out point: a broadcast ring of encoded frames plus an optional JS sink.
+pub struct Hub {
+    frames: broadcast::Sender<Utf8Bytes>,
+    sink: RwLock<Option<Sink>>,
+}
+
+impl Hub {
+    fn new(capacity: usize) -> Self {
+        Self {
+            frames: broadcast::channel(capacity.max(1)).0,
+            sink: RwLock::new(None),
+        }
+    }
+
+    /// Hands one event to every connection (one shared frame) and to the sink.
+    pub(crate) fn dispatch(&self, event: &Event) {
+        // An error only means that no connection is listening right now.
+        let _ = self.frames.send(event.frame().clone());
+        if let Some(sink) = self.sink.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            sink(event);
+        }
+    }
+
+    /// A receiver positioned at the next event. It lags (and its connection is cut) when it
+    /// falls more than `fanout_capacity` events behind.
+    pub fn subscribe(&self) -> broadcast::Receiver<Utf8Bytes> {
+        self.frames.subscribe()
+    }
+}
+
+struct Publish {
+    event: Event,
+    ack: oneshot::Sender<Result<()>>,
+}
+
+/// A running bus. Create it with [`Bus::start`] inside a tokio runtime; share it with `Arc`.
+pub struct Bus {
+    config: BusConfig,
+    queue: mpsc::Sender<Publish>,
+    hub: Arc<Hub>,
+    state: watch::Receiver<State>,
+    redis_connected: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+}
+
+impl Bus {
+    /// Starts the bus: in-memory, or Redis when `config.redis_url` is set. Returns at once;
+    /// publishes made before Redis answers wait in the queue, in order. [`Bus::ready`] tells how
+    /// the start went.
+    pub fn start(config: BusConfig) -> Arc<Bus> {
+        let (queue, rx) = mpsc::channel(config.publish_queue.max(1));
+        let hub = Arc::new(Hub::new(config.fanout_capacity));
+        let (state_tx, state) = watch::channel(State::Starting);
+        let (connected_tx, redis_connected) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(pump(
+            config.clone(),
+            rx,
+            hub.clone(),
+            state_tx,
+            connected_tx,
+            shutdown.clone(),
+        ));
+        Arc::new(Bus {
+            config,
+            queue,
+            hub,
+            state,
+            redis_connected,
+            shutdown,
+        })
+    }
+
+    /// Waits until the bus runs and says in which mode; fails only when Redis is required
+    /// (`redis_required`) and unreachable, or the URL is invalid.
+    pub async fn ready(&self) -> Result<Mode> {
+        let mut state = self.state.clone();
+        let state = state
+            .wait_for(|s| !matches!(s, State::Starting))
+            .await
+            .map_err(|_| Error::new(codes::BUS_CLOSED, "the bus has stopped"))?;
+        match &*state {
+            State::Ready(mode) => Ok(*mode),
+            State::Failed(e) => Err(e.clone()),
+            State::Starting => unreachable!("waited for a state other than Starting"),
+        }
+    }
+
+    /// The mode, once started (`None` while connecting to Redis or after a failed start).
+    pub fn mode(&self) -> Option<Mode> {
+        match &*self.state.borrow() {
+            State::Ready(mode) => Some(*mode),
+            _ => None,
+        }
+    }
+
+    /// Whether the start failed (Redis required but unreachable, or an invalid URL).
+    pub fn has_failed(&self) -> bool {
+        matches!(&*self.state.borrow(), State::Failed(_))
+    }
+
+    /// Whether the Redis subscription is up right now (always false in memory mode).
+    pub fn redis_connected(&self) -> bool {
+        *self.redis_connected.borrow()
+    }
+
+    pub fn config(&self) -> &BusConfig {
+        &self.config
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Enqueues an event without waiting. The returned receiver says when the bus has taken it
+    /// (memory: handed to the hub; Redis: acknowledged by Redis) or why it could not.
+    /// Never blocks: a full queue is an immediate `ERR_PUBLISH_QUEUE_FULL`.
+    pub fn publish(&self, parcel_id: &str) -> Result<oneshot::Receiver<Result<()>>> {
+        let event = Event::new(parcel_id)?;
+        let (ack, done) = oneshot::channel();
+        self.queue
+            .try_send(Publish { event, ack })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Error::new(
+                    codes::PUBLISH_QUEUE_FULL,
+                    format!(
+                        "{} publishes are already waiting for the bus; retry later",
+                        self.config.publish_queue
+                    ),
+                ),
+                mpsc::error::TrySendError::Closed(_) => match &*self.state.borrow() {
+                    State::Failed(e) => e.clone(),
+                    _ => Error::new(codes::BUS_CLOSED, "the bus has stopped"),
+                },
+            })?;
+        Ok(done)
+    }
+
+    /// Publishes and waits until the bus has taken the event.
+    pub async fn publish_and_wait(&self, parcel_id: &str) -> Result<()> {
+        let done = self.publish(parcel_id)?;
+        done.await
+            .unwrap_or_else(|_| Err(Error::new(codes::BUS_CLOSED, "the bus has stopped")))
+    }
+
+    /// Routes every event to `sink` (replacing any previous one), or stops routing with `None`.
+    pub fn set_sink(&self, sink: Option<Sink>) {
+        *self.hub.sink.write().unwrap_or_else(|e| e.into_inner()) = sink;
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Drains the publish queue in order, in batches, for as long as the bus lives.
+async fn pump(
+    config: BusConfig,
+    mut queue: mpsc::Receiver<Publish>,
+    hub: Arc<Hub>,
+    state: watch::Sender<State>,
+    connected: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let mut backend = match &config.redis_url {
+        None => None,
+        Some(url) => {
+            match redis::RedisBus::connect(url, &config.channel, hub.clone(), connected, shutdown)
+                .await
+            {
+                Ok(redis) => {
+                    log::info!(
+                        "bus: redis at {} (channel {})",
+                        redact_url(url),
+                        config.channel
+                    );
+                    Some(redis)
+                }
+                Err(e) if config.redis_required || e.code() == codes::INVALID_OPTION => {
+                    log::error!("bus: {e}");
+                    state.send_replace(State::Failed(e.clone()));
+                    queue.close();
+                    while let Some(p) = queue.recv().await {
+                        let _ = p.ack.send(Err(e.clone()));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "bus: Redis unreachable ({e}); falling back to the in-memory bus: \
+                         events stay in this process. Set redisRequired to refuse instead."
+                    );
+                    None
+                }
+            }
+        }
+    };
+    state.send_replace(State::Ready(if backend.is_some() {
+        Mode::Redis
+    } else {
+        Mode::Memory
+    }));
+
+    const BATCH: usize = 256;
+    let mut batch = Vec::with_capacity(BATCH);
+    while queue.recv_many(&mut batch, BATCH).await > 0 {
+        match backend.as_mut() {
+            None => {
+                for p in batch.drain(..) {
+                    hub.dispatch(&p.event);
+                    let _ = p.ack.send(Ok(()));
+                }
+            }
+            Some(redis) => {
+                let result = redis.publish(batch.iter().map(|p| &p.event)).await;
+                for p in batch.drain(..) {
+                    let _ = p.ack.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Backoff for reconnecting: 100 ms doubling to 5 s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)).min(5_000))
+}

@@ -1,0 +1,103 @@
+//! Configuration of the server and the bus, with the defaults the README documents.
+
+use std::time::Duration;
+
+pub const DEFAULT_PORT: u16 = 3006;
+pub const DEFAULT_HOST: &str = "0.0.0.0";
+pub const DEFAULT_PATH: &str = "/ws";
+pub const DEFAULT_CHANNEL: &str = "parcel_events";
+
+/// Everything `Server::start` needs. Build it with `ServerConfig::new(secret)` and adjust fields.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// The WebSocket path; every other path answers 404.
+    pub path: String,
+    /// HS256 secret shared with the Auth module.
+    pub jwt_secret: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub jwt_leeway: Duration,
+    /// Largest inbound message (clients only send small control messages). Larger: close 1009.
+    pub max_message_bytes: usize,
+    /// Time a client has to send its HTTP upgrade request (and `validateUser` to answer).
+    pub handshake_timeout: Duration,
+    /// Time a write to a client may take before the client is considered stuck and cut.
+    pub send_timeout: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(jwt_secret: impl Into<String>) -> Self {
+        Self {
+            host: DEFAULT_HOST.to_string(),
+            port: DEFAULT_PORT,
+            path: DEFAULT_PATH.to_string(),
+            jwt_secret: jwt_secret.into(),
+            jwt_leeway: Duration::from_secs(5),
+            max_message_bytes: 16 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How events travel between processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusConfig {
+    /// `redis://…`; `None` runs the in-memory bus (one process).
+    pub redis_url: Option<String>,
+    /// The Redis pub/sub channel.
+    pub channel: String,
+    /// With Redis configured but unreachable at start: `true` fails, `false` falls back to the
+    /// in-memory bus with a warning (the original design's behaviour).
+    pub redis_required: bool,
+    /// Events a connection may fall behind before it is cut as too slow (close 1013).
+    pub fanout_capacity: usize,
+    /// Publishes waiting for the bus before `publish` rejects with `ERR_PUBLISH_QUEUE_FULL`.
+    pub publish_queue: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            channel: DEFAULT_CHANNEL.to_string(),
+            redis_required: false,
+            fanout_capacity: 4096,
+            publish_queue: 65_536,
+        }
+    }
+}
+
+/// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            if creds.contains(':') {
+                format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+            } else {
+                format!("{}***{}", &url[..scheme + 3], &url[at..])
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redact_url("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(redact_url("redis://token@h"), "redis://***@h");
+    }
+}

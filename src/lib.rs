@@ -1,0 +1,29 @@
+//! `realtime-events`: a WebSocket broadcast engine for parcel updates.
+//!
+//! Layers, each using only those below it:
+//! - `addon` (feature `node`): the napi-rs skin that Node loads; converts types and errors only.
+//! - [`server`]: accept, HTTP upgrade with refusals, shutdown.
+//! - [`connection`]: one task per client.
+//! - [`bus`]: in-memory or Redis pub/sub, feeding a broadcast ring of encoded frames.
+//! - [`event`], [`auth`], [`config`], [`http`], [`error`]: the pieces.
+//!
+//! The engine is plain Rust: `cargo test --no-default-features` tests it without Node.
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod event;
+pub mod http;
+pub mod logger;
+pub mod server;
+
+#[cfg(feature = "node")]
+mod addon;
+
+pub use bus::{Bus, Mode};
+pub use config::{BusConfig, ServerConfig};
+pub use error::{Error, Result};
+pub use event::Event;
+pub use server::{Server, UserValidator};

@@ -1,0 +1,387 @@
+//! The WebSocket server: accept, HTTP upgrade with refusals before it, and clean shutdown.
+//!
+//! Every refusal is decided before the upgrade and answered as plain HTTP with a small JSON body,
+//! so that any client (browser, curl, a load balancer) can read why:
+//! 404 other path · 426 plain GET on the WebSocket path · 400/431 bad request ·
+//! 401 missing or invalid token · 403 `validateUser` said no · 503 `validateUser` failed to answer.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{self, Authenticator, Claims};
+use crate::bus::Bus;
+use crate::config::ServerConfig;
+use crate::connection;
+use crate::error::{codes, Error, Result};
+use crate::http::{self, HeadError, RequestHead};
+
+/// Decides whether an authenticated user may connect (e.g. "the user exists in the database").
+pub trait UserValidator: Send + Sync + 'static {
+    /// `Ok(true)` admits, `Ok(false)` refuses with 403, `Err` refuses with 403 and is logged.
+    fn validate(
+        &self,
+        claims: &Claims,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
+}
+
+/// Live counters of one server.
+#[derive(Debug, Default)]
+pub struct Stats {
+    clients: AtomicUsize,
+    connections_total: AtomicU64,
+    refused_total: AtomicU64,
+}
+
+impl Stats {
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+    pub fn connections_total(&self) -> u64 {
+        self.connections_total.load(Ordering::Relaxed)
+    }
+    pub fn refused_total(&self) -> u64 {
+        self.refused_total.load(Ordering::Relaxed)
+    }
+}
+
+/// Decrements the client count however a connection ends.
+struct ClientGuard(Arc<Shared>);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct Shared {
+    config: ServerConfig,
+    auth: Authenticator,
+    bus: Arc<Bus>,
+    validator: Option<Arc<dyn UserValidator>>,
+    ws_config: WebSocketConfig,
+    stats: Stats,
+}
+
+/// A running server. Dropping it without [`Server::close`] also stops it, without waiting.
+pub struct Server {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Server {
+    /// Binds and starts accepting. Fails with `ERR_PORT_IN_USE`, `ERR_LISTEN_FAILED` or
+    /// `ERR_MISSING_JWT_SECRET`. Must run inside a tokio runtime.
+    pub async fn start(
+        config: ServerConfig,
+        bus: Arc<Bus>,
+        validator: Option<Arc<dyn UserValidator>>,
+    ) -> Result<Server> {
+        if config.jwt_secret.is_empty() {
+            return Err(Error::new(
+                codes::MISSING_SECRET,
+                "a JWT secret is required: set JWT_SECRET or pass jwtSecret",
+            ));
+        }
+        if !config.path.starts_with('/') {
+            return Err(Error::new(
+                codes::INVALID_OPTION,
+                "path must start with '/'",
+            ));
+        }
+        let listener = TcpListener::bind((config.host.as_str(), config.port))
+            .await
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    Error::new(
+                        codes::PORT_IN_USE,
+                        format!("port {} is already in use on {}", config.port, config.host),
+                    )
+                } else {
+                    Error::new(
+                        codes::LISTEN_FAILED,
+                        format!("cannot listen on {}:{}: {e}", config.host, config.port),
+                    )
+                }
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::new(codes::LISTEN_FAILED, e.to_string()))?;
+        // Clients send only small control messages: a small read buffer keeps idle connections
+        // cheap (tungstenite's default is 128 KiB each). Writes are batched up to 16 KiB.
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(512)
+            .write_buffer_size(16 * 1024)
+            .max_write_buffer_size(1024 * 1024)
+            .max_message_size(Some(config.max_message_bytes))
+            .max_frame_size(Some(config.max_message_bytes));
+        let shared = Arc::new(Shared {
+            auth: Authenticator::new(&config.jwt_secret, config.jwt_leeway),
+            config,
+            bus,
+            validator,
+            ws_config,
+            stats: Stats::default(),
+        });
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(accept_loop(
+            listener,
+            shared.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        Ok(Server {
+            addr,
+            shared,
+            shutdown,
+            tracker,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    pub fn bus(&self) -> &Arc<Bus> {
+        &self.shared.bus
+    }
+
+    /// Stops accepting (the port is free when this returns), says goodbye to every client with
+    /// close code 1001, and waits up to `grace` for the connections to finish.
+    pub async fn close(&self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            log::warn!("server: some connections did not close within {grace:?}; dropped them");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    log::info!(
+        "server: listening on ws://{}{}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        shared.config.path
+    );
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tracker.spawn(handle(stream, peer, shared.clone(), shutdown.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; the listener stays open.
+                log::warn!("server: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // Dropping the listener here releases the port before close() returns.
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let admitted = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = tokio::time::timeout(shared.config.handshake_timeout, admit(&mut stream, &shared)) => r,
+    };
+    let (head, claims) = match admitted {
+        Ok(Ok(admitted)) => admitted,
+        Ok(Err(Refusal {
+            status,
+            code,
+            message,
+            headers,
+        })) => {
+            shared.stats.refused_total.fetch_add(1, Ordering::Relaxed);
+            log::debug!("server: refused {peer}: {status} {code}");
+            if status != 0 {
+                let _ = stream
+                    .write_all(&http::json_response(status, code, message, headers))
+                    .await;
+                let _ = stream.shutdown().await;
+            }
+            return;
+        }
+        Err(_) => {
+            shared.stats.refused_total.fetch_add(1, Ordering::Relaxed);
+            let _ = stream
+                .write_all(&http::json_response(
+                    408,
+                    "HANDSHAKE_TIMEOUT",
+                    "handshake took too long",
+                    &[],
+                ))
+                .await;
+            return;
+        }
+    };
+    let key = head.header("sec-websocket-key").unwrap_or_default();
+    if stream
+        .write_all(&http::switching_protocols(&derive_accept_key(
+            key.as_bytes(),
+        )))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    // Subscribe before the welcome frame: an event published after the client saw the welcome
+    // is never missed.
+    let events = shared.bus.hub().subscribe();
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        head.rest,
+        Role::Server,
+        Some(shared.ws_config),
+    )
+    .await;
+    shared.stats.clients.fetch_add(1, Ordering::Relaxed);
+    shared
+        .stats
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    let _guard = ClientGuard(shared.clone());
+    let user = auth::user_id(&claims).unwrap_or_else(|| "-".into());
+    log::debug!("server: client {peer} (user {user}) connected");
+    let reason = connection::run(ws, events, shutdown, shared.config.send_timeout).await;
+    log::debug!("server: client {peer} (user {user}) disconnected: {reason}");
+}
+
+struct Refusal {
+    /// 0: the peer is gone, write nothing.
+    status: u16,
+    code: &'static str,
+    message: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+}
+
+impl Refusal {
+    const fn new(status: u16, code: &'static str, message: &'static str) -> Self {
+        Self {
+            status,
+            code,
+            message,
+            headers: &[],
+        }
+    }
+}
+
+/// Reads the request and decides: upgrade (with the token's claims) or a refusal.
+async fn admit(stream: &mut TcpStream, shared: &Shared) -> Result<(RequestHead, Claims), Refusal> {
+    let head = http::read_head(stream).await.map_err(|e| match e {
+        HeadError::Closed => Refusal::new(0, "CLOSED", ""),
+        HeadError::Malformed => Refusal::new(400, "BAD_REQUEST", "Malformed HTTP request"),
+        HeadError::TooLarge => Refusal::new(431, "HEADERS_TOO_LARGE", "Request head too large"),
+    })?;
+    if head.path != shared.config.path {
+        return Err(Refusal::new(
+            404,
+            "NOT_FOUND",
+            "Not found: WebSocket clients connect to the configured path",
+        ));
+    }
+    let is_upgrade = head.method == "GET"
+        && head.header_has_token("upgrade", "websocket")
+        && head.header_has_token("connection", "upgrade");
+    if !is_upgrade {
+        return Err(Refusal {
+            headers: &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
+            ..Refusal::new(
+                426,
+                "UPGRADE_REQUIRED",
+                "This endpoint speaks WebSocket only",
+            )
+        });
+    }
+    if head.header("sec-websocket-version").map(str::trim) != Some("13") {
+        return Err(Refusal {
+            headers: &[("Sec-WebSocket-Version", "13")],
+            ..Refusal::new(
+                426,
+                "UNSUPPORTED_VERSION",
+                "Only WebSocket version 13 is supported",
+            )
+        });
+    }
+    if head
+        .header("sec-websocket-key")
+        .map_or(true, |k| k.trim().is_empty())
+    {
+        return Err(Refusal::new(
+            400,
+            "BAD_REQUEST",
+            "Missing Sec-WebSocket-Key",
+        ));
+    }
+    let token = auth::token_from_request(head.query.as_deref(), head.header("authorization"))
+        .unwrap_or_default();
+    let claims = shared
+        .auth
+        .verify(&token)
+        .map_err(|e| Refusal::new(401, e.code(), e.message()))?;
+    if let Some(validator) = &shared.validator {
+        match validator.validate(&claims).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Refusal::new(
+                    403,
+                    "USER_REJECTED",
+                    "User is not allowed to connect",
+                ))
+            }
+            Err(e) => {
+                log::warn!("server: validateUser failed: {e}");
+                return Err(Refusal::new(
+                    403,
+                    "USER_REJECTED",
+                    "User is not allowed to connect",
+                ));
+            }
+        }
+    }
+    Ok((head, claims))
+}
