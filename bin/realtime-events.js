@@ -1,0 +1,96 @@
+#!/usr/bin/env node
+// `npm start` / `npx realtime-events`: runs the WebSocket server from the environment.
+//
+//   REALTIME_PORT (3006)  REALTIME_HOST (0.0.0.0)  JWT_SECRET  REDIS_URL  REDIS_CHANNEL
+//   REDIS_REQUIRED  LOG_LEVEL  NODE_ENV
+//
+// A `.env` file in the current folder is read first; variables already set win over it.
+'use strict';
+
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const path = require('node:path');
+
+/** Minimal .env reader: KEY=VALUE lines, # comments, optional quotes; never overrides. */
+function loadDotEnv(file) {
+  let text;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return [];
+  }
+  const loaded = [];
+  for (const raw of text.split(/\r?\n/)) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#')) continue;
+    const m = /^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/.exec(line);
+    if (!m) continue;
+    let value = m[2];
+    const quoted = /^(['"])([\s\S]*)\1$/.exec(value);
+    if (quoted) value = quoted[2];
+    else value = value.replace(/\s+#.*$/, '').trim();
+    if (process.env[m[1]] === undefined) {
+      process.env[m[1]] = value;
+      loaded.push(m[1]);
+    }
+  }
+  return loaded;
+}
+
+function base64url(input) {
+  return Buffer.from(input).toString('base64url');
+}
+
+/** An HS256 JWT, signed the way npm jsonwebtoken signs it. */
+function signDemoToken(secret) {
+  const now = Math.floor(Date.now() / 1000);
+  const header = base64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+  const payload = base64url(JSON.stringify({ sub: 'demo-user', iat: now, exp: now + 24 * 3600 }));
+  const signature = crypto.createHmac('sha256', secret).update(`${header}.${payload}`).digest('base64url');
+  return `${header}.${payload}.${signature}`;
+}
+
+async function main() {
+  const loaded = loadDotEnv(path.resolve(process.cwd(), '.env'));
+  const rt = require('..');
+  const log = (msg) => console.log(`[realtime-events] ${msg}`);
+  if (loaded.length) log(`read ${loaded.join(', ')} from .env`);
+
+  let demoSecret = null;
+  if (!process.env.JWT_SECRET) {
+    if (process.env.NODE_ENV === 'production') {
+      console.error('[realtime-events] JWT_SECRET is not set; refusing to start in production (NODE_ENV=production).');
+      process.exit(1);
+    }
+    demoSecret = crypto.randomBytes(32).toString('hex');
+    process.env.JWT_SECRET = demoSecret;
+  }
+
+  const server = await rt.startServer();
+  const host = process.env.REALTIME_HOST && process.env.REALTIME_HOST !== '0.0.0.0' ? process.env.REALTIME_HOST : 'localhost';
+  const url = `ws://${host}:${server.port}/ws`;
+  log(`listening on ${url} (bus: ${server.busMode})`);
+  if (demoSecret) {
+    const token = signDemoToken(demoSecret);
+    log('JWT_SECRET is not set: using a random secret for this run (development only).');
+    log(`try it:  ${url}?token=${token}`);
+    log(`token for Authorization: Bearer ${token}`);
+  }
+
+  let stopping = false;
+  const stop = async (signal) => {
+    if (stopping) return;
+    stopping = true;
+    log(`${signal}: closing (clients get 1001)`);
+    await server.close();
+    log('closed');
+    process.exit(0);
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+main().catch((err) => {
+  console.error(`[realtime-events] could not start: ${err.message}${err.code ? ` (${err.code})` : ''}`);
+  process.exit(1);
+});
