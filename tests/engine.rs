@@ -1,0 +1,227 @@
+//! The engine end to end, without Node: a real server, real WebSocket clients, the memory bus.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use realtime_events::{Bus, BusConfig, Server, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "engine-test-secret";
+const WELCOME: &str = r#"{"type":"connected","message":"WebSocket connection established"}"#;
+
+fn token(sub: &str) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &serde_json::json!({ "sub": sub }),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn start(bus_config: BusConfig) -> (Server, Arc<Bus>) {
+    let bus = Bus::start(bus_config);
+    bus.ready().await.unwrap();
+    let mut config = ServerConfig::new(SECRET);
+    config.host = "127.0.0.1".into();
+    config.port = 0;
+    config.send_timeout = Duration::from_secs(2);
+    let server = Server::start(config, bus.clone(), None).await.unwrap();
+    (server, bus)
+}
+
+type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn connect(server: &Server) -> Client {
+    let url = format!("ws://{}/ws?token={}", server.local_addr(), token("u1"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, WELCOME);
+    ws
+}
+
+async fn next_text(ws: &mut Client) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+fn frame(id: &str) -> String {
+    format!(
+        r#"{{"type":"parcel_updated","parcel_id":{}}}"#,
+        serde_json::to_string(id).unwrap()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_gets_every_event_in_order() {
+    let (server, bus) = start(BusConfig::default()).await;
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(connect(&server).await);
+    }
+    assert_eq!(server.stats().clients(), 10);
+    let ids: Vec<String> = (0..500).map(|i| format!("p{i}")).collect();
+    let acks: Vec<_> = ids.iter().map(|id| bus.publish(id).unwrap()).collect();
+    for ack in acks {
+        ack.await.unwrap().unwrap();
+    }
+    for ws in &mut clients {
+        for id in &ids {
+            assert_eq!(next_text(ws).await, frame(id));
+        }
+    }
+    server.close(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_says_1001_and_frees_the_port() {
+    let (server, bus) = start(BusConfig::default()).await;
+    let addr = server.local_addr();
+    let mut ws = connect(&server).await;
+    server.close(Duration::from_secs(5)).await;
+    match tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    let mut config = ServerConfig::new(SECRET);
+    config.host = addr.ip().to_string();
+    config.port = addr.port();
+    let again = Server::start(config, bus, None)
+        .await
+        .expect("port is free after close()");
+    again.close(Duration::from_secs(1)).await;
+}
+
+/// A client that never reads is cut (1013 or a write timeout) while a healthy one receives
+/// every event: a slow reader never holds the others back nor grows a queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_and_others_are_unharmed() {
+    let config = BusConfig {
+        fanout_capacity: 64,
+        ..BusConfig::default()
+    };
+    let (server, bus) = start(config).await;
+    let mut healthy = connect(&server).await;
+
+    // The stalled client: completes the upgrade by hand, then never reads again.
+    let mut stalled = TcpStream::connect(server.local_addr()).await.unwrap();
+    let req = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        token("slow")
+    );
+    stalled.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 12];
+    stalled.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 101");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while server.stats().clients() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+
+    // Enough bytes to fill the kernel's socket buffers many times over. The publisher never runs
+    // more than 32 events ahead of the healthy reader, so only the stalled client can lag.
+    let long = "x".repeat(200);
+    let total = 60_000usize;
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = tokio::spawn({
+        let long = long.clone();
+        let received = received.clone();
+        async move {
+            for i in 0..total {
+                assert_eq!(next_text(&mut healthy).await, frame(&format!("{long}{i}")));
+                received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            healthy
+        }
+    });
+    for i in 0..total {
+        while i >= received.load(std::sync::atomic::Ordering::Relaxed) + 32 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        bus.publish(&format!("{long}{i}")).unwrap();
+    }
+    let _healthy = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while server.stats().clients() > 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the stalled client is cut");
+    drop(stalled);
+    server.close(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_http_with_a_json_code() {
+    let (server, _bus) = start(BusConfig::default()).await;
+    async fn ask(server: &Server, request: &str) -> String {
+        let mut s = TcpStream::connect(server.local_addr()).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        out
+    }
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    let cases = [
+        (
+            format!("GET /other HTTP/1.1\r\n{upgrade}\r\n"),
+            "404",
+            "NOT_FOUND",
+        ),
+        (
+            "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+            "426",
+            "UPGRADE_REQUIRED",
+        ),
+        (
+            format!("GET /ws HTTP/1.1\r\n{upgrade}\r\n"),
+            "401",
+            "TOKEN_MISSING",
+        ),
+        (
+            format!("GET /ws?token=abc HTTP/1.1\r\n{upgrade}\r\n"),
+            "401",
+            "TOKEN_MALFORMED",
+        ),
+        (
+            "\x16\x03\x01\x02\x00garbage\r\n\r\n".to_string(),
+            "400",
+            "BAD_REQUEST",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let answer = ask(&server, &request).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer}"
+        );
+        assert!(answer.contains(&format!("\"code\":\"{code}\"")), "{answer}");
+    }
+    // The server still serves after all that.
+    let mut ws = connect(&server).await;
+    ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, r#"{"type":"pong"}"#);
+    server.close(Duration::from_secs(5)).await;
+}
