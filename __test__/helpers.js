@@ -1,0 +1,486 @@
+// Shared helpers for the node:test suites. Real parts only: npm `ws` clients, npm `jsonwebtoken`
+// tokens, a private `redis-server`, child Node processes.
+'use strict';
+
+const assert = require('node:assert/strict');
+const { spawn, spawnSync } = require('node:child_process');
+const http = require('node:http');
+const net = require('node:net');
+const path = require('node:path');
+
+const WebSocket = require('ws');
+const jwt = require('jsonwebtoken');
+
+const PKG = path.resolve(__dirname, '..');
+const SECRET = 'test-secret-for-realtime-events';
+const WELCOME = '{"type":"connected","message":"WebSocket connection established"}';
+const DEFAULT_TIMEOUT = 5000;
+
+/** The exact frame the engine sends for a parcel id. */
+function frame(parcelId) {
+  return `{"type":"parcel_updated","parcel_id":${JSON.stringify(parcelId)}}`;
+}
+
+/** An HS256 token signed like the Auth module signs it (npm jsonwebtoken). */
+function sign(claims = { sub: 'user-1' }, options = {}, secret = SECRET) {
+  return jwt.sign(claims, secret, { algorithm: 'HS256', ...options });
+}
+
+function delay(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Runs `promise` with a deadline; rejects with a message naming what was awaited. */
+function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Polls `check()` until it returns a truthy value; fails loudly with `what` after `ms`. */
+async function waitUntil(check, what, ms = DEFAULT_TIMEOUT, every = 20) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting until ${what}`);
+    await delay(every);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket clients
+
+/**
+ * A connected ws client that records every frame it receives.
+ * - `messages`: every text frame, in arrival order (binary frames are recorded as Buffers)
+ * - `next()`: the next frame not yet consumed by next()
+ * - `waitFor(n)`: resolves with `messages` once at least n frames arrived
+ * - `closed`: resolves with {code, reason} when the connection closes
+ */
+class Client {
+  constructor(ws) {
+    this.ws = ws;
+    this.messages = [];
+    this.cursor = 0;
+    this.errors = [];
+    this.waiters = new Set();
+    this.closeInfo = null;
+    this.closed = new Promise((resolve) => {
+      ws.on('close', (code, reason) => {
+        this.closeInfo = { code, reason: reason.toString() };
+        resolve(this.closeInfo);
+        this.notify();
+      });
+    });
+    ws.on('message', (data, isBinary) => {
+      this.messages.push(isBinary ? Buffer.from(data) : data.toString('utf8'));
+      this.notify();
+    });
+    ws.on('error', (err) => this.errors.push(err));
+  }
+
+  notify() {
+    for (const w of [...this.waiters]) w();
+  }
+
+  /** Resolves with all messages once at least `n` arrived; fails loudly after `ms`. */
+  waitFor(n, ms = DEFAULT_TIMEOUT) {
+    if (this.messages.length >= n) return Promise.resolve(this.messages);
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (this.messages.length >= n) {
+          done();
+          resolve(this.messages);
+        } else if (this.closeInfo) {
+          done();
+          reject(new Error(
+            `connection closed (${this.closeInfo.code} ${this.closeInfo.reason}) after ` +
+              `${this.messages.length} of ${n} messages: ${JSON.stringify(this.messages.slice(-3))}`,
+          ));
+        }
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(
+          `timed out after ${ms} ms: got ${this.messages.length} of ${n} messages; last: ` +
+            JSON.stringify(this.messages.slice(-3)),
+        ));
+      }, ms);
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters.delete(check);
+      };
+      this.waiters.add(check);
+      check();
+    });
+  }
+
+  /** The next frame not consumed yet. */
+  async next(ms = DEFAULT_TIMEOUT) {
+    const index = this.cursor++;
+    const all = await this.waitFor(index + 1, ms);
+    return all[index];
+  }
+
+  /** The next frame, parsed as JSON. */
+  async nextJson(ms = DEFAULT_TIMEOUT) {
+    const m = await this.next(ms);
+    assert.equal(typeof m, 'string', 'expected a text frame');
+    return JSON.parse(m);
+  }
+
+  send(data) {
+    return new Promise((resolve, reject) => this.ws.send(data, (err) => (err ? reject(err) : resolve())));
+  }
+
+  /** Closes (normal closure) and waits for the close to complete. */
+  async close() {
+    if (this.closeInfo) return this.closeInfo;
+    if (this.ws.readyState === WebSocket.CONNECTING || this.ws.readyState === WebSocket.OPEN) {
+      this.ws.close(1000, 'bye');
+    }
+    try {
+      return await withTimeout(this.closed, 2000, 'the client to close');
+    } catch {
+      this.ws.terminate();
+      return this.closed;
+    }
+  }
+
+  terminate() {
+    this.ws.terminate();
+    return this.closed;
+  }
+}
+
+/** Opens a ws connection; rejects with the HTTP status if the server refuses. */
+function connect(url, options = {}, ms = DEFAULT_TIMEOUT) {
+  const ws = new WebSocket(url, options);
+  const client = new Client(ws);
+  const opened = new Promise((resolve, reject) => {
+    ws.once('open', () => resolve(client));
+    ws.once('unexpected-response', (req, res) => {
+      res.resume();
+      req.destroy();
+      reject(new Error(`server refused the upgrade with HTTP ${res.statusCode}`));
+    });
+    ws.once('error', reject);
+  });
+  return withTimeout(opened, ms, `a WebSocket connection to ${url}`).catch((err) => {
+    ws.terminate();
+    throw err;
+  });
+}
+
+/** Connects and consumes the welcome frame, asserting it is exactly the welcome. */
+async function connectReady(url, options) {
+  const client = await connect(url, options);
+  assert.equal(await client.next(), WELCOME);
+  return client;
+}
+
+function wsUrl(server, { token = sign(), path: p = '/ws', host = '127.0.0.1' } = {}) {
+  const query = token == null ? '' : `?token=${encodeURIComponent(token)}`;
+  return `ws://${host}:${server.port ?? server}${p}${query}`;
+}
+
+/**
+ * Attempts a WebSocket upgrade that the server is expected to refuse; resolves with
+ * {status, headers, body} (body parsed as JSON; `raw` is the text).
+ */
+function refusal(url, options = {}, ms = DEFAULT_TIMEOUT) {
+  const ws = new WebSocket(url, options);
+  ws.on('error', () => {});
+  const result = new Promise((resolve, reject) => {
+    ws.once('open', () => {
+      ws.terminate();
+      reject(new Error(`expected a refusal, but the upgrade succeeded (${url})`));
+    });
+    ws.once('unexpected-response', (req, res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => {
+        const raw = Buffer.concat(chunks).toString('utf8');
+        let body;
+        try {
+          body = JSON.parse(raw);
+        } catch {
+          body = undefined;
+        }
+        req.destroy();
+        resolve({ status: res.statusCode, headers: res.headers, body, raw });
+      });
+      res.on('error', reject);
+    });
+  });
+  return withTimeout(result, ms, `an HTTP refusal from ${url}`);
+}
+
+/** Asserts a refusal's status and JSON body {error, code} exactly in shape. */
+async function expectRefusal(url, options, status, code) {
+  const r = await refusal(url, options);
+  assert.equal(r.status, status, `status for ${code}: body ${r.raw}`);
+  assert.match(r.headers['content-type'] ?? '', /^application\/json/);
+  assert.ok(r.body, `body is JSON: ${r.raw}`);
+  assert.deepEqual(Object.keys(r.body).sort(), ['code', 'error']);
+  assert.equal(r.body.code, code);
+  assert.equal(typeof r.body.error, 'string');
+  assert.ok(r.body.error.length > 0);
+  return r;
+}
+
+/** A plain HTTP request (no upgrade); resolves with {status, headers, body, raw}. */
+function httpGet(port, p, headers = {}) {
+  return withTimeout(new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, path: p, method: 'GET', headers, agent: false }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => {
+        const raw = Buffer.concat(chunks).toString('utf8');
+        let body;
+        try {
+          body = JSON.parse(raw);
+        } catch {
+          body = undefined;
+        }
+        resolve({ status: res.statusCode, headers: res.headers, body, raw });
+      });
+    });
+    req.on('error', reject);
+    req.end();
+  }), DEFAULT_TIMEOUT, `GET ${p}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ports and processes
+
+/** A port that was free a moment ago (bound and released on 127.0.0.1). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+const children = new Set();
+process.on('exit', () => {
+  for (const child of children) {
+    try {
+      child.kill('SIGKILL');
+    } catch {}
+  }
+});
+
+/** process.env without the variables the package reads, so that children start clean. */
+function cleanEnv(extra = {}) {
+  const env = { ...process.env };
+  for (const k of [
+    'JWT_SECRET', 'REDIS_URL', 'REDIS_CHANNEL', 'REDIS_REQUIRED', 'REALTIME_PORT', 'REALTIME_HOST',
+    'NODE_ENV', 'LOG_LEVEL', 'NODE_TEST_CONTEXT',
+  ]) {
+    delete env[k];
+  }
+  for (const [k, v] of Object.entries(extra)) {
+    if (v === undefined) delete env[k];
+    else env[k] = String(v);
+  }
+  return env;
+}
+
+/**
+ * Spawns a child process and records its output.
+ * Returns {child, out(), err(), waitForOutput(regex), exited, kill(signal), write(line)}.
+ */
+function spawnProcess(command, args, { env = cleanEnv(), cwd = PKG } = {}) {
+  const child = spawn(command, args, { env, cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+  children.add(child);
+  let stdout = '';
+  let stderr = '';
+  const waiters = new Set();
+  const notify = () => {
+    for (const w of [...waiters]) w();
+  };
+  child.stdout.on('data', (d) => {
+    stdout += d.toString('utf8');
+    notify();
+  });
+  child.stderr.on('data', (d) => {
+    stderr += d.toString('utf8');
+    notify();
+  });
+  let exitInfo = null;
+  const exited = new Promise((resolve) => {
+    child.on('close', (code, signal) => {
+      children.delete(child);
+      exitInfo = { code, signal };
+      resolve(exitInfo);
+      notify();
+    });
+  });
+  child.on('error', (err) => {
+    stderr += `\n[spawn error] ${err.message}`;
+  });
+  child.stdin.on('error', () => {});
+  const proc = {
+    child,
+    pid: child.pid,
+    exited,
+    out: () => stdout,
+    err: () => stderr,
+    get exitInfo() {
+      return exitInfo;
+    },
+    /** Resolves with the regex match once stdout (or `stream`) matches; fails loudly. */
+    waitForOutput(regex, { stream = 'stdout', ms = DEFAULT_TIMEOUT } = {}) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          const text = stream === 'stdout' ? stdout : stderr;
+          const m = regex.exec(text);
+          if (m) {
+            done();
+            resolve(m);
+          } else if (exitInfo) {
+            done();
+            reject(new Error(`process exited (${JSON.stringify(exitInfo)}) before ${stream} matched ${regex}\n` +
+              `stdout: ${stdout}\nstderr: ${stderr}`));
+          }
+        };
+        const timer = setTimeout(() => {
+          done();
+          reject(new Error(`timed out after ${ms} ms waiting for ${stream} to match ${regex}\n` +
+            `stdout: ${stdout}\nstderr: ${stderr}`));
+        }, ms);
+        const done = () => {
+          clearTimeout(timer);
+          waiters.delete(check);
+        };
+        waiters.add(check);
+        check();
+      });
+    },
+    /** Waits for the exit; fails loudly (and kills) after `ms`. */
+    async waitForExit(ms = DEFAULT_TIMEOUT) {
+      try {
+        return await withTimeout(exited, ms, `process ${child.pid} to exit by itself`);
+      } catch (err) {
+        child.kill('SIGKILL');
+        throw new Error(`${err.message}\nstdout: ${stdout}\nstderr: ${stderr}`);
+      }
+    },
+    write(line) {
+      child.stdin.write(`${line}\n`);
+    },
+    /** Kills (SIGKILL unless told) and waits for the exit. */
+    async stop(signal = 'SIGKILL') {
+      if (!exitInfo) {
+        child.kill(signal);
+        await exited;
+      }
+      return exitInfo;
+    },
+  };
+  return proc;
+}
+
+/** Runs `node -e script` (the script can require the package as PKG). */
+function spawnNodeScript(script, options) {
+  return spawnProcess(process.execPath, ['-e', script], options);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+
+function redisInstalled() {
+  const r = spawnSync('redis-server', ['--version'], { encoding: 'utf8' });
+  return !r.error && r.status === 0;
+}
+
+/**
+ * The `skip` option for Redis tests: a reason when redis-server is missing, unless
+ * REQUIRE_REDIS=1, in which case the tests run (and fail).
+ */
+function redisSkipReason() {
+  if (redisInstalled()) return false;
+  if (process.env.REQUIRE_REDIS === '1') return false;
+  return 'redis-server is not installed (set REQUIRE_REDIS=1 to make this a failure)';
+}
+
+function redisCli(port, args) {
+  const r = spawnSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { encoding: 'utf8', timeout: 5000 });
+  if (r.error) throw r.error;
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * Starts a private redis-server on a free loopback port and waits until it answers PING.
+ * Returns {url, port, stop(), kill(signal), restart()}.
+ */
+async function startRedis() {
+  if (!redisInstalled()) throw new Error('redis-server is not installed (REQUIRE_REDIS=1)');
+  const port = await freePort();
+  let proc = null;
+  const launch = async () => {
+    proc = spawnProcess('redis-server', [
+      '--port', String(port), '--save', '', '--appendonly', 'no', '--bind', '127.0.0.1',
+    ]);
+    await waitUntil(() => {
+      if (proc.exitInfo) throw new Error(`redis-server exited: ${proc.out()} ${proc.err()}`);
+      const r = redisCli(port, ['PING']);
+      return r.status === 0 && r.stdout.trim() === 'PONG';
+    }, `redis-server on port ${port} answers PING`, 10_000, 50);
+  };
+  await launch();
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    get pid() {
+      return proc.pid;
+    },
+    /** Sends `signal` and waits for the process to be gone. */
+    async kill(signal = 'SIGKILL') {
+      await proc.stop(signal);
+    },
+    async stop() {
+      await proc.stop('SIGTERM');
+    },
+    /** Starts it again on the same port (after kill/stop). */
+    async restart() {
+      if (!proc.exitInfo) await proc.stop('SIGKILL');
+      await launch();
+    },
+  };
+}
+
+module.exports = {
+  PKG,
+  SECRET,
+  WELCOME,
+  DEFAULT_TIMEOUT,
+  frame,
+  sign,
+  delay,
+  withTimeout,
+  waitUntil,
+  Client,
+  connect,
+  connectReady,
+  wsUrl,
+  refusal,
+  expectRefusal,
+  httpGet,
+  freePort,
+  cleanEnv,
+  spawnProcess,
+  spawnNodeScript,
+  redisInstalled,
+  redisSkipReason,
+  redisCli,
+  startRedis,
+};
