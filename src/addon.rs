@@ -26,11 +26,7 @@ const SINK_QUEUE: usize = 16_384;
 type SinkFn = ThreadsafeFunction<String, (), String, Status, false, true, SINK_QUEUE>;
 
 fn to_js(e: EngineError) -> napi::Error {
-    let status = if e.is_invalid_argument() {
-        Status::InvalidArg
-    } else {
-        Status::GenericFailure
-    };
+    let status = if e.is_invalid_argument() { Status::InvalidArg } else { Status::GenericFailure };
     napi::Error::new(status, format!("{}: {}", e.code(), e.message()))
 }
 
@@ -40,10 +36,7 @@ struct Global {
     sink: Option<Sink>,
 }
 
-static GLOBAL: Mutex<Global> = Mutex::new(Global {
-    bus: None,
-    sink: None,
-});
+static GLOBAL: Mutex<Global> = Mutex::new(Global { bus: None, sink: None });
 
 fn global() -> std::sync::MutexGuard<'static, Global> {
     GLOBAL.lock().unwrap_or_else(|e| e.into_inner())
@@ -107,10 +100,7 @@ pub struct BusInfo {
 #[napi(catch_unwind)]
 pub fn bus_info() -> BusInfo {
     match &global().bus {
-        None => BusInfo {
-            mode: "none".into(),
-            redis_connected: false,
-        },
+        None => BusInfo { mode: "none".into(), redis_connected: false },
         Some(bus) => BusInfo {
             mode: bus.mode().map_or("starting", |m| m.as_str()).into(),
             redis_connected: bus.redis_connected(),
@@ -123,10 +113,7 @@ pub fn bus_info() -> BusInfo {
 #[napi(catch_unwind)]
 pub fn publish(env: &Env, parcel_id: String) -> napi::Result<PromiseRaw<'_, ()>> {
     let bus = global().bus.clone().ok_or_else(|| {
-        to_js(EngineError::new(
-            codes::BUS_CLOSED,
-            "no bus: call ensureBus first",
-        ))
+        to_js(EngineError::new(codes::BUS_CLOSED, "no bus: call ensureBus first"))
     })?;
     let done = bus.publish(&parcel_id).map_err(to_js)?;
     env.spawn_future(async move {
@@ -143,10 +130,8 @@ pub fn set_event_sink(callback: Option<SinkFn>) {
         let tsfn = Arc::new(tsfn);
         let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
         Arc::new(move |event: &crate::event::Event| {
-            let status = tsfn.call(
-                event.parcel_id().to_string(),
-                ThreadsafeFunctionCallMode::NonBlocking,
-            );
+            let status =
+                tsfn.call(event.parcel_id().to_string(), ThreadsafeFunctionCallMode::NonBlocking);
             if status == Status::QueueFull {
                 let n = dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n.is_power_of_two() {
@@ -189,10 +174,7 @@ impl UserValidator for JsValidator {
         let tsfn = self.0.clone();
         let claims = serde_json::to_string(claims).unwrap_or_else(|_| "{}".into());
         Box::pin(async move {
-            let promise = tsfn
-                .call_async(claims)
-                .await
-                .map_err(|e| e.reason.clone())?;
+            let promise = tsfn.call_async(claims).await.map_err(|e| e.reason.clone())?;
             promise.await.map_err(|e| e.reason.clone())
         })
     }
@@ -217,11 +199,7 @@ impl NativeServer {
 
     #[napi(getter)]
     pub fn bus_mode(&self) -> String {
-        self.server
-            .bus()
-            .mode()
-            .map_or("starting", |m| m.as_str())
-            .to_string()
+        self.server.bus().mode().map_or("starting", |m| m.as_str()).to_string()
     }
 
     /// Stops accepting, closes clients with 1001, and resolves once the port is free.
@@ -246,10 +224,7 @@ pub async fn start_server(
     validate_user: Option<ValidateFn>,
 ) -> napi::Result<NativeServer> {
     let port = u16::try_from(options.port).map_err(|_| {
-        to_js(EngineError::new(
-            codes::INVALID_OPTION,
-            "port must be an integer from 0 to 65535",
-        ))
+        to_js(EngineError::new(codes::INVALID_OPTION, "port must be an integer from 0 to 65535"))
     })?;
     let bus = bus_with(BusConfig::from(&options.bus))?;
     bus.ready().await.map_err(to_js)?;
@@ -266,9 +241,7 @@ pub async fn start_server(
     let validator =
         validate_user.map(|f| Arc::new(JsValidator(Arc::new(f))) as Arc<dyn UserValidator>);
     let server = Server::start(config, bus, validator).await.map_err(to_js)?;
-    Ok(NativeServer {
-        server: Arc::new(server),
-    })
+    Ok(NativeServer { server: Arc::new(server) })
 }
 
 /// Installs the stderr logger at `level` (LOG_LEVEL semantics).

@@ -65,10 +65,7 @@ impl Authenticator {
         validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.leeway = leeway.as_secs();
-        Self {
-            key: DecodingKey::from_secret(secret.as_bytes()),
-            validation,
-        }
+        Self { key: DecodingKey::from_secret(secret.as_bytes()), validation }
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
@@ -107,13 +104,11 @@ fn header_alg(token: &str) -> Option<String> {
 
 /// The user id for logs: the first of `sub`, `id`, `userId`, `user_id` that the token carries.
 pub fn user_id(claims: &Claims) -> Option<String> {
-    ["sub", "id", "userId", "user_id"]
-        .iter()
-        .find_map(|k| match claims.get(*k)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        })
+    ["sub", "id", "userId", "user_id"].iter().find_map(|k| match claims.get(*k)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
 }
 
 /// The token of a request: `?token=` in the query (percent-decoded), else `Authorization: Bearer`.
@@ -135,9 +130,7 @@ pub fn token_from_request<'a>(
     }
     let header = authorization?.trim();
     let (scheme, token) = header.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_string())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
 }
 
 #[cfg(test)]
@@ -149,10 +142,7 @@ mod tests {
     const SECRET: &str = "test-secret";
 
     fn now() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
     }
 
     fn sign(claims: Value, secret: &str) -> String {
@@ -177,14 +167,8 @@ mod tests {
     #[test]
     fn refuses_wrong_secret_expired_and_future_tokens() {
         let a = auth();
-        assert_eq!(
-            a.verify(&sign(json!({"sub":"u"}), "other")),
-            Err(AuthError::BadSignature)
-        );
-        assert_eq!(
-            a.verify(&sign(json!({"exp": now() - 60}), SECRET)),
-            Err(AuthError::Expired)
-        );
+        assert_eq!(a.verify(&sign(json!({"sub":"u"}), "other")), Err(AuthError::BadSignature));
+        assert_eq!(a.verify(&sign(json!({"exp": now() - 60}), SECRET)), Err(AuthError::Expired));
         assert_eq!(
             a.verify(&sign(json!({"nbf": now() + 600}), SECRET)),
             Err(AuthError::NotYetValid)
@@ -203,18 +187,9 @@ mod tests {
 
     #[test]
     fn finds_the_token_in_query_or_header() {
-        assert_eq!(
-            token_from_request(Some("a=1&token=abc%2Bd"), None).as_deref(),
-            Some("abc+d")
-        );
-        assert_eq!(
-            token_from_request(None, Some("Bearer xyz")).as_deref(),
-            Some("xyz")
-        );
-        assert_eq!(
-            token_from_request(None, Some("bearer  xyz ")).as_deref(),
-            Some("xyz")
-        );
+        assert_eq!(token_from_request(Some("a=1&token=abc%2Bd"), None).as_deref(), Some("abc+d"));
+        assert_eq!(token_from_request(None, Some("Bearer xyz")).as_deref(), Some("xyz"));
+        assert_eq!(token_from_request(None, Some("bearer  xyz ")).as_deref(), Some("xyz"));
         assert_eq!(token_from_request(None, Some("Basic xyz")), None);
         assert_eq!(token_from_request(Some("x=1"), None), None);
     }

@@ -25,6 +25,9 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Time a write to a client may take before the client is considered stuck and cut.
     pub send_timeout: Duration,
+    /// Time a write may stay blocked while publishers wait for this client, before it is cut
+    /// with 1013 (so one stalled client cannot pause everyone for long).
+    pub stall_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -38,6 +41,7 @@ impl ServerConfig {
             max_message_bytes: 16 * 1024,
             handshake_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -52,7 +56,8 @@ pub struct BusConfig {
     /// With Redis configured but unreachable at start: `true` fails, `false` falls back to the
     /// in-memory bus with a warning (the original design's behaviour).
     pub redis_required: bool,
-    /// Events a connection may fall behind before it is cut as too slow (close 1013).
+    /// Size of the fan-out ring, in events. Publishing pauses while the slowest connection is
+    /// half of it behind; a connection that stays there because it reads nothing is cut (1013).
     pub fanout_capacity: usize,
     /// Publishes waiting for the bus before `publish` rejects with `ERR_PUBLISH_QUEUE_FULL`.
     pub publish_queue: usize,
@@ -92,10 +97,7 @@ mod tests {
 
     #[test]
     fn redacts_credentials() {
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact_url("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redact_url("redis://:pw@h"), "redis://:***@h");
         assert_eq!(redact_url("redis://token@h"), "redis://***@h");

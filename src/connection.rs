@@ -3,6 +3,7 @@
 //! write buffer that only fills while a burst is being sent.
 
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -14,6 +15,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::Hub;
 use crate::event::WELCOME_FRAME;
 
 /// Frames fed before one flush: bursts become few large writes instead of a syscall per event.
@@ -47,13 +49,26 @@ impl fmt::Display for Ended {
 
 type Ws = WebSocketStream<TcpStream>;
 
+/// Timing rules for writes to one client.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriteLimits {
+    /// A write blocked this long is cut, whatever else happens.
+    pub send_timeout: Duration,
+    /// A write blocked this long while publishers wait for this client is cut (1013).
+    pub stall_timeout: Duration,
+}
+
+/// How often a blocked write checks whether it should give up.
+const STALL_CHECK: Duration = Duration::from_millis(50);
+
 pub(crate) async fn run(
     mut ws: Ws,
+    hub: &Hub,
     mut events: broadcast::Receiver<Utf8Bytes>,
     shutdown: CancellationToken,
-    send_timeout: Duration,
+    limits: WriteLimits,
 ) -> Ended {
-    match tokio::time::timeout(send_timeout, ws.send(Message::text(WELCOME_FRAME))).await {
+    match tokio::time::timeout(limits.send_timeout, ws.send(Message::text(WELCOME_FRAME))).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Ended::ProtocolError(e.to_string()),
         Err(_) => return Ended::Stuck,
@@ -62,23 +77,24 @@ pub(crate) async fn run(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                close(&mut ws, CloseCode::Away, "server shutting down").await;
+                close(&mut ws, CloseCode::Away, "server shutting down", CLOSE_TIMEOUT).await;
                 return Ended::ServerShutdown;
             }
             received = events.recv() => {
                 let first = match received {
                     Ok(frame) => frame,
-                    Err(RecvError::Lagged(n)) => return too_slow(&mut ws, n).await,
+                    Err(RecvError::Lagged(n)) => return too_slow(ws, events, n, limits).await,
                     Err(RecvError::Closed) => {
-                        close(&mut ws, CloseCode::Away, "server shutting down").await;
+                        close(&mut ws, CloseCode::Away, "server shutting down", CLOSE_TIMEOUT).await;
                         return Ended::ServerShutdown;
                     }
                 };
-                match tokio::time::timeout(send_timeout, send_batch(&mut ws, first, &mut events)).await {
-                    Ok(Ok(None)) => {}
-                    Ok(Ok(Some(lagged))) => return too_slow(&mut ws, lagged).await,
-                    Ok(Err(e)) => return Ended::ProtocolError(e.to_string()),
-                    Err(_) => return Ended::Stuck,
+                match write(&mut ws, first, &mut events, hub, limits).await {
+                    Written::Done => hub.consumed(),
+                    Written::Lagged(n) => return too_slow(ws, events, n, limits).await,
+                    Written::Stalled => return too_slow(ws, events, 0, limits).await,
+                    Written::Stuck => return Ended::Stuck,
+                    Written::Failed(e) => return Ended::ProtocolError(e.to_string()),
                 }
             }
             inbound = ws.next() => match inbound {
@@ -99,17 +115,64 @@ pub(crate) async fn run(
                 // Pings are answered by tungstenite itself on the next write or flush.
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Err(WsError::Capacity(_))) => {
-                    close(&mut ws, CloseCode::Size, "message too large").await;
+                    close(&mut ws, CloseCode::Size, "message too large", CLOSE_TIMEOUT).await;
                     return Ended::TooLarge;
                 }
-                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return Ended::ClientClosed,
-                Some(Err(WsError::Io(_))) => return Ended::ClientClosed,
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_))) => {
+                    return Ended::ClientClosed
+                }
                 Some(Err(e)) => {
-                    close(&mut ws, CloseCode::Protocol, "protocol error").await;
+                    close(&mut ws, CloseCode::Protocol, "protocol error", CLOSE_TIMEOUT).await;
                     return Ended::ProtocolError(e.to_string());
                 }
             }
         }
+    }
+}
+
+enum Written {
+    Done,
+    Lagged(u64),
+    Stalled,
+    Stuck,
+    Failed(WsError),
+}
+
+/// Writes `first` and whatever else is waiting. The common case (the socket takes it at once)
+/// costs no timer; a blocked write is watched every [`STALL_CHECK`].
+async fn write(
+    ws: &mut Ws,
+    first: Utf8Bytes,
+    events: &mut broadcast::Receiver<Utf8Bytes>,
+    hub: &Hub,
+    limits: WriteLimits,
+) -> Written {
+    let mut batch = std::pin::pin!(send_batch(ws, first, events));
+    let poll_once = std::future::poll_fn(|cx| std::task::Poll::Ready(batch.as_mut().poll(cx)));
+    let result = match poll_once.await {
+        std::task::Poll::Ready(result) => result,
+        std::task::Poll::Pending => {
+            let started = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    result = batch.as_mut() => break result,
+                    _ = tokio::time::sleep(STALL_CHECK) => {
+                        let blocked = started.elapsed();
+                        if blocked >= limits.send_timeout {
+                            return Written::Stuck;
+                        }
+                        if blocked >= limits.stall_timeout && hub.is_waiting() {
+                            return Written::Stalled;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    match result {
+        Ok(None) => Written::Done,
+        Ok(Some(n)) => Written::Lagged(n),
+        Err(e) => Written::Failed(e),
     }
 }
 
@@ -132,23 +195,29 @@ async fn send_batch(
     Ok(None)
 }
 
-async fn too_slow(ws: &mut Ws, behind: u64) -> Ended {
+/// Cuts a client that cannot keep up: first releases its place in the ring (so publishers
+/// resume at once), then lets whatever is already buffered drain, ending with close 1013.
+async fn too_slow(
+    mut ws: Ws,
+    events: broadcast::Receiver<Utf8Bytes>,
+    behind: u64,
+    limits: WriteLimits,
+) -> Ended {
+    drop(events);
     close(
-        ws,
+        &mut ws,
         CloseCode::Again,
         "too slow: events were dropped; reconnect",
+        limits.send_timeout,
     )
     .await;
     Ended::TooSlow(behind)
 }
 
-/// Sends a close frame and waits briefly for the client's answer, so the close is clean.
-async fn close(ws: &mut Ws, code: CloseCode, reason: &'static str) {
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+/// Sends a close frame and waits (at most `within`) for the client's answer: a clean close.
+async fn close(ws: &mut Ws, code: CloseCode, reason: &'static str, within: Duration) {
+    let frame = CloseFrame { code, reason: reason.into() };
+    let _ = tokio::time::timeout(within, async {
         if ws.close(Some(frame)).await.is_ok() {
             while let Some(Ok(_)) = ws.next().await {}
         }
@@ -167,10 +236,7 @@ fn reply_to(text: &str) -> Option<String> {
             "UNKNOWN_MESSAGE_TYPE",
             &format!("unknown message type {:?}", truncate(other, 64)),
         )),
-        None => Some(error_frame(
-            "UNKNOWN_MESSAGE_TYPE",
-            "messages need a string \"type\"",
-        )),
+        None => Some(error_frame("UNKNOWN_MESSAGE_TYPE", "messages need a string \"type\"")),
     }
 }
 
@@ -191,14 +257,9 @@ mod tests {
 
     #[test]
     fn replies() {
-        assert_eq!(
-            reply_to(r#"{"type":"ping"}"#).unwrap(),
-            r#"{"type":"pong"}"#
-        );
+        assert_eq!(reply_to(r#"{"type":"ping"}"#).unwrap(), r#"{"type":"pong"}"#);
         assert!(reply_to("{oops").unwrap().contains("INVALID_JSON"));
-        assert!(reply_to(r#"{"type":"dance"}"#)
-            .unwrap()
-            .contains("UNKNOWN_MESSAGE_TYPE"));
+        assert!(reply_to(r#"{"type":"dance"}"#).unwrap().contains("UNKNOWN_MESSAGE_TYPE"));
         assert!(reply_to("[]").unwrap().contains("UNKNOWN_MESSAGE_TYPE"));
         let long = format!(r#"{{"type":"{}"}}"#, "é".repeat(500));
         assert!(reply_to(&long).unwrap().len() < 300);

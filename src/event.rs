@@ -31,10 +31,7 @@ impl Event {
         // serde_json escapes quotes, backslashes and control characters; non-ASCII passes as UTF-8.
         json.push_str(&serde_json::to_string(parcel_id).expect("a str always serializes"));
         json.push('}');
-        Ok(Self {
-            parcel_id: parcel_id.into(),
-            frame: Utf8Bytes::from(json),
-        })
+        Ok(Self { parcel_id: parcel_id.into(), frame: Utf8Bytes::from(json) })
     }
 
     /// Parses an event that arrived from the bus (e.g. any Redis client's `PUBLISH`).
@@ -48,10 +45,7 @@ impl Event {
             parcel_id: Option<std::borrow::Cow<'a, str>>,
         }
         let wire: Wire<'_> = serde_json::from_slice(payload).map_err(|e| {
-            Error::new(
-                codes::INVALID_PARCEL_ID,
-                format!("bus message is not a JSON event: {e}"),
-            )
+            Error::new(codes::INVALID_PARCEL_ID, format!("bus message is not a JSON event: {e}"))
         })?;
         match (wire.kind.as_deref(), wire.parcel_id) {
             (Some("parcel_updated"), Some(id)) => Self::new(&id),
@@ -75,10 +69,7 @@ impl Event {
 /// A parcel id must be a non-empty string of at most [`MAX_PARCEL_ID_BYTES`] bytes.
 pub fn validate_parcel_id(parcel_id: &str) -> Result<()> {
     if parcel_id.is_empty() {
-        return Err(Error::new(
-            codes::INVALID_PARCEL_ID,
-            "parcelId must be a non-empty string",
-        ));
+        return Err(Error::new(codes::INVALID_PARCEL_ID, "parcelId must be a non-empty string"));
     }
     if parcel_id.len() > MAX_PARCEL_ID_BYTES {
         return Err(Error::new(
@@ -103,10 +94,7 @@ mod tests {
     #[test]
     fn encodes_the_original_frame() {
         let ev = Event::new("parcel_123").unwrap();
-        assert_eq!(
-            ev.frame().as_str(),
-            r#"{"type":"parcel_updated","parcel_id":"parcel_123"}"#
-        );
+        assert_eq!(ev.frame().as_str(), r#"{"type":"parcel_updated","parcel_id":"parcel_123"}"#);
     }
 
     #[test]
@@ -121,10 +109,7 @@ mod tests {
     fn rejects_empty_and_oversized_ids() {
         assert_eq!(Event::new("").unwrap_err().code(), codes::INVALID_PARCEL_ID);
         let long = "x".repeat(MAX_PARCEL_ID_BYTES + 1);
-        assert_eq!(
-            Event::new(&long).unwrap_err().code(),
-            codes::INVALID_PARCEL_ID
-        );
+        assert_eq!(Event::new(&long).unwrap_err().code(), codes::INVALID_PARCEL_ID);
         assert!(Event::new(&"x".repeat(MAX_PARCEL_ID_BYTES)).is_ok());
     }
 
@@ -146,11 +131,7 @@ mod tests {
             br#"{"type":"parcel_updated","parcel_id":""}"#,
             br#"[1,2]"#,
         ] {
-            assert!(
-                Event::from_json(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(Event::from_json(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 }

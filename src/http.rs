@@ -22,10 +22,7 @@ pub struct RequestHead {
 impl RequestHead {
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Whether a comma-separated header contains `token` (case-insensitive), e.g.
@@ -52,10 +49,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<RequestHe
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| HeadError::Closed)?;
+        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Closed)?;
         if n == 0 {
             return Err(HeadError::Closed);
         }
@@ -72,12 +66,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<RequestHe
                 let headers = req
                     .headers
                     .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
+                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
                     .collect();
                 return Ok(RequestHead {
                     method: req.method.unwrap_or("").to_string(),
@@ -164,14 +153,8 @@ mod tests {
             Err(HeadError::Malformed)
         ));
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
-        assert!(matches!(
-            read_head(&mut big.as_bytes()).await,
-            Err(HeadError::TooLarge)
-        ));
-        assert!(matches!(
-            read_head(&mut &b"GET / HT"[..]).await,
-            Err(HeadError::Closed)
-        ));
+        assert!(matches!(read_head(&mut big.as_bytes()).await, Err(HeadError::TooLarge)));
+        assert!(matches!(read_head(&mut &b"GET / HT"[..]).await, Err(HeadError::Closed)));
     }
 
     #[test]

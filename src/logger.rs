@@ -21,11 +21,8 @@ impl Log for StderrLogger {
                 Level::Debug => "DEBUG",
                 Level::Trace => "TRACE",
             };
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "[realtime-events] {level} {}",
-                record.args()
-            );
+            let _ =
+                writeln!(std::io::stderr().lock(), "[realtime-events] {level} {}", record.args());
         }
     }
 

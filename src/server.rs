@@ -97,14 +97,10 @@ impl Server {
             ));
         }
         if !config.path.starts_with('/') {
-            return Err(Error::new(
-                codes::INVALID_OPTION,
-                "path must start with '/'",
-            ));
+            return Err(Error::new(codes::INVALID_OPTION, "path must start with '/'"));
         }
-        let listener = TcpListener::bind((config.host.as_str(), config.port))
-            .await
-            .map_err(|e| {
+        let listener =
+            TcpListener::bind((config.host.as_str(), config.port)).await.map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AddrInUse {
                     Error::new(
                         codes::PORT_IN_USE,
@@ -117,9 +113,8 @@ impl Server {
                     )
                 }
             })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::new(codes::LISTEN_FAILED, e.to_string()))?;
+        let addr =
+            listener.local_addr().map_err(|e| Error::new(codes::LISTEN_FAILED, e.to_string()))?;
         // Clients send only small control messages: a small read buffer keeps idle connections
         // cheap (tungstenite's default is 128 KiB each). Writes are batched up to 16 KiB.
         let ws_config = WebSocketConfig::default()
@@ -138,18 +133,8 @@ impl Server {
         });
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        tracker.spawn(accept_loop(
-            listener,
-            shared.clone(),
-            shutdown.clone(),
-            tracker.clone(),
-        ));
-        Ok(Server {
-            addr,
-            shared,
-            shutdown,
-            tracker,
-        })
+        tracker.spawn(accept_loop(listener, shared.clone(), shutdown.clone(), tracker.clone()));
+        Ok(Server { addr, shared, shutdown, tracker })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -169,10 +154,7 @@ impl Server {
     pub async fn close(&self, grace: Duration) {
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
             log::warn!("server: some connections did not close within {grace:?}; dropped them");
         }
     }
@@ -192,10 +174,7 @@ async fn accept_loop(
 ) {
     log::info!(
         "server: listening on ws://{}{}",
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
+        listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         shared.config.path
     );
     loop {
@@ -230,18 +209,12 @@ async fn handle(
     };
     let (head, claims) = match admitted {
         Ok(Ok(admitted)) => admitted,
-        Ok(Err(Refusal {
-            status,
-            code,
-            message,
-            headers,
-        })) => {
+        Ok(Err(Refusal { status, code, message, headers })) => {
             shared.stats.refused_total.fetch_add(1, Ordering::Relaxed);
             log::debug!("server: refused {peer}: {status} {code}");
             if status != 0 {
-                let _ = stream
-                    .write_all(&http::json_response(status, code, message, headers))
-                    .await;
+                let _ =
+                    stream.write_all(&http::json_response(status, code, message, headers)).await;
                 let _ = stream.shutdown().await;
             }
             return;
@@ -261,9 +234,7 @@ async fn handle(
     };
     let key = head.header("sec-websocket-key").unwrap_or_default();
     if stream
-        .write_all(&http::switching_protocols(&derive_accept_key(
-            key.as_bytes(),
-        )))
+        .write_all(&http::switching_protocols(&derive_accept_key(key.as_bytes())))
         .await
         .is_err()
     {
@@ -280,14 +251,15 @@ async fn handle(
     )
     .await;
     shared.stats.clients.fetch_add(1, Ordering::Relaxed);
-    shared
-        .stats
-        .connections_total
-        .fetch_add(1, Ordering::Relaxed);
+    shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     let _guard = ClientGuard(shared.clone());
     let user = auth::user_id(&claims).unwrap_or_else(|| "-".into());
     log::debug!("server: client {peer} (user {user}) connected");
-    let reason = connection::run(ws, events, shutdown, shared.config.send_timeout).await;
+    let limits = connection::WriteLimits {
+        send_timeout: shared.config.send_timeout,
+        stall_timeout: shared.config.stall_timeout,
+    };
+    let reason = connection::run(ws, shared.bus.hub(), events, shutdown, limits).await;
     log::debug!("server: client {peer} (user {user}) disconnected: {reason}");
 }
 
@@ -301,12 +273,7 @@ struct Refusal {
 
 impl Refusal {
     const fn new(status: u16, code: &'static str, message: &'static str) -> Self {
-        Self {
-            status,
-            code,
-            message,
-            headers: &[],
-        }
+        Self { status, code, message, headers: &[] }
     }
 }
 
@@ -330,56 +297,31 @@ async fn admit(stream: &mut TcpStream, shared: &Shared) -> Result<(RequestHead, 
     if !is_upgrade {
         return Err(Refusal {
             headers: &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
-            ..Refusal::new(
-                426,
-                "UPGRADE_REQUIRED",
-                "This endpoint speaks WebSocket only",
-            )
+            ..Refusal::new(426, "UPGRADE_REQUIRED", "This endpoint speaks WebSocket only")
         });
     }
     if head.header("sec-websocket-version").map(str::trim) != Some("13") {
         return Err(Refusal {
             headers: &[("Sec-WebSocket-Version", "13")],
-            ..Refusal::new(
-                426,
-                "UNSUPPORTED_VERSION",
-                "Only WebSocket version 13 is supported",
-            )
+            ..Refusal::new(426, "UNSUPPORTED_VERSION", "Only WebSocket version 13 is supported")
         });
     }
-    if head
-        .header("sec-websocket-key")
-        .map_or(true, |k| k.trim().is_empty())
-    {
-        return Err(Refusal::new(
-            400,
-            "BAD_REQUEST",
-            "Missing Sec-WebSocket-Key",
-        ));
+    if head.header("sec-websocket-key").map_or(true, |k| k.trim().is_empty()) {
+        return Err(Refusal::new(400, "BAD_REQUEST", "Missing Sec-WebSocket-Key"));
     }
     let token = auth::token_from_request(head.query.as_deref(), head.header("authorization"))
         .unwrap_or_default();
-    let claims = shared
-        .auth
-        .verify(&token)
-        .map_err(|e| Refusal::new(401, e.code(), e.message()))?;
+    let claims =
+        shared.auth.verify(&token).map_err(|e| Refusal::new(401, e.code(), e.message()))?;
     if let Some(validator) = &shared.validator {
         match validator.validate(&claims).await {
             Ok(true) => {}
             Ok(false) => {
-                return Err(Refusal::new(
-                    403,
-                    "USER_REJECTED",
-                    "User is not allowed to connect",
-                ))
+                return Err(Refusal::new(403, "USER_REJECTED", "User is not allowed to connect"))
             }
             Err(e) => {
                 log::warn!("server: validateUser failed: {e}");
-                return Err(Refusal::new(
-                    403,
-                    "USER_REJECTED",
-                    "User is not allowed to connect",
-                ));
+                return Err(Refusal::new(403, "USER_REJECTED", "User is not allowed to connect"));
             }
         }
     }

@@ -54,10 +54,7 @@ async fn next_text(ws: &mut Client) -> String {
 }
 
 fn frame(id: &str) -> String {
-    format!(
-        r#"{{"type":"parcel_updated","parcel_id":{}}}"#,
-        serde_json::to_string(id).unwrap()
-    )
+    format!(r#"{{"type":"parcel_updated","parcel_id":{}}}"#, serde_json::to_string(id).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,25 +78,53 @@ async fn every_client_gets_every_event_in_order() {
     server.close(Duration::from_secs(5)).await;
 }
 
+/// Publishing far faster than clients read is paced by the bus (publish acks come later), never
+/// paid for with lost events or cut clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_much_larger_than_the_ring_is_paced_not_lost() {
+    let (server, bus) = start(BusConfig { fanout_capacity: 16, ..BusConfig::default() }).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(connect(&server).await);
+    }
+    let total = 5_000;
+    let acks: Vec<_> = (0..total).map(|i| bus.publish(&format!("burst{i}")).unwrap()).collect();
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                for i in 0..total {
+                    assert_eq!(next_text(&mut ws).await, frame(&format!("burst{i}")));
+                }
+                ws
+            })
+        })
+        .collect();
+    for ack in acks {
+        ack.await.unwrap().unwrap();
+    }
+    let mut clients = Vec::new();
+    for reader in readers {
+        clients.push(reader.await.unwrap());
+    }
+    assert_eq!(server.stats().clients(), 5, "nobody was cut");
+    server.close(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_says_1001_and_frees_the_port() {
     let (server, bus) = start(BusConfig::default()).await;
     let addr = server.local_addr();
     let mut ws = connect(&server).await;
     server.close(Duration::from_secs(5)).await;
-    match tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .unwrap()
-    {
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
         Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
         other => panic!("expected close 1001, got {other:?}"),
     }
     let mut config = ServerConfig::new(SECRET);
     config.host = addr.ip().to_string();
     config.port = addr.port();
-    let again = Server::start(config, bus, None)
-        .await
-        .expect("port is free after close()");
+    let again = Server::start(config, bus, None).await.expect("port is free after close()");
     again.close(Duration::from_secs(1)).await;
 }
 
@@ -107,10 +132,7 @@ async fn close_says_1001_and_frees_the_port() {
 /// every event: a slow reader never holds the others back nor grows a queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_cut_and_others_are_unharmed() {
-    let config = BusConfig {
-        fanout_capacity: 64,
-        ..BusConfig::default()
-    };
+    let config = BusConfig { fanout_capacity: 64, ..BusConfig::default() };
     let (server, bus) = start(config).await;
     let mut healthy = connect(&server).await;
 
@@ -155,10 +177,7 @@ async fn a_client_that_never_reads_is_cut_and_others_are_unharmed() {
         }
         bus.publish(&format!("{long}{i}")).unwrap();
     }
-    let _healthy = tokio::time::timeout(Duration::from_secs(60), reader)
-        .await
-        .unwrap()
-        .unwrap();
+    let _healthy = tokio::time::timeout(Duration::from_secs(60), reader).await.unwrap().unwrap();
     tokio::time::timeout(Duration::from_secs(20), async {
         while server.stats().clients() > 1 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -185,38 +204,15 @@ async fn refusals_are_http_with_a_json_code() {
     }
     let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
     let cases = [
-        (
-            format!("GET /other HTTP/1.1\r\n{upgrade}\r\n"),
-            "404",
-            "NOT_FOUND",
-        ),
-        (
-            "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
-            "426",
-            "UPGRADE_REQUIRED",
-        ),
-        (
-            format!("GET /ws HTTP/1.1\r\n{upgrade}\r\n"),
-            "401",
-            "TOKEN_MISSING",
-        ),
-        (
-            format!("GET /ws?token=abc HTTP/1.1\r\n{upgrade}\r\n"),
-            "401",
-            "TOKEN_MALFORMED",
-        ),
-        (
-            "\x16\x03\x01\x02\x00garbage\r\n\r\n".to_string(),
-            "400",
-            "BAD_REQUEST",
-        ),
+        (format!("GET /other HTTP/1.1\r\n{upgrade}\r\n"), "404", "NOT_FOUND"),
+        ("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_string(), "426", "UPGRADE_REQUIRED"),
+        (format!("GET /ws HTTP/1.1\r\n{upgrade}\r\n"), "401", "TOKEN_MISSING"),
+        (format!("GET /ws?token=abc HTTP/1.1\r\n{upgrade}\r\n"), "401", "TOKEN_MALFORMED"),
+        ("\x16\x03\x01\x02\x00garbage\r\n\r\n".to_string(), "400", "BAD_REQUEST"),
     ];
     for (request, status, code) in cases {
         let answer = ask(&server, &request).await;
-        assert!(
-            answer.starts_with(&format!("HTTP/1.1 {status} ")),
-            "{answer}"
-        );
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
         assert!(answer.contains(&format!("\"code\":\"{code}\"")), "{answer}");
     }
     // The server still serves after all that.

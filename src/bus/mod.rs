@@ -15,10 +15,11 @@
 
 mod redis;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -53,21 +54,38 @@ enum State {
 }
 
 /// The fan-out point: a broadcast ring of encoded frames plus an optional JS sink.
+///
+/// Flow control: the ring holds `capacity` events. Before an event enters it, [`Hub::dispatch`]
+/// waits while the slowest connection is `high_water` (half the ring) or more behind, so a burst
+/// of publishes is paced to the speed of the clients instead of overrunning them. A connection
+/// that holds everyone back because its socket accepts nothing is cut by its own task
+/// (see `connection.rs`), which releases the wait. The wait is what makes `publish()` resolve
+/// later under load: publishers feel backpressure, and no healthy client ever lags.
 pub struct Hub {
     frames: broadcast::Sender<Utf8Bytes>,
+    high_water: usize,
+    /// Set while `dispatch` waits for room; connections then signal progress.
+    waiting: AtomicBool,
+    progress: Notify,
     sink: RwLock<Option<Sink>>,
 }
 
 impl Hub {
     fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(2);
         Self {
-            frames: broadcast::channel(capacity.max(1)).0,
+            frames: broadcast::channel(capacity).0,
+            high_water: capacity / 2,
+            waiting: AtomicBool::new(false),
+            progress: Notify::new(),
             sink: RwLock::new(None),
         }
     }
 
-    /// Hands one event to every connection (one shared frame) and to the sink.
-    pub(crate) fn dispatch(&self, event: &Event) {
+    /// Hands one event to every connection (one shared frame) and to the sink, once the ring
+    /// has room for it.
+    pub(crate) async fn dispatch(&self, event: &Event) {
+        self.wait_for_room().await;
         // An error only means that no connection is listening right now.
         let _ = self.frames.send(event.frame().clone());
         if let Some(sink) = self.sink.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
@@ -75,8 +93,36 @@ impl Hub {
         }
     }
 
-    /// A receiver positioned at the next event. It lags (and its connection is cut) when it
-    /// falls more than `fanout_capacity` events behind.
+    async fn wait_for_room(&self) {
+        if self.frames.len() < self.high_water {
+            return;
+        }
+        self.waiting.store(true, Ordering::SeqCst);
+        while self.frames.len() >= self.high_water {
+            // A progress signal, or a periodic re-check in case a connection was dropped.
+            let _ = tokio::time::timeout(Duration::from_millis(1), self.progress.notified()).await;
+        }
+        self.waiting.store(false, Ordering::SeqCst);
+    }
+
+    /// Called by a connection after it has written a batch: wakes a waiting dispatch.
+    pub(crate) fn consumed(&self) {
+        if self.waiting.load(Ordering::Relaxed) {
+            self.progress.notify_one();
+        }
+    }
+
+    /// Whether a dispatch is waiting for a slow connection right now.
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// How far behind (in events) a connection may be before it holds publishers back.
+    pub fn high_water(&self) -> usize {
+        self.high_water
+    }
+
+    /// A receiver positioned at the next event.
     pub fn subscribe(&self) -> broadcast::Receiver<Utf8Bytes> {
         self.frames.subscribe()
     }
@@ -115,14 +161,7 @@ impl Bus {
             connected_tx,
             shutdown.clone(),
         ));
-        Arc::new(Bus {
-            config,
-            queue,
-            hub,
-            state,
-            redis_connected,
-            shutdown,
-        })
+        Arc::new(Bus { config, queue, hub, state, redis_connected, shutdown })
     }
 
     /// Waits until the bus runs and says in which mode; fails only when Redis is required
@@ -172,29 +211,26 @@ impl Bus {
     pub fn publish(&self, parcel_id: &str) -> Result<oneshot::Receiver<Result<()>>> {
         let event = Event::new(parcel_id)?;
         let (ack, done) = oneshot::channel();
-        self.queue
-            .try_send(Publish { event, ack })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => Error::new(
-                    codes::PUBLISH_QUEUE_FULL,
-                    format!(
-                        "{} publishes are already waiting for the bus; retry later",
-                        self.config.publish_queue
-                    ),
+        self.queue.try_send(Publish { event, ack }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::new(
+                codes::PUBLISH_QUEUE_FULL,
+                format!(
+                    "{} publishes are already waiting for the bus; retry later",
+                    self.config.publish_queue
                 ),
-                mpsc::error::TrySendError::Closed(_) => match &*self.state.borrow() {
-                    State::Failed(e) => e.clone(),
-                    _ => Error::new(codes::BUS_CLOSED, "the bus has stopped"),
-                },
-            })?;
+            ),
+            mpsc::error::TrySendError::Closed(_) => match &*self.state.borrow() {
+                State::Failed(e) => e.clone(),
+                _ => Error::new(codes::BUS_CLOSED, "the bus has stopped"),
+            },
+        })?;
         Ok(done)
     }
 
     /// Publishes and waits until the bus has taken the event.
     pub async fn publish_and_wait(&self, parcel_id: &str) -> Result<()> {
         let done = self.publish(parcel_id)?;
-        done.await
-            .unwrap_or_else(|_| Err(Error::new(codes::BUS_CLOSED, "the bus has stopped")))
+        done.await.unwrap_or_else(|_| Err(Error::new(codes::BUS_CLOSED, "the bus has stopped")))
     }
 
     /// Routes every event to `sink` (replacing any previous one), or stops routing with `None`.
@@ -225,11 +261,7 @@ async fn pump(
                 .await
             {
                 Ok(redis) => {
-                    log::info!(
-                        "bus: redis at {} (channel {})",
-                        redact_url(url),
-                        config.channel
-                    );
+                    log::info!("bus: redis at {} (channel {})", redact_url(url), config.channel);
                     Some(redis)
                 }
                 Err(e) if config.redis_required || e.code() == codes::INVALID_OPTION => {
@@ -251,11 +283,7 @@ async fn pump(
             }
         }
     };
-    state.send_replace(State::Ready(if backend.is_some() {
-        Mode::Redis
-    } else {
-        Mode::Memory
-    }));
+    state.send_replace(State::Ready(if backend.is_some() { Mode::Redis } else { Mode::Memory }));
 
     const BATCH: usize = 256;
     let mut batch = Vec::with_capacity(BATCH);
@@ -263,7 +291,7 @@ async fn pump(
         match backend.as_mut() {
             None => {
                 for p in batch.drain(..) {
-                    hub.dispatch(&p.event);
+                    hub.dispatch(&p.event).await;
                     let _ = p.ack.send(Ok(()));
                 }
             }

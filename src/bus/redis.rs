@@ -22,10 +22,7 @@ pub(super) struct RedisBus {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
-    Error::new(
-        codes::REDIS_UNAVAILABLE,
-        format!("Redis is unavailable: {e}"),
-    )
+    Error::new(codes::REDIS_UNAVAILABLE, format!("Redis is unavailable: {e}"))
 }
 
 impl RedisBus {
@@ -52,18 +49,8 @@ impl RedisBus {
         .map_err(unavailable)?;
         let pubsub = subscribe(&client, channel).await?;
         connected.send_replace(true);
-        tokio::spawn(receive(
-            client,
-            channel.to_string(),
-            pubsub,
-            hub,
-            connected,
-            shutdown,
-        ));
-        Ok(Self {
-            publisher,
-            channel: channel.to_string(),
-        })
+        tokio::spawn(receive(client, channel.to_string(), pubsub, hub, connected, shutdown));
+        Ok(Self { publisher, channel: channel.to_string() })
     }
 
     /// PUBLISHes a batch in one pipeline: one round trip, in order.
@@ -73,14 +60,9 @@ impl RedisBus {
     ) -> Result<()> {
         let mut pipe = redis::pipe();
         for event in events {
-            pipe.cmd("PUBLISH")
-                .arg(&self.channel)
-                .arg(event.frame().as_str())
-                .ignore();
+            pipe.cmd("PUBLISH").arg(&self.channel).arg(event.frame().as_str()).ignore();
         }
-        pipe.query_async::<()>(&mut self.publisher)
-            .await
-            .map_err(unavailable)
+        pipe.query_async::<()>(&mut self.publisher).await.map_err(unavailable)
     }
 }
 
@@ -131,7 +113,7 @@ async fn receive(
                 _ = shutdown.cancelled() => return,
                 msg = messages.next() => match msg {
                     Some(msg) => match Event::from_json(msg.get_payload_bytes()) {
-                        Ok(event) => hub.dispatch(&event),
+                        Ok(event) => hub.dispatch(&event).await,
                         Err(e) => log::warn!("bus: ignored a message on {channel}: {}", e.message()),
                     },
                     None => break,
