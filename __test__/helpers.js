@@ -398,8 +398,10 @@ function spawnNodeScript(script, options) {
 // Redis
 
 function redisInstalled() {
-  const r = spawnSync('redis-server', ['--version'], { encoding: 'utf8' });
-  return !r.error && r.status === 0;
+  return ['redis-server', 'redis-cli'].every((cmd) => {
+    const r = spawnSync(cmd, ['--version'], { encoding: 'utf8' });
+    return !r.error && r.status === 0;
+  });
 }
 
 /**
@@ -409,7 +411,7 @@ function redisInstalled() {
 function redisSkipReason() {
   if (redisInstalled()) return false;
   if (process.env.REQUIRE_REDIS === '1') return false;
-  return 'redis-server is not installed (set REQUIRE_REDIS=1 to make this a failure)';
+  return 'redis-server/redis-cli are not installed (set REQUIRE_REDIS=1 to make this a failure)';
 }
 
 function redisCli(port, args) {
@@ -423,7 +425,7 @@ function redisCli(port, args) {
  * Returns {url, port, stop(), kill(signal), restart()}.
  */
 async function startRedis() {
-  if (!redisInstalled()) throw new Error('redis-server is not installed (REQUIRE_REDIS=1)');
+  if (!redisInstalled()) throw new Error('redis-server or redis-cli is not installed (REQUIRE_REDIS=1)');
   const port = await freePort();
   let proc = null;
   const launch = async () => {
