@@ -1,0 +1,205 @@
+// The control protocol both bench servers speak (server-rt.js and server-baseline.js): one JSON
+// command per stdin line, one JSON answer per stdout line. Diagnostics go to stderr.
+//
+//   {"cmd":"stats","gc":true}            RSS, heap, clients, CPU time (after a full GC if asked)
+//   {"cmd":"publish","base":B,"rate":R,"duration":S,"count":C,"window":W,"chunk":K}
+//        publishes ids b<seq>-<process.hrtime.bigint()> from seq B: R events/s (0 = as fast as
+//        the API accepts), for S seconds or C events, whichever comes first; answers with the
+//        count, the monotonic start/end, and the event-loop delay measured meanwhile
+//   {"cmd":"quit"}
+'use strict';
+
+const { monitorEventLoopDelay, performance } = require('node:perf_hooks');
+const readline = require('node:readline');
+
+function send(obj) {
+  process.stdout.write(`${JSON.stringify(obj)}\n`);
+}
+
+const nowNs = () => process.hrtime.bigint();
+const tick = () => new Promise((resolve) => setImmediate(resolve));
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function eldSummary(h) {
+  const ms = (v) => Number(v) / 1e6;
+  return {
+    count: h.count,
+    mean_ms: ms(h.mean),
+    p50_ms: ms(h.percentile(50)),
+    p99_ms: ms(h.percentile(99)),
+    p999_ms: ms(h.percentile(99.9)),
+    max_ms: ms(h.max),
+  };
+}
+
+/**
+ * `publishOne(id)` returns a promise (the package's API) or undefined (the baseline, which has
+ * fanned the event out synchronously by the time it returns).
+ */
+async function publishRun(publishOne, opts) {
+  const base = opts.base ?? 0;
+  const rate = opts.rate ?? 0;
+  const durationMs = (opts.duration ?? 10) * 1000;
+  const maxCount = opts.count ?? Infinity;
+  const window = opts.window ?? 1000; // promises in flight at most
+  const chunk = opts.chunk ?? 100; // publishes per turn of the event loop
+  let seq = base;
+  let errors = 0;
+  let firstError = null;
+  const inflight = [];
+  let inflightCount = 0;
+  const onError = (err) => {
+    errors += 1;
+    if (!firstError) firstError = `${err.code || ''} ${err.message}`;
+  };
+  const one = () => {
+    const id = `b${seq}-${nowNs()}`;
+    seq += 1;
+    let p;
+    try {
+      p = publishOne(id);
+    } catch (err) {
+      onError(err);
+      return undefined;
+    }
+    return p;
+  };
+
+  const eld = monitorEventLoopDelay({ resolution: 1 });
+  const elu0 = performance.eventLoopUtilization();
+  const cpu0 = process.cpuUsage();
+  eld.enable();
+  const t0 = performance.now();
+  const startNs = nowNs();
+  const done = () => seq - base >= maxCount || performance.now() - t0 >= durationMs;
+
+  if (rate <= 0) {
+    // As fast as the API accepts: chunks of `chunk` calls, at most `window` unresolved.
+    while (!done()) {
+      const ps = [];
+      for (let i = 0; i < chunk && !done(); i++) {
+        const p = one();
+        if (p) ps.push(p);
+      }
+      if (ps.length) {
+        inflight.push(Promise.all(ps).catch(onError));
+        inflightCount += ps.length;
+        while (inflightCount >= window) {
+          await inflight.shift();
+          inflightCount -= chunk;
+        }
+      }
+      await tick();
+    }
+  } else {
+    // Paced: every ~1 ms publish what is due by now.
+    const pending = [];
+    while (!done()) {
+      const due = Math.min(Math.floor(((performance.now() - t0) / 1000) * rate), maxCount);
+      while (seq - base < due) {
+        const p = one();
+        if (p) pending.push(p.catch(onError));
+      }
+      if (pending.length > 10000) {
+        const batch = pending.splice(0, pending.length);
+        inflight.push(Promise.all(batch));
+      }
+      await sleep(1);
+    }
+    inflight.push(Promise.all(pending));
+  }
+  await Promise.all(inflight);
+  const endNs = nowNs();
+  eld.disable();
+  const elu = performance.eventLoopUtilization(elu0);
+  const cpu = process.cpuUsage(cpu0);
+  return {
+    event: 'published',
+    base,
+    published: seq - base,
+    errors,
+    first_error: firstError,
+    start_ns: startNs.toString(),
+    end_ns: endNs.toString(),
+    secs: Number(endNs - startNs) / 1e9,
+    rate_achieved: (seq - base) / (Number(endNs - startNs) / 1e9),
+    event_loop_delay: eldSummary(eld),
+    event_loop_utilization: elu.utilization,
+    cpu_user_s: cpu.user / 1e6,
+    cpu_system_s: cpu.system / 1e6,
+  };
+}
+
+function stats(clientCount, gc) {
+  if (gc && global.gc) {
+    for (let i = 0; i < 3; i++) global.gc();
+  }
+  const m = process.memoryUsage();
+  const cpu = process.cpuUsage();
+  return {
+    event: 'stats',
+    rss: m.rss,
+    heap_used: m.heapUsed,
+    external: m.external,
+    clients: clientCount(),
+    cpu_user_s: cpu.user / 1e6,
+    cpu_system_s: cpu.system / 1e6,
+    now_ns: nowNs().toString(),
+  };
+}
+
+/** Serves the protocol until `quit` or stdin closes; `close()` stops the server. */
+function serve({ publishOne, clientCount, close, hello }) {
+  send({ event: 'ready', pid: process.pid, ...hello });
+  const rl = readline.createInterface({ input: process.stdin });
+  let queue = Promise.resolve();
+  const quit = async () => {
+    try {
+      await close();
+    } finally {
+      send({ event: 'bye' });
+      process.exit(0);
+    }
+  };
+  rl.on('line', (line) => {
+    if (!line.trim()) return;
+    queue = queue.then(async () => {
+      let msg;
+      try {
+        msg = JSON.parse(line);
+      } catch {
+        send({ event: 'error', message: `bad JSON: ${line}` });
+        return;
+      }
+      try {
+        if (msg.cmd === 'stats') send(stats(clientCount, msg.gc));
+        else if (msg.cmd === 'publish') send(await publishRun(publishOne, msg));
+        else if (msg.cmd === 'quit') await quit();
+        else send({ event: 'error', message: `unknown command ${msg.cmd}` });
+      } catch (err) {
+        send({ event: 'error', message: err.stack || String(err) });
+      }
+    });
+  });
+  rl.on('close', () => {
+    queue.then(quit);
+  });
+}
+
+function parseArgs(argv) {
+  const out = {};
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith('--')) continue;
+    const key = a.slice(2);
+    const next = argv[i + 1];
+    if (next === undefined || next.startsWith('--')) out[key] = true;
+    else {
+      out[key] = next;
+      i += 1;
+    }
+  }
+  return out;
+}
+
+module.exports = { serve, parseArgs, send };

@@ -1,0 +1,406 @@
+#!/usr/bin/env node
+// The benchmark suite: runs every scenario against this package (rt) and against the original
+// plain-Node design (baseline, bench/server-baseline.js) in the same run, and reports each figure
+// as a ratio against the baseline. See bench/README.md.
+//
+//   npm run bench                       all scenarios, full size (~15 min on 2 cores)
+//   npm run bench -- --scenarios fanout,latency --clients 500 --duration 5
+//   npm run bench:smoke                 tiny sizes for CI: fails only on lost, duplicated or
+//                                       reordered events or a crashed scenario
+'use strict';
+
+const { spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const jwt = require('jsonwebtoken');
+
+const { Child, freePort, sleep, setVerbose } = require('./lib/procs');
+const report = require('./lib/report');
+
+const ROOT = path.resolve(__dirname, '..');
+const RESULTS = path.join(__dirname, 'results');
+const SECRET = 'bench-secret-not-for-production';
+const ALL = ['fanout', 'latency', 'memory', 'handshake', 'eventloop', 'redis', 'scale'];
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+function parseOptions(argv) {
+  const o = {
+    scenarios: ALL,
+    impls: ['rt', 'baseline'],
+    smoke: false,
+    verbose: false,
+    build: true,
+    write: true,
+    clients: 1000,
+    duration: 10,
+    latencyRates: [100, 500],
+    latencyDuration: 10,
+    memClients: 10_000,
+    handshakeClients: 10_000,
+    handshakeConcurrency: 256,
+    redisRate: 1000,
+    redisServers: 1,
+    scaleMax: 100_000,
+    scaleStep: 5_000,
+    scaleBudget: 240,
+    threads: 2,
+  };
+  const num = (v, name) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 0) fail(`--${name} needs a number, got ${v}`);
+    return n;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const val = () => {
+      const v = argv[++i];
+      if (v === undefined) fail(`${a} needs a value`);
+      return v;
+    };
+    switch (a) {
+      case '--scenarios': o.scenarios = val().split(',').filter(Boolean); break;
+      case '--impls': o.impls = val().split(',').filter(Boolean); break;
+      case '--smoke': o.smoke = true; break;
+      case '--verbose': case '-v': o.verbose = true; break;
+      case '--no-build': o.build = false; break;
+      case '--no-write': o.write = false; break;
+      case '--clients': o.clients = num(val(), 'clients'); break;
+      case '--duration': o.duration = num(val(), 'duration'); break;
+      case '--latency-rates': o.latencyRates = val().split(',').map((v) => num(v, 'latency-rates')); break;
+      case '--latency-duration': o.latencyDuration = num(val(), 'latency-duration'); break;
+      case '--mem-clients': o.memClients = num(val(), 'mem-clients'); break;
+      case '--handshake-clients': o.handshakeClients = num(val(), 'handshake-clients'); break;
+      case '--handshake-concurrency': o.handshakeConcurrency = num(val(), 'handshake-concurrency'); break;
+      case '--redis-rate': o.redisRate = num(val(), 'redis-rate'); break;
+      case '--redis-servers': o.redisServers = num(val(), 'redis-servers'); break;
+      case '--scale-max': o.scaleMax = num(val(), 'scale-max'); break;
+      case '--scale-step': o.scaleStep = num(val(), 'scale-step'); break;
+      case '--scale-budget': o.scaleBudget = num(val(), 'scale-budget'); break;
+      case '--threads': o.threads = num(val(), 'threads'); break;
+      case '--help': case '-h':
+        console.log(fs.readFileSync(path.join(__dirname, 'README.md'), 'utf8'));
+        process.exit(0);
+        break;
+      default: fail(`unknown option ${a} (see bench/README.md)`);
+    }
+  }
+  if (o.smoke) {
+    // Tiny and short: a correctness run of the whole machinery, no speed claims.
+    Object.assign(o, {
+      clients: Math.min(o.clients, 50),
+      duration: Math.min(o.duration, 1),
+      fanoutCount: 2000,
+      latencyRates: [200],
+      latencyDuration: 1,
+      memClients: 200,
+      handshakeClients: 500,
+      handshakeConcurrency: 64,
+      redisRate: 200,
+      scaleMax: 600,
+      scaleStep: 300,
+      scaleBudget: 20,
+    });
+  }
+  for (const s of o.scenarios) if (!ALL.includes(s)) fail(`unknown scenario ${s}; known: ${ALL.join(', ')}`);
+  for (const i of o.impls) if (!['rt', 'baseline'].includes(i)) fail(`unknown impl ${i}`);
+  return o;
+}
+
+function fail(message) {
+  console.error(`bench: ${message}`);
+  process.exit(2);
+}
+
+function log(message) {
+  console.error(`bench: ${message}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine and build
+
+function sh(cmd, args) {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : null;
+}
+
+function machine() {
+  const cpuModel = (() => {
+    try {
+      const m = /model name\s*:\s*(.*)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+      return m ? m[1].trim() : os.cpus()[0]?.model;
+    } catch {
+      return os.cpus()[0]?.model;
+    }
+  })();
+  return {
+    nproc: Number(sh('nproc', [])) || os.cpus().length,
+    cpu: cpuModel,
+    ram_gib: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
+    kernel: `${os.type()} ${os.release()}`,
+    node: process.version,
+    rustc: sh('rustc', ['--version']),
+    redis: sh('redis-server', ['--version'])?.split(' ').slice(0, 3).join(' ') ?? null,
+    nofile_limit: sh('bash', ['-c', 'ulimit -Hn']),
+    date: new Date().toISOString(),
+    commit: sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']),
+  };
+}
+
+function buildLoadgen(build) {
+  const bin = path.join(process.env.CARGO_TARGET_DIR ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target'), 'release', 'loadgen');
+  if (build) {
+    log('building the load generator (cargo build --release -p rt-loadgen)');
+    const r = spawnSync('cargo', ['build', '--release', '--quiet', '-p', 'rt-loadgen'], { cwd: ROOT, stdio: 'inherit' });
+    if (r.status !== 0) fail('cargo build -p rt-loadgen failed');
+  }
+  if (!fs.existsSync(bin)) fail(`${bin} is missing (run without --no-build)`);
+  if (!fs.existsSync(path.join(ROOT, 'realtime_events.node'))) fail('the addon is not built: run `npm run build` first');
+  return bin;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes under test
+
+const ctx = { loadgen: null, token: null, srcBlock: 0, opts: null };
+
+async function startServer(impl, extra = [], name = `${impl}-server`) {
+  const script = path.join(__dirname, impl === 'rt' ? 'server-rt.js' : 'server-baseline.js');
+  const child = new Child(name, process.execPath, ['--expose-gc', script, '--secret', SECRET, '--port', '0', '--host', '127.0.0.1', ...extra], {
+    env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn' },
+  });
+  const ready = await child.next(30_000);
+  if (ready.event !== 'ready') throw new Error(`${name}: unexpected first line ${JSON.stringify(ready)}`);
+  child.port = ready.port;
+  return child;
+}
+
+async function stopServer(child) {
+  if (child) await child.stop('{"cmd":"quit"}', 8000);
+}
+
+/**
+ * A load generator for `clients` connections at most. Each one binds its own fresh block of
+ * loopback source addresses (127.20.x.y), one per 20,000 clients, so that neither ephemeral
+ * ports nor the TIME_WAIT left by an earlier scenario run out.
+ */
+async function startLoadgen(port, clients, { concurrency = 256, handshakeTimeoutMs = 20_000, name = 'loadgen' } = {}) {
+  const k = ctx.srcBlock++;
+  const srcCount = Math.max(1, Math.ceil(clients / 20_000));
+  const src = `127.${20 + Math.floor(k / 250)}.${k % 250}.1+${srcCount}`;
+  const child = new Child(name, ctx.loadgen, [
+    '--url', `ws://127.0.0.1:${port}/ws`, '--token', ctx.token, '--threads', String(ctx.opts.threads),
+    '--src', src, '--concurrency', String(concurrency), '--handshake-timeout-ms', String(handshakeTimeoutMs),
+    '--timeout-s', '1800',
+  ]);
+  const started = await child.next(10_000);
+  if (started.event !== 'started') throw new Error(`loadgen: unexpected first line ${JSON.stringify(started)}`);
+  child.nofile = started.nofile;
+  return child;
+}
+
+async function connectAll(lg, n, timeoutMs = 300_000) {
+  const c = await lg.request(`connect ${n}`, timeoutMs);
+  return c;
+}
+
+const ns = (v) => Number(v);
+
+/** Common figures of one publish + deliver run. */
+function deliveryFigures(pub, rep, cpu) {
+  const startNs = ns(pub.start_ns);
+  const windowS = rep.last_recv_ns ? (ns(rep.last_recv_ns) - startNs) / 1e9 : pub.secs;
+  return {
+    clients: rep.measured_clients,
+    published: pub.published,
+    publish_secs: pub.secs,
+    publish_rate: pub.rate_achieved,
+    publish_errors: pub.errors,
+    publish_first_error: pub.first_error,
+    expected: rep.expected,
+    delivered: rep.unique,
+    deliveries_per_s: rep.unique / Math.max(windowS, 1e-9),
+    delivery_window_s: windowS,
+    lost: rep.lost,
+    loss_ratio: rep.expected ? rep.lost / rep.expected : 0,
+    duplicates: rep.duplicates,
+    reordered: rep.reordered,
+    disconnected: rep.measured_clients - rep.live,
+    closes: rep.closes,
+    latency_us: rep.latency_us,
+    event_loop_delay: pub.event_loop_delay,
+    event_loop_utilization: pub.event_loop_utilization,
+    cpu_s: cpu,
+  };
+}
+
+/** Publishes from `publisher` while `loadgens` count, then collects and merges their reports. */
+async function publishAndCollect(publisher, loadgens, servers, publishCmd, drainMs) {
+  for (const lg of loadgens) await lg.request('reset 0');
+  const cpu0 = [...servers, ...loadgens, publisher].map((c) => c.cpuSeconds());
+  const pub = await publisher.request({ cmd: 'publish', base: 0, ...publishCmd }, ((publishCmd.duration ?? 10) + 120) * 1000);
+  const waits = await Promise.all(loadgens.map((lg) => lg.request(`wait ${pub.published} ${drainMs}`, drainMs + 30_000)));
+  const cpu1 = [...servers, ...loadgens, publisher].map((c) => c.cpuSeconds());
+  const reps = await Promise.all(loadgens.map((lg) => lg.request(`report ${pub.published}`)));
+  const rep = mergeReports(reps);
+  const d = (i) => Math.round((cpu1[i] - cpu0[i]) * 100) / 100;
+  const cpu = {
+    server: servers.reduce((s, _, i) => s + d(i), 0),
+    loadgen: loadgens.reduce((s, _, i) => s + d(servers.length + i), 0),
+  };
+  if (!servers.includes(publisher)) cpu.publisher = d(servers.length + loadgens.length);
+  const fig = deliveryFigures(pub, rep, cpu);
+  fig.drain = waits.map((w) => w.reason);
+  return fig;
+}
+
+function mergeReports(reps) {
+  if (reps.length === 1) return reps[0];
+  const sum = (k) => reps.reduce((s, r) => s + r[k], 0);
+  const out = {};
+  for (const k of ['clients', 'live', 'measured_clients', 'expected', 'received', 'unique', 'duplicates', 'reordered', 'stale', 'lost', 'incomplete_clients', 'other_frames']) out[k] = sum(k);
+  out.last_recv_ns = Math.max(...reps.map((r) => ns(r.last_recv_ns)));
+  out.closes = {};
+  for (const r of reps) for (const [k, v] of Object.entries(r.closes)) out.closes[k] = (out.closes[k] ?? 0) + v;
+  // Latency: weighted means and the worst of the percentiles (an upper bound, flagged).
+  const lat = reps.map((r) => r.latency_us).filter((l) => l.count);
+  out.latency_us = lat.length
+    ? {
+        count: lat.reduce((s, l) => s + l.count, 0),
+        mean: lat.reduce((s, l) => s + l.mean * l.count, 0) / lat.reduce((s, l) => s + l.count, 0),
+        p50: Math.max(...lat.map((l) => l.p50)),
+        p90: Math.max(...lat.map((l) => l.p90)),
+        p99: Math.max(...lat.map((l) => l.p99)),
+        p999: Math.max(...lat.map((l) => l.p999)),
+        max: Math.max(...lat.map((l) => l.max)),
+        merged: 'max over load generators',
+      }
+    : { count: 0 };
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios. Each returns { rt: {...}, baseline: {...} }.
+
+/** 1 (and 5): fan-out as fast as the API accepts; event-loop delay measured meanwhile. */
+async function fanout(impl, o) {
+  const server = await startServer(impl);
+  let lg;
+  try {
+    lg = await startLoadgen(server.port, o.clients);
+    const c = await connectAll(lg, o.clients);
+    if (c.ok !== o.clients) throw new Error(`connected ${c.ok}/${o.clients}: ${JSON.stringify(c)}`);
+    const cmd = { rate: 0, duration: o.duration, chunk: impl === 'rt' ? 100 : 1, window: 1000 };
+    if (o.fanoutCount) cmd.count = o.fanoutCount;
+    const fig = await publishAndCollect(server, [lg], [server], cmd, 60_000);
+    fig.server_rss_after = (await server.request({ cmd: 'stats' })).rss;
+    return fig;
+  } finally {
+    if (lg) await lg.stop('quit');
+    await stopServer(server);
+  }
+}
+
+const SCENARIOS = {
+  fanout: {
+    title: 'Fan-out',
+    run: async (o, results) => {
+      const out = {};
+      for (const impl of o.impls) {
+        log(`fanout: ${impl}, ${o.clients} clients, ${o.fanoutCount ? `${o.fanoutCount} events` : `${o.duration} s`} as fast as the API accepts`);
+        out[impl] = await fanout(impl, o);
+        log(`fanout: ${impl}: ${fmt(out[impl].deliveries_per_s)} deliveries/s, lost ${out[impl].lost}, published ${out[impl].published}`);
+      }
+      results.fanout = out;
+      // Scenario 5 is measured during scenario 1.
+      if (o.scenarios.includes('eventloop')) results.eventloop = { source: 'fanout', ...pick(out, (f) => f.event_loop_delay) };
+    },
+  },
+};
+
+function pick(byImpl, f) {
+  const out = {};
+  for (const [impl, v] of Object.entries(byImpl)) out[impl] = f(v);
+  return out;
+}
+
+const fmt = (n) => (n == null ? '-' : Math.round(n).toLocaleString('en-US'));
+
+// ---------------------------------------------------------------------------------------------
+// Verdict: the smoke run fails on loss, duplicates, reordering or a crash; never on speed.
+
+function integrityProblems(results) {
+  const problems = [];
+  const check = (where, f) => {
+    if (!f || typeof f !== 'object') return;
+    for (const k of ['lost', 'duplicates', 'reordered']) {
+      if (typeof f[k] === 'number' && f[k] > 0) problems.push(`${where}: ${k} = ${f[k]}`);
+    }
+  };
+  for (const [name, r] of Object.entries(results)) {
+    if (!r || typeof r !== 'object') continue;
+    if (r.error) problems.push(`${name}: crashed: ${r.error}`);
+    for (const [impl, f] of Object.entries(r)) {
+      if (Array.isArray(f)) f.forEach((x, i) => check(`${name}[${i}].${impl}`, x));
+      else if (f && typeof f === 'object' && f.error) problems.push(`${name}.${impl}: crashed: ${f.error}`);
+      else check(`${name}.${impl}`, f);
+    }
+  }
+  return problems;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main() {
+  const o = parseOptions(process.argv.slice(2));
+  ctx.opts = o;
+  setVerbose(o.verbose);
+  ctx.loadgen = buildLoadgen(o.build);
+  ctx.token = jwt.sign({ sub: 'bench', userId: 'bench-user' }, SECRET, { algorithm: 'HS256', expiresIn: '6h' });
+  const meta = { machine: machine(), command: `npm run ${o.smoke ? 'bench:smoke' : 'bench'}${process.argv.slice(2).filter((a) => a !== '--smoke').length ? ` -- ${process.argv.slice(2).filter((a) => a !== '--smoke').join(' ')}` : ''}`, options: o };
+  log(`machine: ${meta.machine.nproc} cores (${meta.machine.cpu}), ${meta.machine.ram_gib} GiB, node ${meta.machine.node}, ${meta.machine.rustc}`);
+  const results = {};
+  const t0 = Date.now();
+  const order = ALL.filter((s) => o.scenarios.includes(s));
+  for (const name of order) {
+    const sc = SCENARIOS[name];
+    if (!sc) continue; // eventloop is measured by fanout
+    const s0 = Date.now();
+    try {
+      await sc.run(o, results);
+    } catch (err) {
+      log(`${name}: FAILED: ${err.stack || err.message}`);
+      results[name] = { ...(results[name] || {}), error: err.message };
+    }
+    log(`${name}: done in ${((Date.now() - s0) / 1000).toFixed(1)} s`);
+  }
+  if (o.scenarios.includes('eventloop') && !o.scenarios.includes('fanout')) {
+    log('eventloop: measured during fanout; add fanout to --scenarios');
+  }
+  meta.total_secs = (Date.now() - t0) / 1000;
+  const doc = { meta, results, summary: report.summarize(results, o) };
+  const problems = integrityProblems(results);
+  doc.problems = problems;
+  fs.mkdirSync(RESULTS, { recursive: true });
+  const base = o.smoke ? 'smoke' : 'latest';
+  fs.writeFileSync(path.join(RESULTS, `${base}.json`), `${JSON.stringify(doc, null, 2)}\n`);
+  log(`wrote bench/results/${base}.json`);
+  if (o.write && !o.smoke) {
+    fs.writeFileSync(path.join(RESULTS, 'chart.svg'), report.chartSvg(doc));
+    fs.writeFileSync(path.join(ROOT, 'BENCHMARKS.md'), report.markdown(doc));
+    log('wrote BENCHMARKS.md and bench/results/chart.svg');
+  }
+  console.log(report.textTable(doc));
+  if (problems.length) {
+    log(`integrity problems:\n  ${problems.join('\n  ')}`);
+    if (o.smoke) process.exit(1);
+  }
+  log(`finished in ${meta.total_secs.toFixed(0)} s`);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
