@@ -193,6 +193,58 @@ describe('redis bus', { skip }, () => {
     await sub.proc.stop();
   });
 
+  test('through Redis, 300 events published without awaiting arrive once each, in order', async () => {
+    const c = await h.connectReady(h.wsUrl(server));
+    try {
+      const ids = Array.from({ length: 300 }, (_, i) => `redis-order-${i}`);
+      await Promise.all(ids.map((id) => rt.publishParcelUpdate(id)));
+      await rt.publishParcelUpdate('redis-order-end');
+      assert.deepEqual(await c.waitFor(302), [h.WELCOME, ...ids.map(h.frame), h.frame('redis-order-end')]);
+    } finally {
+      await c.close();
+    }
+    for (const c2 of clients) c2.cursor += 301;
+  });
+
+  test('subscribeToParcelEvents receives events published by any Redis client', async () => {
+    const seen = [];
+    const unsubscribe = rt.subscribeToParcelEvents((event) => seen.push(event));
+    try {
+      h.redisCli(redis.port, ['PUBLISH', CHANNEL, '{"type":"parcel_updated","parcel_id":"from-cli-to-sub"}']);
+      await rt.publishParcelUpdate('from-node-to-sub');
+      await h.waitUntil(() => seen.length >= 2, 'two subscriber events');
+      assert.deepEqual(seen, [
+        { type: 'parcel_updated', parcel_id: 'from-cli-to-sub' },
+        { type: 'parcel_updated', parcel_id: 'from-node-to-sub' },
+      ]);
+    } finally {
+      unsubscribe();
+    }
+    for (const c of clients) {
+      assert.equal(await c.next(), h.frame('from-cli-to-sub'));
+      assert.equal(await c.next(), h.frame('from-node-to-sub'));
+    }
+  });
+
+  test('Redis hanging (SIGSTOP): a publish rejects with ERR_REDIS_UNAVAILABLE instead of waiting forever', async () => {
+    process.kill(redis.pid, 'SIGSTOP');
+    try {
+      await assert.rejects(h.withTimeout(rt.publishParcelUpdate('during-hang'), 15_000, 'the publish to give up'),
+        { code: 'ERR_REDIS_UNAVAILABLE' });
+    } finally {
+      process.kill(redis.pid, 'SIGCONT');
+    }
+    await rt.publishParcelUpdate('after-hang');
+    for (const c of clients) {
+      // The rejected publish was written before Redis froze, so Redis may still deliver it once
+      // it resumes: a rejection means "not acknowledged", not "not delivered".
+      let m = await c.next();
+      if (m === h.frame('during-hang')) m = await c.next();
+      assert.equal(m, h.frame('after-hang'));
+      assert.equal(c.closeInfo, null);
+    }
+  });
+
   test('a second startServer with another redisUrl or channel: ERR_BUS_CONFLICT', async () => {
     const other = `redis://127.0.0.1:${await h.freePort()}`;
     const base = { port: 0, host: '127.0.0.1', jwtSecret: h.SECRET };
