@@ -47,6 +47,7 @@ function parseOptions(argv) {
     scaleStep: 5_000,
     scaleBudget: 240,
     threads: 2,
+    drainCapMs: 45_000,
   };
   const num = (v, name) => {
     const n = Number(v);
@@ -102,6 +103,7 @@ function parseOptions(argv) {
       scaleMax: 600,
       scaleStep: 300,
       scaleBudget: 20,
+      drainCapMs: 10_000,
     });
   }
   for (const s of o.scenarios) if (!ALL.includes(s)) fail(`unknown scenario ${s}; known: ${ALL.join(', ')}`);
@@ -237,13 +239,14 @@ function deliveryFigures(pub, rep, cpu) {
 }
 
 /** Publishes from `publisher` while `loadgens` count, then collects and merges their reports. */
-async function publishAndCollect(publisher, loadgens, servers, publishCmd, drainMs) {
-  for (const lg of loadgens) await lg.request('reset 0');
+async function publishAndCollect(publisher, loadgens, servers, publishCmd, drainMs, base = 0) {
+  for (const lg of loadgens) await lg.request(`reset ${base}`);
   const cpu0 = [...servers, ...loadgens, publisher].map((c) => c.cpuSeconds());
-  const pub = await publisher.request({ cmd: 'publish', base: 0, ...publishCmd }, ((publishCmd.duration ?? 10) + 120) * 1000);
-  const waits = await Promise.all(loadgens.map((lg) => lg.request(`wait ${pub.published} ${drainMs}`, drainMs + 30_000)));
+  const pub = await publisher.request({ cmd: 'publish', ...publishCmd, base }, ((publishCmd.duration ?? 10) + 120) * 1000);
+  const end = base + pub.published;
+  const waits = await Promise.all(loadgens.map((lg) => lg.request(`wait ${end} ${drainMs}`, drainMs + 30_000)));
   const cpu1 = [...servers, ...loadgens, publisher].map((c) => c.cpuSeconds());
-  const reps = await Promise.all(loadgens.map((lg) => lg.request(`report ${pub.published}`)));
+  const reps = await Promise.all(loadgens.map((lg) => lg.request(`report ${end}`)));
   const rep = mergeReports(reps);
   const d = (i) => Math.round((cpu1[i] - cpu0[i]) * 100) / 100;
   const cpu = {
@@ -253,6 +256,14 @@ async function publishAndCollect(publisher, loadgens, servers, publishCmd, drain
   if (!servers.includes(publisher)) cpu.publisher = d(servers.length + loadgens.length);
   const fig = deliveryFigures(pub, rep, cpu);
   fig.drain = waits.map((w) => w.reason);
+  fig.drain_cap_s = drainMs / 1000;
+  if (waits.some((w) => w.reason === 'timeout')) {
+    // Still delivering when the drain cap hit: what is missing is a backlog the server had not
+    // sent yet, not a proven loss. Reported apart; latency then covers only what arrived.
+    fig.backlog_at_cap = fig.lost;
+    fig.lost = 0;
+    fig.loss_ratio = 0;
+  }
   return fig;
 }
 
@@ -303,6 +314,266 @@ async function fanout(impl, o) {
   }
 }
 
+/** 2: latency at a fixed publish rate. */
+async function latency(impl, o, rate) {
+  const server = await startServer(impl);
+  let lg;
+  try {
+    lg = await startLoadgen(server.port, o.clients);
+    const c = await connectAll(lg, o.clients);
+    if (c.ok !== o.clients) throw new Error(`connected ${c.ok}/${o.clients}: ${JSON.stringify(c)}`);
+    return await publishAndCollect(server, [lg], [server], { rate, duration: o.latencyDuration }, o.drainCapMs);
+  } finally {
+    if (lg) await lg.stop('quit');
+    await stopServer(server);
+  }
+}
+
+/** One event to every client of `loadgens` (all must have it): the sanity check of a hold. */
+async function deliverOne(publisher, loadgens, seq, timeoutMs = 15_000) {
+  for (const lg of loadgens) await lg.request(`reset ${seq}`);
+  const pub = await publisher.request({ cmd: 'publish', base: seq, rate: 0, count: 1 });
+  await Promise.all(loadgens.map((lg) => lg.request(`wait ${seq + 1} ${timeoutMs}`, timeoutMs + 30_000)));
+  const reps = await Promise.all(loadgens.map((lg) => lg.request(`report ${seq + 1}`)));
+  const rep = mergeReports(reps);
+  return { published: pub.published, clients: rep.measured_clients, live: rep.live, delivered: rep.unique, lost: rep.lost, duplicates: rep.duplicates, reordered: rep.reordered, latency_us: rep.latency_us };
+}
+
+/** 3: RSS growth per idle authenticated connection. */
+async function memory(impl, o) {
+  const server = await startServer(impl);
+  const lgs = [];
+  try {
+    // Warm up first (code paths, pools, JIT): a few clients stay connected during the measure.
+    const warm = Math.min(200, Math.max(10, Math.floor(o.memClients / 50)));
+    const lgWarm = await startLoadgen(server.port, warm, { name: 'loadgen-warm' });
+    lgs.push(lgWarm);
+    await connectAll(lgWarm, warm);
+    await deliverOne(server, [lgWarm], 0);
+    await sleep(500);
+    const before = await server.request({ cmd: 'stats', gc: true });
+    const lg = await startLoadgen(server.port, o.memClients);
+    lgs.push(lg);
+    const c = await connectAll(lg, o.memClients);
+    if (c.ok !== o.memClients) throw new Error(`connected ${c.ok}/${o.memClients}: ${JSON.stringify(c)}`);
+    await sleep(2000);
+    const after = await server.request({ cmd: 'stats', gc: true });
+    const check = await deliverOne(server, lgs, 1);
+    const n = after.clients - before.clients;
+    return {
+      clients: n,
+      rss_before: before.rss,
+      rss_after: after.rss,
+      rss_per_connection: (after.rss - before.rss) / n,
+      heap_per_connection: (after.heap_used - before.heap_used) / n,
+      loadgen_rss_per_connection: lg.rssBytes() / o.memClients,
+      delivery_check: check,
+      lost: check.lost,
+      duplicates: check.duplicates,
+      reordered: check.reordered,
+    };
+  } finally {
+    for (const lg of lgs) await lg.stop('quit');
+    await stopServer(server);
+  }
+}
+
+/** 4: handshakes per second, JWT verification included (TCP connect → welcome frame). */
+async function handshake(impl, o) {
+  const server = await startServer(impl);
+  const lgs = [];
+  try {
+    const warm = await startLoadgen(server.port, 100, { name: 'loadgen-warm' });
+    lgs.push(warm);
+    await connectAll(warm, 100);
+    const lg = await startLoadgen(server.port, o.handshakeClients, { concurrency: o.handshakeConcurrency });
+    lgs.push(lg);
+    const cpu0 = [server.cpuSeconds(), lg.cpuSeconds()];
+    const c = await connectAll(lg, o.handshakeClients);
+    const cpu1 = [server.cpuSeconds(), lg.cpuSeconds()];
+    const rep = await lg.request('report 0');
+    return {
+      clients: o.handshakeClients,
+      concurrency: o.handshakeConcurrency,
+      ok: c.ok,
+      failed: c.failed,
+      secs: c.secs,
+      handshakes_per_s: c.rate,
+      handshake_latency_us: rep.handshake_us,
+      connect_errors: rep.connect_errors,
+      cpu_s: { server: Math.round((cpu1[0] - cpu0[0]) * 100) / 100, loadgen: Math.round((cpu1[1] - cpu0[1]) * 100) / 100 },
+      server_cpu_us_per_handshake: ((cpu1[0] - cpu0[0]) / Math.max(c.ok, 1)) * 1e6,
+    };
+  } finally {
+    for (const lg of lgs) await lg.stop('quit');
+    await stopServer(server);
+  }
+}
+
+// Redis ---------------------------------------------------------------------------------------
+
+function findRedisServer() {
+  const r = spawnSync('bash', ['-c', 'command -v redis-server'], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : null;
+}
+
+function redisPing(port) {
+  const net = require('node:net');
+  return new Promise((resolve) => {
+    const sock = net.connect(port, '127.0.0.1');
+    let buf = '';
+    sock.on('connect', () => sock.write('PING\r\n'));
+    sock.on('data', (d) => {
+      buf += d;
+      if (buf.includes('PONG')) {
+        sock.destroy();
+        resolve(true);
+      }
+    });
+    sock.on('error', () => resolve(false));
+    setTimeout(() => {
+      sock.destroy();
+      resolve(false);
+    }, 1000);
+  });
+}
+
+/**
+ * A private redis-server on a free port, without persistence, and without the pub/sub output
+ * buffer limit: by default Redis disconnects a subscriber that falls 32 MB behind, which would
+ * turn the baseline's backlog into a disconnection; with `pubsub 0 0 0` both designs are judged
+ * on delivery alone.
+ */
+async function startRedis(bin) {
+  const port = await freePort();
+  const child = new Child('redis', bin, [
+    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+    '--client-output-buffer-limit', 'pubsub 0 0 0', '--loglevel', 'warning',
+  ]);
+  for (let i = 0; i < 100; i++) {
+    if (child.exit) throw new Error(`redis-server exited: ${child.stderrTail.join(' ')}`);
+    if (await redisPing(port)) return { child, url: `redis://127.0.0.1:${port}` };
+    await sleep(100);
+  }
+  throw new Error('redis-server did not answer PING');
+}
+
+/** 6: separate publisher process → Redis → server(s) → clients, at a fixed rate. */
+async function redisRun(impl, o, url) {
+  const servers = [];
+  const lgs = [];
+  let publisher;
+  try {
+    for (let i = 0; i < o.redisServers; i++) servers.push(await startServer(impl, ['--redis', url], `${impl}-server-${i}`));
+    const per = Math.ceil(o.clients / o.redisServers);
+    for (const [i, srv] of servers.entries()) {
+      const lg = await startLoadgen(srv.port, per, { name: `loadgen-${i}` });
+      lgs.push(lg);
+      const c = await connectAll(lg, per);
+      if (c.ok !== per) throw new Error(`connected ${c.ok}/${per}: ${JSON.stringify(c)}`);
+    }
+    const script = path.join(__dirname, impl === 'rt' ? 'server-rt.js' : 'server-baseline.js');
+    publisher = new Child(`${impl}-publisher`, process.execPath, [script, '--publisher-only', '--redis', url], {
+      env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn' },
+    });
+    const ready = await publisher.next(30_000);
+    if (ready.event !== 'ready') throw new Error(`publisher: ${JSON.stringify(ready)}`);
+    // Let the subscriptions settle (the warm-up publish of the rt publisher is not measured).
+    await sleep(500);
+    const fig = await publishAndCollect(publisher, lgs, servers, { rate: o.redisRate, duration: o.duration }, o.drainCapMs, 1_000_000);
+    fig.servers = o.redisServers;
+    fig.rate_offered = o.redisRate;
+    return fig;
+  } finally {
+    if (publisher) await publisher.stop('{"cmd":"quit"}');
+    for (const lg of lgs) await lg.stop('quit');
+    for (const s of servers) await stopServer(s);
+  }
+}
+
+/** 7: the most concurrent authenticated connections that still all receive an event. */
+async function scale(impl, o) {
+  const server = await startServer(impl);
+  const lgs = [];
+  const steps = [];
+  const t0 = Date.now();
+  let seq = 0;
+  let total = 0;
+  let stopReason = `reached --scale-max ${o.scaleMax}`;
+  try {
+    while (total < o.scaleMax) {
+      if ((Date.now() - t0) / 1000 > o.scaleBudget) {
+        stopReason = `time budget (--scale-budget ${o.scaleBudget} s) used up`;
+        break;
+      }
+      let want = Math.min(o.scaleStep, o.scaleMax - total);
+      let ok = 0;
+      let failed = 0;
+      let secs = 0;
+      const errors = {};
+      while (want > 0) {
+        let lg = lgs.find((l) => l.room > 0);
+        if (!lg) {
+          lg = await startLoadgen(server.port, 20_000, { name: `loadgen-${lgs.length}`, handshakeTimeoutMs: 10_000, concurrency: 512 });
+          // Each process has RLIMIT_NOFILE file descriptors at most; keep a margin.
+          lg.room = Math.max(0, Number(lg.nofile[0]) - 100);
+          lgs.push(lg);
+        }
+        const k = Math.min(want, lg.room);
+        const c = await connectAll(lg, k, 600_000);
+        lg.room -= k;
+        want -= k;
+        ok += c.ok;
+        failed += c.failed;
+        secs += c.secs;
+      }
+      total += ok;
+      const check = await deliverOne(server, lgs, seq);
+      seq += 1;
+      const st = await server.request({ cmd: 'stats' });
+      const reps = await Promise.all(lgs.map((lg) => lg.request('report 0')));
+      for (const r of reps) for (const [k, v] of Object.entries(r.connect_errors)) errors[k] = (errors[k] ?? 0) + v;
+      const step = {
+        attempted: ok + failed, ok, failed, connect_secs: secs, live: check.live, server_clients: st.clients,
+        delivered: check.delivered, all_delivered: check.lost === 0 && check.delivered === check.live,
+        delivery_latency_max_ms: check.latency_us.max / 1000, server_rss: st.rss, connect_errors: errors,
+      };
+      steps.push(step);
+      log(`scale: ${impl}: ${check.live} connected (+${ok}, ${failed} failed), event delivered to ${check.delivered} in ≤${fmtMs(step.delivery_latency_max_ms)}, RSS ${(st.rss / 2 ** 20).toFixed(0)} MiB`);
+      if (failed > 0) {
+        stopReason = `connections refused or timed out at ${total + failed} (${JSON.stringify(errors)})`;
+        break;
+      }
+      if (!step.all_delivered) {
+        stopReason = `event not delivered to every client at ${check.live}`;
+        break;
+      }
+    }
+    const good = steps.filter((s) => s.all_delivered);
+    return {
+      max_connections: good.length ? Math.max(...good.map((s) => s.live)) : 0,
+      stop_reason: stopReason,
+      server_nofile_limit: serverNofile(server.pid),
+      steps,
+      lost: steps.reduce((s, x) => s + (x.live - x.delivered > 0 && x.all_delivered === false ? x.live - x.delivered : 0), 0),
+    };
+  } finally {
+    for (const lg of lgs) await lg.stop('quit');
+    await stopServer(server);
+  }
+}
+
+function serverNofile(pid) {
+  try {
+    const m = /Max open files\s+(\d+)\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/limits`, 'utf8'));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+const fmtMs = (v) => (v == null ? '-' : `${v.toFixed(1)} ms`);
+
 const SCENARIOS = {
   fanout: {
     title: 'Fan-out',
@@ -316,6 +587,76 @@ const SCENARIOS = {
       results.fanout = out;
       // Scenario 5 is measured during scenario 1.
       if (o.scenarios.includes('eventloop')) results.eventloop = { source: 'fanout', ...pick(out, (f) => f.event_loop_delay) };
+    },
+  },
+  latency: {
+    run: async (o, results) => {
+      results.latency = [];
+      for (const rate of o.latencyRates) {
+        const out = { rate };
+        for (const impl of o.impls) {
+          log(`latency: ${impl}, ${o.clients} clients at ${rate} events/s for ${o.latencyDuration} s`);
+          out[impl] = await latency(impl, o, rate);
+          const l = out[impl].latency_us;
+          log(`latency: ${impl} @${rate}/s: p50 ${fmtMs(l.p50 / 1000)}, p99 ${fmtMs(l.p99 / 1000)}, p99.9 ${fmtMs(l.p999 / 1000)}, max ${fmtMs(l.max / 1000)}; lost ${out[impl].lost}${out[impl].backlog_at_cap ? `, backlog ${out[impl].backlog_at_cap}` : ''}`);
+        }
+        results.latency.push(out);
+      }
+    },
+  },
+  memory: {
+    run: async (o, results) => {
+      const out = {};
+      for (const impl of o.impls) {
+        log(`memory: ${impl}, ${o.memClients} idle clients`);
+        out[impl] = await memory(impl, o);
+        log(`memory: ${impl}: ${fmt(out[impl].rss_per_connection)} bytes RSS per connection`);
+      }
+      results.memory = out;
+    },
+  },
+  handshake: {
+    run: async (o, results) => {
+      const out = {};
+      for (const impl of o.impls) {
+        log(`handshake: ${impl}, ${o.handshakeClients} clients, ${o.handshakeConcurrency} at a time`);
+        out[impl] = await handshake(impl, o);
+        log(`handshake: ${impl}: ${fmt(out[impl].handshakes_per_s)} handshakes/s (${out[impl].failed} failed)`);
+      }
+      results.handshake = out;
+    },
+  },
+  redis: {
+    run: async (o, results) => {
+      const bin = findRedisServer();
+      if (!bin) {
+        log('redis: SKIPPED: redis-server is not installed (apt-get install redis-server)');
+        results.redis = { skipped: 'redis-server not found on PATH' };
+        return;
+      }
+      const redis = await startRedis(bin);
+      try {
+        const out = {};
+        for (const impl of o.impls) {
+          log(`redis: ${impl}, publisher process → Redis → ${o.redisServers} server(s) → ${o.clients} clients at ${o.redisRate} events/s for ${o.duration} s`);
+          out[impl] = await redisRun(impl, o, redis.url);
+          log(`redis: ${impl}: ${fmt(out[impl].deliveries_per_s)} deliveries/s, lost ${out[impl].lost}${out[impl].backlog_at_cap ? `, backlog ${out[impl].backlog_at_cap}` : ''}, p99 ${fmtMs(out[impl].latency_us.p99 / 1000)}`);
+        }
+        results.redis = out;
+      } finally {
+        await redis.child.stop(null, 3000);
+      }
+    },
+  },
+  scale: {
+    run: async (o, results) => {
+      const out = {};
+      for (const impl of o.impls) {
+        log(`scale: ${impl}, steps of ${o.scaleStep} up to ${o.scaleMax} (budget ${o.scaleBudget} s)`);
+        out[impl] = await scale(impl, o);
+        log(`scale: ${impl}: ${fmt(out[impl].max_connections)} connections (${out[impl].stop_reason})`);
+      }
+      results.scale = out;
     },
   },
 };

@@ -50,6 +50,8 @@ async function main() {
   const server = http.createServer((req, res) => {
     res.writeHead(404).end();
   });
+  // e.g. EMFILE at the file-descriptor limit (the scale scenario): log, keep serving.
+  server.on('error', (err) => console.error('[baseline] server:', err.message));
   const wss = new WebSocketServer({
     server,
     path: '/ws',

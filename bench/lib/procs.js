@@ -109,6 +109,7 @@ class Child {
     const exited = new Promise((resolve) => this.proc.once('exit', resolve));
     try {
       if (quitCommand) this.proc.stdin.write(`${quitCommand}\n`);
+      else this.proc.kill('SIGTERM');
       this.proc.stdin.end();
     } catch {
       // already gone
