@@ -167,6 +167,10 @@ function ensureBus() {
 // ---------------------------------------------------------------------------------------------
 // Server
 
+// Running servers stay referenced until closed, as http.Server does: dropping the last
+// reference to a listening server must not let the garbage collector stop it.
+const running = new Set();
+
 /** A running WebSocket server. Created by `startServer`. */
 class Server {
   #native;
@@ -174,6 +178,7 @@ class Server {
 
   constructor(nativeServer) {
     this.#native = nativeServer;
+    running.add(this);
     hold();
   }
 
@@ -202,7 +207,10 @@ class Server {
       if (!Number.isInteger(graceMs) || graceMs < 0) {
         return Promise.reject(makeError('ERR_INVALID_OPTION', 'graceMs must be a non-negative integer'));
       }
-      this.#closing = callNative(() => this.#native.close(graceMs)).finally(release);
+      this.#closing = callNative(() => this.#native.close(graceMs)).finally(() => {
+        running.delete(this);
+        release();
+      });
     }
     return this.#closing;
   }
