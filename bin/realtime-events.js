@@ -51,6 +51,22 @@ function signDemoToken(secret) {
 }
 
 async function main() {
+  // Signals are handled from the first instant: one that arrives while the server is still
+  // starting closes it as soon as it listens (no orphaned listener, exit code 0).
+  let server = null;
+  let stopping = null;
+  const stop = async (signal) => {
+    if (stopping) return;
+    stopping = signal;
+    if (!server) return; // start() below notices `stopping` and closes at once
+    console.log(`[realtime-events] ${signal}: closing (clients get 1001)`);
+    await server.close();
+    console.log('[realtime-events] closed');
+    process.exit(0);
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+
   const loaded = loadDotEnv(path.resolve(process.cwd(), '.env'));
   const rt = require('..');
   const log = (msg) => console.log(`[realtime-events] ${msg}`);
@@ -66,7 +82,12 @@ async function main() {
     process.env.JWT_SECRET = demoSecret;
   }
 
-  const server = await rt.startServer();
+  server = await rt.startServer();
+  if (stopping) {
+    const signal = stopping;
+    stopping = null;
+    return stop(signal);
+  }
   const host = process.env.REALTIME_HOST && process.env.REALTIME_HOST !== '0.0.0.0' ? process.env.REALTIME_HOST : 'localhost';
   const url = `ws://${host}:${server.port}/ws`;
   log(`listening on ${url} (bus: ${server.busMode})`);
@@ -76,18 +97,6 @@ async function main() {
     log(`try it:  ${url}?token=${token}`);
     log(`token for Authorization: Bearer ${token}`);
   }
-
-  let stopping = false;
-  const stop = async (signal) => {
-    if (stopping) return;
-    stopping = true;
-    log(`${signal}: closing (clients get 1001)`);
-    await server.close();
-    log('closed');
-    process.exit(0);
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
 }
 
 main().catch((err) => {
