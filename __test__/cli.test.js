@@ -77,16 +77,19 @@ describe('realtime-events CLI', () => {
   });
 
   // Once it says "listening", a supervisor may stop it at any moment: the shutdown must be clean.
-  // (Fails while the CLI installs its signal handlers only after printing "listening on".)
+  // The signal is raised by a preload hook right when the line is printed (see fixtures/).
   for (const signal of ['SIGTERM', 'SIGINT']) {
-    test(`${signal} sent as soon as "listening on" is printed still shuts down cleanly (exit 0)`, async () => {
+    test(`${signal} arriving right as "listening on" is printed still shuts down cleanly (exit 0)`, async () => {
       const port = await h.freePort();
-      const p = cli({ REALTIME_PORT: port, JWT_SECRET: 'early-signal' });
-      await p.waitForOutput(/listening on /, { ms: 10_000 });
-      p.child.kill(signal);
+      const p = h.spawnProcess(process.execPath, ['-r', path.join(__dirname, 'fixtures', 'signal-on-listening.js'), BIN], {
+        env: h.cleanEnv({ REALTIME_PORT: port, JWT_SECRET: 'early-signal', SIGNAL_ON_LISTENING: signal }),
+        cwd: tempDir(),
+      });
+      procs.push(p);
       assert.deepEqual(await p.waitForExit(8000), { code: 0, signal: null },
-        `killed by the default ${signal} action instead of a clean close; stdout: ${p.out()}`);
+        `killed by the default ${signal} action instead of closing cleanly; stdout: ${p.out()}`);
       assert.match(p.out(), new RegExp(`${signal}: closing`));
+      assert.match(p.out(), /\] closed\n/);
     });
   }
 

@@ -5,6 +5,7 @@
 const assert = require('node:assert/strict');
 const { spawn, spawnSync } = require('node:child_process');
 const http = require('node:http');
+const fs = require('node:fs');
 const net = require('node:net');
 const path = require('node:path');
 
@@ -193,8 +194,8 @@ function wsUrl(server, { token = sign(), path: p = '/ws', host = '127.0.0.1' } =
  */
 function refusal(url, options = {}, ms = DEFAULT_TIMEOUT) {
   const ws = new WebSocket(url, options);
-  ws.on('error', () => {});
   const result = new Promise((resolve, reject) => {
+    ws.on('error', (err) => reject(new Error(`expected an HTTP refusal from ${url}, got: ${err.message}`)));
     ws.once('open', () => {
       ws.terminate();
       reject(new Error(`expected a refusal, but the upgrade succeeded (${url})`));
@@ -257,16 +258,43 @@ function httpGet(port, p, headers = {}) {
 // ---------------------------------------------------------------------------------------------
 // Ports and processes
 
-/** A port that was free a moment ago (bound and released on 127.0.0.1). */
-function freePort() {
-  return new Promise((resolve, reject) => {
+/** The kernel's ephemeral range (where outgoing connections take their local ports). */
+function ephemeralRange() {
+  try {
+    const [lo, hi] = fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (lo > 0 && hi >= lo) return [lo, hi];
+  } catch {}
+  return [32768, 60999];
+}
+
+function canListen(port, host) {
+  return new Promise((resolve) => {
     const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
+    srv.once('error', () => resolve(false));
+    srv.listen({ port, host, exclusive: true }, () => srv.close(() => resolve(true)));
   });
+}
+
+const handedOut = new Set();
+
+/**
+ * A port that is free right now, for servers that must listen on a port chosen in advance (child
+ * processes, restarts on the same port). It is taken below the ephemeral range, so that no
+ * outgoing connection can grab it between now and the moment the server binds it.
+ */
+async function freePort() {
+  const [lo] = ephemeralRange();
+  const min = 10_000;
+  const max = Math.max(min + 1000, lo - 1);
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = min + Math.floor(Math.random() * (max - min));
+    if (handedOut.has(port)) continue;
+    if ((await canListen(port, '0.0.0.0')) && (await canListen(port, '127.0.0.1'))) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error('no free port found');
 }
 
 const children = new Set();
