@@ -203,6 +203,45 @@ describe('validateUser', () => {
     assert.equal(seen[1].sub, 'user-43');
   });
 
+  test('a validateUser that never answers: 408 HANDSHAKE_TIMEOUT once the handshake time is up', async () => {
+    const s = await rt.startServer({
+      port: 0, host: '127.0.0.1', jwtSecret: h.SECRET, redisUrl: null, handshakeTimeoutMs: 300,
+      validateUser: (claims) => (claims.sub === 'stuck' ? new Promise(() => {}) : true),
+    });
+    servers.push(s);
+    await h.expectRefusal(h.wsUrl(s, { token: h.sign({ sub: 'stuck' }) }), {}, 408, 'HANDSHAKE_TIMEOUT');
+    const c = await h.connectReady(h.wsUrl(s, { token: h.sign({ sub: 'prompt' }) }));
+    clients.push(c);
+  });
+
+  test('close() while a validateUser is pending drops that connection and resolves', async () => {
+    let called;
+    const pending = new Promise((resolve) => {
+      called = resolve;
+    });
+    const s = await rt.startServer({
+      port: 0, host: '127.0.0.1', jwtSecret: h.SECRET, redisUrl: null,
+      validateUser: () => {
+        called();
+        return new Promise(() => {});
+      },
+    });
+    const c = new h.Client(new (require('ws'))(h.wsUrl(s)));
+    await h.withTimeout(pending, 5000, 'validateUser to be called');
+    await h.withTimeout(s.close(), 8000, 'close() to resolve');
+    const info = await h.withTimeout(c.closed, 5000, 'the pending connection to be dropped');
+    assert.equal(info.code, 1006, 'no upgrade happened: an abnormal close');
+    assert.deepEqual(c.messages, []);
+    assert.equal(s.clientCount, 0);
+  });
+
+  test('the token is found among other query parameters', async () => {
+    const s = await start(() => true);
+    const token = h.sign({ sub: 'u' });
+    const c = await h.connectReady(`ws://127.0.0.1:${s.port}/ws?room=a&token=${token}&x=1`);
+    clients.push(c);
+  });
+
   test('validateUser is not called for an invalid token', async () => {
     let calls = 0;
     const s = await start(() => {

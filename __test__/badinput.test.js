@@ -221,6 +221,26 @@ describe('bad input', () => {
   });
 });
 
+describe('maxMessageBytes', () => {
+  test('messages up to the limit are answered; one byte more closes with 1009', async () => {
+    const server = await rt.startServer({
+      port: 0, host: '127.0.0.1', jwtSecret: h.SECRET, redisUrl: null, maxMessageBytes: 100,
+    });
+    const c = await h.connectReady(h.wsUrl(server));
+    try {
+      const fits = `{"type":"ping","pad":"${'x'.repeat(100 - 24)}"}`;
+      assert.equal(Buffer.byteLength(fits), 100);
+      await c.send(fits);
+      assert.equal(await c.next(), '{"type":"pong"}');
+      await c.send(`{"type":"ping","pad":"${'x'.repeat(100 - 23)}"}`);
+      assert.equal((await h.withTimeout(c.closed, 5000, 'close 1009')).code, 1009);
+    } finally {
+      await c.close();
+      await server.close();
+    }
+  });
+});
+
 describe('handshake timeout', () => {
   test('a connection that never sends its request gets 408 HANDSHAKE_TIMEOUT', async () => {
     const server = await rt.startServer({

@@ -244,6 +244,30 @@ describe('startServer errors', () => {
     });
   }
 
+  test('an invalid redisUrl: TypeError ERR_INVALID_OPTION, and the process can still start a server', async () => {
+    // A fresh process: this one already runs its (memory) bus.
+    const p = h.spawnNodeScript(`
+      const rt = require(${JSON.stringify(h.PKG)});
+      (async () => {
+        try {
+          await rt.startServer({ port: 0, host: '127.0.0.1', jwtSecret: 's', redisUrl: 'http://127.0.0.1:1' });
+          console.log('started');
+        } catch (err) {
+          console.log('rejected ' + err.name + ' ' + err.code);
+        }
+        const server = await rt.startServer({ port: 0, host: '127.0.0.1', jwtSecret: 's', redisUrl: null });
+        console.log('then ' + server.busMode);
+        await server.close();
+      })().catch((err) => { console.error(err); process.exit(2); });
+    `);
+    try {
+      assert.deepEqual(await p.waitForExit(10_000), { code: 0, signal: null }, p.err());
+      assert.equal(p.out(), 'rejected TypeError ERR_INVALID_OPTION\nthen memory\n');
+    } finally {
+      await p.stop();
+    }
+  });
+
   test('options that are not an object: TypeError ERR_INVALID_OPTION', async () => {
     await assert.rejects(rt.startServer('port=0'), { name: 'TypeError', code: 'ERR_INVALID_OPTION' });
     await assert.rejects(rt.startServer([1]), { name: 'TypeError', code: 'ERR_INVALID_OPTION' });
