@@ -248,7 +248,12 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 fn error_frame(code: &str, message: &str) -> String {
-    serde_json::json!({ "type": "error", "code": code, "message": message }).to_string()
+    // Written by hand so that "type" comes first, as in every other frame.
+    format!(
+        r#"{{"type":"error","code":{},"message":{}}}"#,
+        serde_json::Value::from(code),
+        serde_json::Value::from(message)
+    )
 }
 
 #[cfg(test)]

@@ -92,7 +92,11 @@ pub fn json_response(
     message: &str,
     extra_headers: &[(&str, &str)],
 ) -> Vec<u8> {
-    let body = serde_json::json!({ "error": message, "code": code }).to_string();
+    let body = format!(
+        r#"{{"error":{},"code":{}}}"#,
+        serde_json::Value::from(message),
+        serde_json::Value::from(code)
+    );
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nConnection: close\r\n",

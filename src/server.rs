@@ -3,7 +3,8 @@
 //! Every refusal is decided before the upgrade and answered as plain HTTP with a small JSON body,
 //! so that any client (browser, curl, a load balancer) can read why:
 //! 404 other path · 426 plain GET on the WebSocket path · 400/431 bad request ·
-//! 401 missing or invalid token · 403 `validateUser` said no · 503 `validateUser` failed to answer.
+//! 401 missing or invalid token · 403 `validateUser` said no (or threw) · 408 the handshake
+//! (including `validateUser`) took longer than `handshake_timeout`.
 
 use std::future::Future;
 use std::net::SocketAddr;
