@@ -12,9 +12,10 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
 use crate::auth::Claims;
-use crate::bus::{Bus, Sink};
+use crate::bus::Bus;
 use crate::config::{BusConfig, ServerConfig};
 use crate::error::{codes, Error as EngineError};
+use crate::hub::Sink;
 use crate::server::{Server, UserValidator};
 
 /// `validateUser` as JS hands it over: claims JSON in, a promise of a boolean out (the JS glue

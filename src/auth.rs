@@ -111,22 +111,33 @@ pub fn user_id(claims: &Claims) -> Option<String> {
     })
 }
 
+/// The subprotocol a browser offers alongside its token, and the server echoes.
+pub const SUBPROTOCOL: &str = "realtime-events";
+/// Prefix of the subprotocol that carries the token: `bearer.<JWT>`.
+pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
+
+/// What a `Sec-WebSocket-Protocol` offer says: the token it carries (`bearer.<JWT>`) and the
+/// protocol to echo (`realtime-events` when offered; else the bearer one, since a browser fails
+/// the connection unless the server picks one of the offered protocols).
+pub fn token_from_protocols(offer: Option<&str>) -> (Option<String>, Option<String>) {
+    let Some(offer) = offer else { return (None, None) };
+    let protocols: Vec<&str> = offer.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    let bearer = protocols.iter().find(|p| p.starts_with(BEARER_PROTOCOL_PREFIX));
+    let echo = if protocols.contains(&SUBPROTOCOL) {
+        Some(SUBPROTOCOL.to_string())
+    } else {
+        bearer.map(|p| p.to_string())
+    };
+    (bearer.map(|p| p[BEARER_PROTOCOL_PREFIX.len()..].to_string()), echo)
+}
+
 /// The token of a request: `?token=` in the query (percent-decoded), else `Authorization: Bearer`.
 pub fn token_from_request<'a>(
     query: Option<&'a str>,
     authorization: Option<&'a str>,
 ) -> Option<String> {
-    if let Some(query) = query {
-        for pair in query.split('&') {
-            if let Some(value) = pair.strip_prefix("token=") {
-                let plus_as_space = value.replace('+', " ");
-                return Some(
-                    percent_encoding::percent_decode_str(&plus_as_space)
-                        .decode_utf8_lossy()
-                        .into_owned(),
-                );
-            }
-        }
+    if let Some(token) = crate::http::query_param(query, "token") {
+        return Some(token);
     }
     let header = authorization?.trim();
     let (scheme, token) = header.split_once(' ')?;
@@ -192,6 +203,24 @@ mod tests {
         assert_eq!(token_from_request(None, Some("bearer  xyz ")).as_deref(), Some("xyz"));
         assert_eq!(token_from_request(None, Some("Basic xyz")), None);
         assert_eq!(token_from_request(Some("x=1"), None), None);
+    }
+
+    #[test]
+    fn finds_the_token_in_the_subprotocol_offer() {
+        assert_eq!(
+            token_from_protocols(Some("realtime-events, bearer.a.b.c")),
+            (Some("a.b.c".into()), Some("realtime-events".into()))
+        );
+        assert_eq!(
+            token_from_protocols(Some("bearer.a.b.c")),
+            (Some("a.b.c".into()), Some("bearer.a.b.c".into()))
+        );
+        assert_eq!(
+            token_from_protocols(Some("realtime-events")),
+            (None, Some("realtime-events".into()))
+        );
+        assert_eq!(token_from_protocols(Some("chat")), (None, None));
+        assert_eq!(token_from_protocols(None), (None, None));
     }
 
     #[test]

@@ -28,6 +28,22 @@ pub struct ServerConfig {
     /// Time a write may stay blocked while publishers wait for this client, before it is cut
     /// with 1013 (so one stalled client cannot pause everyone for long).
     pub stall_timeout: Duration,
+    /// Silence after which the server pings a client; `None` turns heartbeats off.
+    pub ping_interval: Option<Duration>,
+    /// Time a client has to answer a ping (any frame counts) before it is closed (4408).
+    pub pong_timeout: Duration,
+    /// Browser origins allowed to connect (`scheme://host[:port]`); empty: any. Requests without
+    /// an `Origin` header (servers, CLIs) are judged by their token alone.
+    pub allowed_origins: Vec<String>,
+    /// Most WebSocket clients at once in this server; 0: no limit. Over it: HTTP 503.
+    pub max_connections: usize,
+    /// Most WebSocket clients at once from one IP address; 0: no limit. Over it: HTTP 429.
+    pub max_connections_per_ip: usize,
+    /// Most parcel ids one connection may follow.
+    pub max_subscriptions: usize,
+    /// Inbound messages a client may send per second (sustained) and in a burst; over: 4429.
+    pub messages_per_second: f64,
+    pub message_burst: f64,
 }
 
 impl ServerConfig {
@@ -42,6 +58,14 @@ impl ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_millis(500),
+            ping_interval: Some(Duration::from_secs(25)),
+            pong_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            max_subscriptions: 1000,
+            messages_per_second: 20.0,
+            message_burst: 40.0,
         }
     }
 }

@@ -1,27 +1,91 @@
-//! One task per client: sends the welcome, then every event, and answers the few messages a
-//! client may send. Memory per connection is a broadcast cursor, a 512-byte read buffer and a
-//! write buffer that only fills while a burst is being sent.
+//! One task per client: sends the welcome, then the events it wants, answers the few messages a
+//! client may send, keeps the connection honest (heartbeat, token expiry, message rate) and cuts
+//! it cleanly when it must.
+//!
+//! Memory per idle connection: a feed (a ring cursor), a 512-byte read buffer, one timer and a
+//! few fields. The write buffer only fills while a burst is being written.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
-use std::time::Duration;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::Hub;
-use crate::event::WELCOME_FRAME;
+use crate::auth::{self, Authenticator, Claims};
+use crate::event::{validate_parcel_id, WELCOME_FRAME};
+use crate::hub::{Feed, FeedError, Hub};
 
 /// Frames fed before one flush: bursts become few large writes instead of a syscall per event.
 const MAX_BATCH: usize = 64;
 /// Time allowed to deliver a close frame before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a blocked write checks whether it should give up.
+const STALL_CHECK: Duration = Duration::from_millis(50);
+
+/// Application close codes (4000-4999), documented in the README's protocol table.
+pub mod close_codes {
+    /// The token expired (and was not refreshed in time).
+    pub const TOKEN_EXPIRED: u16 = 4401;
+    /// A `refresh` carried an invalid token or one for another user.
+    pub const REFRESH_REFUSED: u16 = 4403;
+    /// The client did not answer the server's ping in time.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4408;
+    /// The client sent messages faster than allowed.
+    pub const RATE_LIMITED: u16 = 4429;
+}
+
+/// Per-connection rules, from the server's configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// A write blocked this long is cut, whatever else happens.
+    pub send_timeout: Duration,
+    /// A write blocked this long while publishers wait for this client is cut (1013).
+    pub stall_timeout: Duration,
+    /// Silence after which the server pings; `None` disables heartbeats.
+    pub ping_interval: Option<Duration>,
+    /// Time a client has to answer a ping (any frame counts).
+    pub pong_timeout: Duration,
+    /// Clock skew tolerated on `exp`.
+    pub jwt_leeway: Duration,
+    pub max_subscriptions: usize,
+    /// Token bucket for inbound messages: sustained rate per second and burst.
+    pub messages_per_second: f64,
+    pub message_burst: f64,
+}
+
+/// Who is on the other end, as the handshake established it.
+pub(crate) struct Client {
+    pub user: Option<String>,
+    /// When the token expires (its `exp` plus the leeway), if it has one.
+    pub expires_at: Option<Instant>,
+    /// Parcel ids asked for at connect (`?parcels=`).
+    pub parcels: Option<Vec<String>>,
+}
+
+impl Client {
+    pub fn from_claims(claims: &Claims, leeway: Duration, parcels: Option<Vec<String>>) -> Self {
+        Self { user: auth::user_id(claims), expires_at: expiry(claims, leeway), parcels }
+    }
+}
+
+/// The instant a token's `exp` (plus leeway) passes, if it has an `exp`.
+fn expiry(claims: &Claims, leeway: Duration) -> Option<Instant> {
+    let exp = claims.get("exp")?.as_f64()?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    let left = Duration::from_secs_f64((exp - now).max(0.0).min(1e9));
+    Some(Instant::now() + left + leeway)
+}
 
 /// Why a connection ended (for logs).
 #[derive(Debug)]
@@ -31,6 +95,10 @@ pub enum Ended {
     TooSlow(u64),
     Stuck,
     TooLarge,
+    TokenExpired,
+    RefreshRefused(&'static str),
+    HeartbeatTimeout,
+    RateLimited,
     ProtocolError(String),
 }
 
@@ -42,6 +110,10 @@ impl fmt::Display for Ended {
             Ended::TooSlow(n) => write!(f, "too slow, {n} events behind (1013)"),
             Ended::Stuck => f.write_str("not reading; write timed out"),
             Ended::TooLarge => f.write_str("message too large (1009)"),
+            Ended::TokenExpired => f.write_str("token expired (4401)"),
+            Ended::RefreshRefused(why) => write!(f, "refresh refused: {why} (4403)"),
+            Ended::HeartbeatTimeout => f.write_str("no answer to ping (4408)"),
+            Ended::RateLimited => f.write_str("too many messages (4429)"),
             Ended::ProtocolError(e) => write!(f, "protocol error: {e}"),
         }
     }
@@ -49,84 +121,301 @@ impl fmt::Display for Ended {
 
 type Ws = WebSocketStream<TcpStream>;
 
-/// Timing rules for writes to one client.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct WriteLimits {
-    /// A write blocked this long is cut, whatever else happens.
-    pub send_timeout: Duration,
-    /// A write blocked this long while publishers wait for this client is cut (1013).
-    pub stall_timeout: Duration,
+/// The connection's state between frames.
+struct Conn<'a> {
+    ws: Ws,
+    feed: Feed,
+    hub: &'a Hub,
+    auth: &'a Authenticator,
+    settings: &'a Settings,
+    client: Client,
+    /// Last time anything arrived from the client.
+    last_seen: Instant,
+    /// When the unanswered ping was sent.
+    ping_sent: Option<Instant>,
+    bucket: TokenBucket,
 }
 
-/// How often a blocked write checks whether it should give up.
-const STALL_CHECK: Duration = Duration::from_millis(50);
-
 pub(crate) async fn run(
-    mut ws: Ws,
+    ws: Ws,
+    feed: Feed,
     hub: &Hub,
-    mut events: broadcast::Receiver<Utf8Bytes>,
+    auth: &Authenticator,
+    settings: &Settings,
+    client: Client,
     shutdown: CancellationToken,
-    limits: WriteLimits,
 ) -> Ended {
-    match tokio::time::timeout(limits.send_timeout, ws.send(Message::text(WELCOME_FRAME))).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Ended::ProtocolError(e.to_string()),
-        Err(_) => return Ended::Stuck,
+    let now = Instant::now();
+    let mut conn = Conn {
+        ws,
+        feed,
+        hub,
+        auth,
+        settings,
+        client,
+        last_seen: now,
+        ping_sent: None,
+        bucket: TokenBucket::new(settings.messages_per_second, settings.message_burst),
+    };
+    match conn.start().await {
+        Ok(()) => conn.serve(shutdown).await,
+        Err(ended) => ended,
     }
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                close(&mut ws, CloseCode::Away, "server shutting down", CLOSE_TIMEOUT).await;
-                return Ended::ServerShutdown;
-            }
-            received = events.recv() => {
-                let first = match received {
-                    Ok(frame) => frame,
-                    Err(RecvError::Lagged(n)) => return too_slow(ws, events, n, limits).await,
-                    Err(RecvError::Closed) => {
-                        close(&mut ws, CloseCode::Away, "server shutting down", CLOSE_TIMEOUT).await;
-                        return Ended::ServerShutdown;
+}
+
+impl Conn<'_> {
+    /// The welcome frame, then the acknowledgement of `?parcels=` if given.
+    async fn start(&mut self) -> Result<(), Ended> {
+        let welcome = Message::text(WELCOME_FRAME);
+        match tokio::time::timeout(self.settings.send_timeout, self.ws.send(welcome)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Ended::ProtocolError(e.to_string())),
+            Err(_) => return Err(Ended::Stuck),
+        }
+        if let Some(parcels) = self.client.parcels.take() {
+            let parcel_ids = Some(parcels.into_iter().map(serde_json::Value::String).collect());
+            self.handle(Request::Subscribe { parcel_ids, all: None }).await?;
+        }
+        Ok(())
+    }
+
+    /// When the timer must next look at the connection: a ping is due, a ping went
+    /// unanswered, or the token expires.
+    fn next_check(&self) -> Instant {
+        let heartbeat = match (self.settings.ping_interval, self.ping_sent) {
+            (_, Some(sent)) => sent + self.settings.pong_timeout,
+            (Some(interval), None) => self.last_seen + interval,
+            (None, None) => Instant::now() + Duration::from_secs(86_400),
+        };
+        self.client.expires_at.map_or(heartbeat, |exp| exp.min(heartbeat))
+    }
+
+    async fn serve(mut self, shutdown: CancellationToken) -> Ended {
+        let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(self.next_check()));
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    Err(self.close(CloseCode::Away, "server shutting down", Ended::ServerShutdown).await)
+                }
+                _ = timer.as_mut() => {
+                    let step = self.on_timer().await;
+                    timer.as_mut().reset(self.next_check());
+                    step
+                }
+                received = self.feed.recv() => match received {
+                    Ok(first) => self.write_events(first).await,
+                    Err(FeedError::Lagged(n)) => Err(self.too_slow(n).await),
+                    Err(FeedError::Closed) => {
+                        Err(self.close(CloseCode::Away, "server shutting down", Ended::ServerShutdown).await)
                     }
-                };
-                match write(&mut ws, first, &mut events, hub, limits).await {
-                    Written::Done => hub.consumed(),
-                    Written::Lagged(n) => return too_slow(ws, events, n, limits).await,
-                    Written::Stalled => return too_slow(ws, events, 0, limits).await,
-                    Written::Stuck => return Ended::Stuck,
-                    Written::Failed(e) => return Ended::ProtocolError(e.to_string()),
-                }
-            }
-            inbound = ws.next() => match inbound {
-                None | Some(Ok(Message::Close(_))) => return Ended::ClientClosed,
-                Some(Ok(Message::Text(text))) => {
-                    if let Some(reply) = reply_to(&text) {
-                        if let Err(e) = ws.send(Message::text(reply)).await {
-                            return Ended::ProtocolError(e.to_string());
-                        }
-                    }
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    let reply = error_frame("UNSUPPORTED_MESSAGE", "binary messages are not supported; send JSON text");
-                    if let Err(e) = ws.send(Message::text(reply)).await {
-                        return Ended::ProtocolError(e.to_string());
-                    }
-                }
-                // Pings are answered by tungstenite itself on the next write or flush.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Err(WsError::Capacity(_))) => {
-                    close(&mut ws, CloseCode::Size, "message too large", CLOSE_TIMEOUT).await;
-                    return Ended::TooLarge;
-                }
-                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_))) => {
-                    return Ended::ClientClosed
-                }
-                Some(Err(e)) => {
-                    close(&mut ws, CloseCode::Protocol, "protocol error", CLOSE_TIMEOUT).await;
-                    return Ended::ProtocolError(e.to_string());
-                }
+                },
+                inbound = self.ws.next() => self.on_inbound(inbound).await,
+            };
+            if let Err(ended) = step {
+                return ended;
             }
         }
+    }
+
+    async fn on_timer(&mut self) -> Result<(), Ended> {
+        let now = Instant::now();
+        if self.client.expires_at.is_some_and(|exp| now >= exp) {
+            let code = CloseCode::from(close_codes::TOKEN_EXPIRED);
+            return Err(self.close(code, "token expired", Ended::TokenExpired).await);
+        }
+        if let Some(sent) = self.ping_sent {
+            if now >= sent + self.settings.pong_timeout {
+                let code = CloseCode::from(close_codes::HEARTBEAT_TIMEOUT);
+                // The client is probably gone: don't wait long for its answer.
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(100),
+                    self.ws.send(Message::Close(Some(CloseFrame {
+                        code,
+                        reason: "no answer to ping".into(),
+                    }))),
+                )
+                .await;
+                return Err(Ended::HeartbeatTimeout);
+            }
+        } else if let Some(interval) = self.settings.ping_interval {
+            if now >= self.last_seen + interval {
+                self.ping_sent = Some(now);
+                self.send(Message::Ping(Default::default())).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_inbound(&mut self, inbound: Option<Result<Message, WsError>>) -> Result<(), Ended> {
+        let message = match inbound {
+            None => return Err(Ended::ClientClosed),
+            Some(Ok(message)) => message,
+            Some(Err(WsError::Capacity(_))) => {
+                return Err(self.close(CloseCode::Size, "message too large", Ended::TooLarge).await)
+            }
+            Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_))) => {
+                return Err(Ended::ClientClosed)
+            }
+            Some(Err(e)) => {
+                let ended = Ended::ProtocolError(e.to_string());
+                return Err(self.close(CloseCode::Protocol, "protocol error", ended).await);
+            }
+        };
+        self.last_seen = Instant::now();
+        self.ping_sent = None;
+        if matches!(message, Message::Close(_)) {
+            return Err(Ended::ClientClosed);
+        }
+        if !self.bucket.take(self.last_seen) {
+            let code = CloseCode::from(close_codes::RATE_LIMITED);
+            return Err(self.close(code, "too many messages", Ended::RateLimited).await);
+        }
+        match message {
+            Message::Text(text) => match parse_request(&text) {
+                Ok(request) => self.handle(request).await,
+                Err(reply) => self.send(Message::text(reply)).await,
+            },
+            Message::Binary(_) => {
+                let reply = error_frame(
+                    "UNSUPPORTED_MESSAGE",
+                    "binary messages are not supported; send JSON text",
+                );
+                self.send(Message::text(reply)).await
+            }
+            // Pings are answered by tungstenite itself on the next write or flush.
+            _ => Ok(()),
+        }
+    }
+
+    async fn handle(&mut self, request: Request) -> Result<(), Ended> {
+        match request {
+            Request::Ping => self.send(Message::text(r#"{"type":"pong"}"#)).await,
+            Request::Subscribe { all: Some(true), .. } => {
+                let seam = self.feed.subscribe_all();
+                self.write_frames(seam).await?;
+                self.ack("subscribed").await
+            }
+            Request::Subscribe { parcel_ids, .. } => {
+                let ids = match check_parcel_ids(parcel_ids) {
+                    Ok(ids) => ids,
+                    Err(reply) => return self.send(Message::text(reply)).await,
+                };
+                if self.feed.count_after_adding(&ids) > self.settings.max_subscriptions {
+                    let reply = error_frame(
+                        "SUBSCRIPTION_LIMIT",
+                        &format!(
+                            "a connection may follow at most {} parcels; nothing was changed",
+                            self.settings.max_subscriptions
+                        ),
+                    );
+                    return self.send(Message::text(reply)).await;
+                }
+                match self.feed.subscribe(&ids) {
+                    Ok(seam) => self.write_frames(seam).await?,
+                    Err(_) => return Err(self.too_slow(0).await),
+                }
+                self.ack("subscribed").await
+            }
+            Request::Unsubscribe { parcel_ids } => {
+                let ids = match check_parcel_ids(parcel_ids) {
+                    Ok(ids) => ids,
+                    Err(reply) => return self.send(Message::text(reply)).await,
+                };
+                self.feed.unsubscribe(&ids);
+                self.ack("unsubscribed").await
+            }
+            Request::Refresh { token } => self.refresh(&token).await,
+        }
+    }
+
+    /// Acknowledges a (un)subscribe with the state that results from it.
+    async fn ack(&mut self, kind: &str) -> Result<(), Ended> {
+        let state = match self.feed.parcel_ids() {
+            None => format!(r#"{{"type":"{kind}","all":true,"parcel_ids":[]}}"#),
+            Some(ids) => format!(
+                r#"{{"type":"{kind}","all":false,"parcel_ids":{}}}"#,
+                serde_json::to_string(&ids).expect("strings serialize")
+            ),
+        };
+        self.send(Message::text(state)).await
+    }
+
+    async fn refresh(&mut self, token: &str) -> Result<(), Ended> {
+        let code = CloseCode::from(close_codes::REFRESH_REFUSED);
+        let claims = match self.auth.verify(token) {
+            Ok(claims) => claims,
+            Err(e) => {
+                let ended = Ended::RefreshRefused(e.code());
+                return Err(self.close(code, "refresh token refused", ended).await);
+            }
+        };
+        if auth::user_id(&claims) != self.client.user {
+            let ended = Ended::RefreshRefused("token for another user");
+            return Err(self.close(code, "refresh token is for another user", ended).await);
+        }
+        self.client.expires_at = expiry(&claims, self.settings.jwt_leeway);
+        let exp = claims.get("exp").cloned().unwrap_or(serde_json::Value::Null);
+        self.send(Message::text(format!(r#"{{"type":"refreshed","exp":{exp}}}"#))).await
+    }
+
+    /// Writes `first` and whatever else is waiting, in one flush.
+    async fn write_events(&mut self, first: Utf8Bytes) -> Result<(), Ended> {
+        match write(&mut self.ws, first, &mut self.feed, self.hub, self.settings).await {
+            Written::Done => {
+                self.hub.consumed();
+                Ok(())
+            }
+            Written::Lagged(n) => Err(self.too_slow(n).await),
+            Written::Stalled => Err(self.too_slow(0).await),
+            Written::Stuck => Err(Ended::Stuck),
+            Written::Failed(e) => Err(Ended::ProtocolError(e.to_string())),
+        }
+    }
+
+    /// Writes frames handed over at a filter change (already in order).
+    async fn write_frames(&mut self, frames: Vec<Utf8Bytes>) -> Result<(), Ended> {
+        for frame in frames {
+            self.feed_frame(Message::Text(frame)).await?;
+        }
+        Ok(())
+    }
+
+    async fn feed_frame(&mut self, message: Message) -> Result<(), Ended> {
+        match tokio::time::timeout(self.settings.send_timeout, self.ws.feed(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Ended::ProtocolError(e.to_string())),
+            Err(_) => Err(Ended::Stuck),
+        }
+    }
+
+    /// Sends one message (and everything fed before it).
+    async fn send(&mut self, message: Message) -> Result<(), Ended> {
+        match tokio::time::timeout(self.settings.send_timeout, self.ws.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Ended::ProtocolError(e.to_string())),
+            Err(_) => Err(Ended::Stuck),
+        }
+    }
+
+    /// Cuts a client that cannot keep up: first gives up its place in the ring (so publishers
+    /// resume at once), then lets whatever is buffered drain, ending with close 1013.
+    async fn too_slow(&mut self, behind: u64) -> Ended {
+        self.feed.detach();
+        let within = self.settings.send_timeout;
+        close_ws(
+            &mut self.ws,
+            CloseCode::Again,
+            "too slow: events were dropped; reconnect",
+            within,
+        )
+        .await;
+        Ended::TooSlow(behind)
+    }
+
+    async fn close(&mut self, code: CloseCode, reason: &'static str, ended: Ended) -> Ended {
+        close_ws(&mut self.ws, code, reason, CLOSE_TIMEOUT).await;
+        ended
     }
 }
 
@@ -143,25 +432,26 @@ enum Written {
 async fn write(
     ws: &mut Ws,
     first: Utf8Bytes,
-    events: &mut broadcast::Receiver<Utf8Bytes>,
+    feed: &mut Feed,
     hub: &Hub,
-    limits: WriteLimits,
+    settings: &Settings,
 ) -> Written {
-    let mut batch = std::pin::pin!(send_batch(ws, first, events));
-    let poll_once = std::future::poll_fn(|cx| std::task::Poll::Ready(batch.as_mut().poll(cx)));
+    let reads_ring = feed.reads_ring();
+    let mut batch = std::pin::pin!(send_batch(ws, first, feed));
+    let poll_once = std::future::poll_fn(|cx| Poll::Ready(batch.as_mut().poll(cx)));
     let result = match poll_once.await {
-        std::task::Poll::Ready(result) => result,
-        std::task::Poll::Pending => {
-            let started = tokio::time::Instant::now();
+        Poll::Ready(result) => result,
+        Poll::Pending => {
+            let started = Instant::now();
             loop {
                 tokio::select! {
                     result = batch.as_mut() => break result,
                     _ = tokio::time::sleep(STALL_CHECK) => {
                         let blocked = started.elapsed();
-                        if blocked >= limits.send_timeout {
+                        if blocked >= settings.send_timeout {
                             return Written::Stuck;
                         }
-                        if blocked >= limits.stall_timeout && hub.is_waiting() {
+                        if reads_ring && blocked >= settings.stall_timeout && hub.is_waiting() {
                             return Written::Stalled;
                         }
                     }
@@ -181,41 +471,22 @@ async fn write(
 async fn send_batch(
     ws: &mut Ws,
     first: Utf8Bytes,
-    events: &mut broadcast::Receiver<Utf8Bytes>,
+    feed: &mut Feed,
 ) -> Result<Option<u64>, WsError> {
     ws.feed(Message::Text(first)).await?;
     for _ in 1..MAX_BATCH {
-        match events.try_recv() {
-            Ok(frame) => ws.feed(Message::Text(frame)).await?,
-            Err(TryRecvError::Lagged(n)) => return Ok(Some(n)),
-            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        match feed.try_recv() {
+            Ok(Some(frame)) => ws.feed(Message::Text(frame)).await?,
+            Ok(None) | Err(FeedError::Closed) => break,
+            Err(FeedError::Lagged(n)) => return Ok(Some(n)),
         }
     }
     ws.flush().await?;
     Ok(None)
 }
 
-/// Cuts a client that cannot keep up: first releases its place in the ring (so publishers
-/// resume at once), then lets whatever is already buffered drain, ending with close 1013.
-async fn too_slow(
-    mut ws: Ws,
-    events: broadcast::Receiver<Utf8Bytes>,
-    behind: u64,
-    limits: WriteLimits,
-) -> Ended {
-    drop(events);
-    close(
-        &mut ws,
-        CloseCode::Again,
-        "too slow: events were dropped; reconnect",
-        limits.send_timeout,
-    )
-    .await;
-    Ended::TooSlow(behind)
-}
-
 /// Sends a close frame and waits (at most `within`) for the client's answer: a clean close.
-async fn close(ws: &mut Ws, code: CloseCode, reason: &'static str, within: Duration) {
+async fn close_ws(ws: &mut Ws, code: CloseCode, reason: &'static str, within: Duration) {
     let frame = CloseFrame { code, reason: reason.into() };
     let _ = tokio::time::timeout(within, async {
         if ws.close(Some(frame)).await.is_ok() {
@@ -225,19 +496,77 @@ async fn close(ws: &mut Ws, code: CloseCode, reason: &'static str, within: Durat
     .await;
 }
 
-/// The answer to a client's text message: `ping` → `pong`; anything else an error frame.
-fn reply_to(text: &str) -> Option<String> {
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
-        return Some(error_frame("INVALID_JSON", "messages must be JSON objects"));
-    };
-    match value.get("type").and_then(|t| t.as_str()) {
-        Some("ping") => Some(r#"{"type":"pong"}"#.to_string()),
-        Some(other) => Some(error_frame(
-            "UNKNOWN_MESSAGE_TYPE",
-            &format!("unknown message type {:?}", truncate(other, 64)),
-        )),
-        None => Some(error_frame("UNKNOWN_MESSAGE_TYPE", "messages need a string \"type\"")),
+/// A token bucket: `rate` tokens per second, holding at most `burst`.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        Self { rate, burst, tokens: burst, updated: Instant::now() }
     }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The messages a client may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Request {
+    Ping,
+    Subscribe { parcel_ids: Option<Vec<serde_json::Value>>, all: Option<bool> },
+    Unsubscribe { parcel_ids: Option<Vec<serde_json::Value>> },
+    Refresh { token: String },
+}
+
+/// Parses a client message, or returns the error frame to answer with.
+fn parse_request(text: &str) -> Result<Request, String> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|_| error_frame("INVALID_JSON", "messages must be JSON objects"))?;
+    let Some(kind) = value.get("type").and_then(|t| t.as_str()).map(str::to_string) else {
+        return Err(error_frame("UNKNOWN_MESSAGE_TYPE", "messages need a string \"type\""));
+    };
+    if !matches!(kind.as_str(), "ping" | "subscribe" | "unsubscribe" | "refresh") {
+        let message = format!("unknown message type {:?}", truncate(&kind, 64));
+        return Err(error_frame("UNKNOWN_MESSAGE_TYPE", &message));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        let message = format!("malformed {:?} message: {}", kind, truncate(&e.to_string(), 120));
+        error_frame("INVALID_MESSAGE", &message)
+    })
+}
+
+/// Parcel ids of a (un)subscribe request: a non-empty list of valid ids.
+fn check_parcel_ids(ids: Option<Vec<serde_json::Value>>) -> Result<Vec<String>, String> {
+    let invalid = |why: &str| error_frame("INVALID_SUBSCRIPTION", why);
+    let Some(ids) = ids else {
+        return Err(invalid("send \"parcel_ids\": [..] (or \"all\": true to receive every event)"));
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    let mut seen = HashSet::new();
+    for id in ids {
+        let serde_json::Value::String(id) = id else {
+            return Err(invalid("parcel_ids must be strings"));
+        };
+        validate_parcel_id(&id).map_err(|e| invalid(e.message()))?;
+        if seen.insert(id.clone()) {
+            out.push(id);
+        }
+    }
+    Ok(out)
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -260,13 +589,46 @@ fn error_frame(code: &str, message: &str) -> String {
 mod tests {
     use super::*;
 
+    fn reply(text: &str) -> String {
+        parse_request(text).unwrap_err()
+    }
+
     #[test]
-    fn replies() {
-        assert_eq!(reply_to(r#"{"type":"ping"}"#).unwrap(), r#"{"type":"pong"}"#);
-        assert!(reply_to("{oops").unwrap().contains("INVALID_JSON"));
-        assert!(reply_to(r#"{"type":"dance"}"#).unwrap().contains("UNKNOWN_MESSAGE_TYPE"));
-        assert!(reply_to("[]").unwrap().contains("UNKNOWN_MESSAGE_TYPE"));
+    fn parses_requests_and_explains_refusals() {
+        assert!(matches!(parse_request(r#"{"type":"ping"}"#), Ok(Request::Ping)));
+        assert!(matches!(
+            parse_request(r#"{"type":"subscribe","parcel_ids":["a"]}"#),
+            Ok(Request::Subscribe { parcel_ids: Some(_), all: None })
+        ));
+        assert!(matches!(
+            parse_request(r#"{"type":"refresh","token":"t"}"#),
+            Ok(Request::Refresh { .. })
+        ));
+        assert!(reply("{oops").contains("INVALID_JSON"));
+        assert!(reply(r#"{"type":"dance"}"#).contains("UNKNOWN_MESSAGE_TYPE"));
+        assert!(reply("[]").contains("UNKNOWN_MESSAGE_TYPE"));
+        assert!(reply(r#"{"type":"refresh"}"#).contains("INVALID_MESSAGE"));
         let long = format!(r#"{{"type":"{}"}}"#, "é".repeat(500));
-        assert!(reply_to(&long).unwrap().len() < 300);
+        assert!(reply(&long).len() < 300);
+        assert!(reply("{oops").starts_with(r#"{"type":"error","code":"INVALID_JSON""#));
+    }
+
+    #[test]
+    fn checks_parcel_ids() {
+        let ids = |v: serde_json::Value| check_parcel_ids(serde_json::from_value(v).unwrap());
+        assert_eq!(ids(serde_json::json!(["a", "b", "a"])).unwrap(), ["a", "b"]);
+        assert!(ids(serde_json::json!([1])).unwrap_err().contains("INVALID_SUBSCRIPTION"));
+        assert!(ids(serde_json::json!([""])).unwrap_err().contains("INVALID_SUBSCRIPTION"));
+        assert!(check_parcel_ids(None).unwrap_err().contains("INVALID_SUBSCRIPTION"));
+    }
+
+    #[test]
+    fn token_bucket_allows_the_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, 3.0);
+        assert!(bucket.take(start) && bucket.take(start) && bucket.take(start));
+        assert!(!bucket.take(start));
+        assert!(bucket.take(start + Duration::from_millis(100)));
+        assert!(!bucket.take(start + Duration::from_millis(100)));
     }
 }

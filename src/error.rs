@@ -30,7 +30,7 @@ impl Error {
 
     /// Errors caused by the caller's arguments (the JS skin raises these as `TypeError`).
     pub fn is_invalid_argument(&self) -> bool {
-        matches!(self.code, codes::INVALID_PARCEL_ID | codes::INVALID_OPTION)
+        matches!(self.code, codes::INVALID_PARCEL_ID | codes::INVALID_DATA | codes::INVALID_OPTION)
     }
 }
 
@@ -45,6 +45,7 @@ impl std::error::Error for Error {}
 /// The codes the engine uses. They are part of the public API: never rename one.
 pub mod codes {
     pub const INVALID_PARCEL_ID: &str = "ERR_INVALID_PARCEL_ID";
+    pub const INVALID_DATA: &str = "ERR_INVALID_DATA";
     pub const INVALID_OPTION: &str = "ERR_INVALID_OPTION";
     pub const MISSING_SECRET: &str = "ERR_MISSING_JWT_SECRET";
     pub const PORT_IN_USE: &str = "ERR_PORT_IN_USE";

@@ -11,6 +11,9 @@ use crate::error::{codes, Error, Result};
 /// Longest accepted parcel id, in bytes. Ids are database keys; anything longer is a bug or abuse.
 pub const MAX_PARCEL_ID_BYTES: usize = 256;
 
+/// Largest `data` object a publisher may attach, in bytes of compact JSON.
+pub const MAX_DATA_BYTES: usize = 4096;
+
 /// The greeting every client receives first, byte for byte as the original design sends it.
 pub const WELCOME_FRAME: &str =
     r#"{"type":"connected","message":"WebSocket connection established"}"#;
@@ -25,11 +28,23 @@ pub struct Event {
 impl Event {
     /// Validates the id and encodes the frame `{"type":"parcel_updated","parcel_id":"..."}`.
     pub fn new(parcel_id: &str) -> Result<Self> {
+        Self::with_data(parcel_id, None)
+    }
+
+    /// Like [`Event::new`], with an optional `data` object given as JSON text (e.g.
+    /// `{"owner_id":"u1","price":100}`), added to the frame as `"data"`.
+    pub fn with_data(parcel_id: &str, data: Option<&str>) -> Result<Self> {
         validate_parcel_id(parcel_id)?;
-        let mut json = String::with_capacity(parcel_id.len() + 44);
+        let data = data.map(encode_data).transpose()?;
+        let data_len = data.as_ref().map_or(0, |d| d.len() + 8);
+        let mut json = String::with_capacity(parcel_id.len() + 44 + data_len);
         json.push_str(r#"{"type":"parcel_updated","parcel_id":"#);
         // serde_json escapes quotes, backslashes and control characters; non-ASCII passes as UTF-8.
         json.push_str(&serde_json::to_string(parcel_id).expect("a str always serializes"));
+        if let Some(data) = data {
+            json.push_str(r#","data":"#);
+            json.push_str(&data);
+        }
         json.push('}');
         Ok(Self { parcel_id: parcel_id.into(), frame: Utf8Bytes::from(json) })
     }
@@ -43,12 +58,16 @@ impl Event {
             #[serde(rename = "type")]
             kind: Option<std::borrow::Cow<'a, str>>,
             parcel_id: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow)]
+            data: Option<&'a serde_json::value::RawValue>,
         }
         let wire: Wire<'_> = serde_json::from_slice(payload).map_err(|e| {
             Error::new(codes::INVALID_PARCEL_ID, format!("bus message is not a JSON event: {e}"))
         })?;
         match (wire.kind.as_deref(), wire.parcel_id) {
-            (Some("parcel_updated"), Some(id)) => Self::new(&id),
+            (Some("parcel_updated"), Some(id)) => {
+                Self::with_data(&id, wire.data.map(|d| d.get()).filter(|d| *d != "null"))
+            }
             _ => Err(Error::new(
                 codes::INVALID_PARCEL_ID,
                 r#"bus message is not {"type":"parcel_updated","parcel_id":"..."}"#,
@@ -64,6 +83,29 @@ impl Event {
     pub fn frame(&self) -> &Utf8Bytes {
         &self.frame
     }
+}
+
+/// Validates a `data` object and returns its compact encoding.
+fn encode_data(data: &str) -> Result<String> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(data)
+        .map_err(|_| Error::new(codes::INVALID_DATA, "data must be a plain JSON object"))?;
+    let compact = serde_json::to_string(&object).expect("a JSON map always serializes");
+    if compact.len() > MAX_DATA_BYTES {
+        return Err(Error::new(
+            codes::INVALID_DATA,
+            format!("data is {} bytes of JSON; the limit is {MAX_DATA_BYTES}", compact.len()),
+        ));
+    }
+    Ok(compact)
+}
+
+/// The parcel id of an encoded frame (used rarely: when a connection changes its filter).
+pub fn parcel_id_of(frame: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Id {
+        parcel_id: String,
+    }
+    serde_json::from_str::<Id>(frame).ok().map(|f| f.parcel_id)
 }
 
 /// A parcel id must be a non-empty string of at most [`MAX_PARCEL_ID_BYTES`] bytes.
@@ -119,6 +161,23 @@ mod tests {
             .unwrap();
         assert_eq!(ev.parcel_id(), "p\"1");
         assert_eq!(ev, Event::new("p\"1").unwrap());
+    }
+
+    #[test]
+    fn attaches_data_objects_and_refuses_anything_else() {
+        let ev = Event::with_data("p1", Some(r#"{ "price": 100, "owner_id": "u\"1" }"#)).unwrap();
+        assert_eq!(json(&ev)["data"]["price"], 100);
+        assert_eq!(json(&ev)["data"]["owner_id"], "u\"1");
+        assert!(ev.frame().starts_with(r#"{"type":"parcel_updated","parcel_id":"p1","data":{"#));
+        for bad in ["[1]", "5", "\"x\"", "null", "{oops"] {
+            let err = Event::with_data("p1", Some(bad)).unwrap_err();
+            assert_eq!(err.code(), codes::INVALID_DATA, "{bad}");
+        }
+        let big = format!(r#"{{"x":"{}"}}"#, "a".repeat(MAX_DATA_BYTES));
+        assert_eq!(Event::with_data("p1", Some(&big)).unwrap_err().code(), codes::INVALID_DATA);
+        let via_bus = Event::from_json(ev.frame().as_bytes()).unwrap();
+        assert_eq!(via_bus, ev);
+        assert_eq!(parcel_id_of(ev.frame()).as_deref(), Some("p1"));
     }
 
     #[test]

@@ -111,13 +111,29 @@ pub fn json_response(
     out.into_bytes()
 }
 
-/// The `101 Switching Protocols` answer to a valid upgrade.
-pub fn switching_protocols(accept_key: &str) -> Vec<u8> {
-    format!(
+/// The `101 Switching Protocols` answer to a valid upgrade, echoing the chosen subprotocol.
+pub fn switching_protocols(accept_key: &str, protocol: Option<&str>) -> Vec<u8> {
+    let mut out = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
-    )
-    .into_bytes()
+         Sec-WebSocket-Accept: {accept_key}\r\n"
+    );
+    if let Some(protocol) = protocol {
+        out.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// The first value of `name` in a query string, percent-decoded (`+` is a space).
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| {
+            percent_encoding::percent_decode_str(&value.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
 }
 
 fn reason_phrase(status: u16) -> &'static str {

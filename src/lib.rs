@@ -16,6 +16,7 @@ pub mod connection;
 pub mod error;
 pub mod event;
 pub mod http;
+pub mod hub;
 pub mod logger;
 pub mod server;
 

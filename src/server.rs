@@ -6,11 +6,12 @@
 //! 401 missing or invalid token · 403 `validateUser` said no (or threw) · 408 the handshake
 //! (including `validateUser`) took longer than `handshake_timeout`.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -68,11 +69,14 @@ impl Drop for ClientGuard {
 
 struct Shared {
     config: ServerConfig,
+    settings: connection::Settings,
     auth: Authenticator,
     bus: Arc<Bus>,
     validator: Option<Arc<dyn UserValidator>>,
     ws_config: WebSocketConfig,
     stats: Stats,
+    /// Open connections per client address (only kept when that limit is on).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// A running server. Dropping it without [`Server::close`] also stops it, without waiting.
@@ -124,7 +128,19 @@ impl Server {
             .max_write_buffer_size(1024 * 1024)
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
+        let settings = connection::Settings {
+            send_timeout: config.send_timeout,
+            stall_timeout: config.stall_timeout,
+            ping_interval: config.ping_interval,
+            pong_timeout: config.pong_timeout,
+            jwt_leeway: config.jwt_leeway,
+            max_subscriptions: config.max_subscriptions,
+            messages_per_second: config.messages_per_second,
+            message_burst: config.message_burst.max(1.0),
+        };
         let shared = Arc::new(Shared {
+            settings,
+            per_ip: Mutex::new(HashMap::new()),
             auth: Authenticator::new(&config.jwt_secret, config.jwt_leeway),
             config,
             bus,
@@ -206,9 +222,9 @@ async fn handle(
     let _ = stream.set_nodelay(true);
     let admitted = tokio::select! {
         _ = shutdown.cancelled() => return,
-        r = tokio::time::timeout(shared.config.handshake_timeout, admit(&mut stream, &shared)) => r,
+        r = tokio::time::timeout(shared.config.handshake_timeout, admit(&mut stream, peer, &shared)) => r,
     };
-    let (head, claims) = match admitted {
+    let admitted = match admitted {
         Ok(Ok(admitted)) => admitted,
         Ok(Err(Refusal { status, code, message, headers })) => {
             shared.stats.refused_total.fetch_add(1, Ordering::Relaxed);
@@ -222,28 +238,21 @@ async fn handle(
         }
         Err(_) => {
             shared.stats.refused_total.fetch_add(1, Ordering::Relaxed);
-            let _ = stream
-                .write_all(&http::json_response(
-                    408,
-                    "HANDSHAKE_TIMEOUT",
-                    "handshake took too long",
-                    &[],
-                ))
-                .await;
+            let response =
+                http::json_response(408, "HANDSHAKE_TIMEOUT", "handshake took too long", &[]);
+            let _ = stream.write_all(&response).await;
             return;
         }
     };
+    let Admitted { head, claims, protocol, parcels, ip_slot: _ip_slot } = admitted;
     let key = head.header("sec-websocket-key").unwrap_or_default();
-    if stream
-        .write_all(&http::switching_protocols(&derive_accept_key(key.as_bytes())))
-        .await
-        .is_err()
-    {
+    let accept = http::switching_protocols(&derive_accept_key(key.as_bytes()), protocol.as_deref());
+    if stream.write_all(&accept).await.is_err() {
         return;
     }
     // Subscribe before the welcome frame: an event published after the client saw the welcome
     // is never missed.
-    let events = shared.bus.hub().subscribe();
+    let feed = shared.bus.hub().feed();
     let ws = WebSocketStream::from_partially_read(
         stream,
         head.rest,
@@ -254,13 +263,12 @@ async fn handle(
     shared.stats.clients.fetch_add(1, Ordering::Relaxed);
     shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     let _guard = ClientGuard(shared.clone());
-    let user = auth::user_id(&claims).unwrap_or_else(|| "-".into());
+    let client = connection::Client::from_claims(&claims, shared.config.jwt_leeway, parcels);
+    let user = client.user.clone().unwrap_or_else(|| "-".into());
     log::debug!("server: client {peer} (user {user}) connected");
-    let limits = connection::WriteLimits {
-        send_timeout: shared.config.send_timeout,
-        stall_timeout: shared.config.stall_timeout,
-    };
-    let reason = connection::run(ws, shared.bus.hub(), events, shutdown, limits).await;
+    let hub = shared.bus.hub();
+    let reason =
+        connection::run(ws, feed, hub, &shared.auth, &shared.settings, client, shutdown).await;
     log::debug!("server: client {peer} (user {user}) disconnected: {reason}");
 }
 
@@ -278,14 +286,50 @@ impl Refusal {
     }
 }
 
-/// Reads the request and decides: upgrade (with the token's claims) or a refusal.
-async fn admit(stream: &mut TcpStream, shared: &Shared) -> Result<(RequestHead, Claims), Refusal> {
+/// What a successful handshake established.
+struct Admitted {
+    head: RequestHead,
+    claims: Claims,
+    /// The `Sec-WebSocket-Protocol` to echo.
+    protocol: Option<String>,
+    /// `?parcels=a,b`: follow only these.
+    parcels: Option<Vec<String>>,
+    /// This connection's place in the per-IP count, released when it ends.
+    ip_slot: Option<IpSlot>,
+}
+
+/// One connection's share of its IP address's count.
+struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Reads the request and decides: upgrade or a refusal. Cheap checks come first, so a flood of
+/// bad requests costs little; the token is verified only for requests that could be admitted.
+async fn admit(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Result<Admitted, Refusal> {
+    let config = &shared.config;
     let head = http::read_head(stream).await.map_err(|e| match e {
         HeadError::Closed => Refusal::new(0, "CLOSED", ""),
         HeadError::Malformed => Refusal::new(400, "BAD_REQUEST", "Malformed HTTP request"),
         HeadError::TooLarge => Refusal::new(431, "HEADERS_TOO_LARGE", "Request head too large"),
     })?;
-    if head.path != shared.config.path {
+    if head.path != config.path {
         return Err(Refusal::new(
             404,
             "NOT_FOUND",
@@ -310,10 +354,34 @@ async fn admit(stream: &mut TcpStream, shared: &Shared) -> Result<(RequestHead, 
     if head.header("sec-websocket-key").map_or(true, |k| k.trim().is_empty()) {
         return Err(Refusal::new(400, "BAD_REQUEST", "Missing Sec-WebSocket-Key"));
     }
+    if let Some(origin) = head.header("origin") {
+        if !origin_allowed(&config.allowed_origins, origin) {
+            return Err(Refusal::new(
+                403,
+                "ORIGIN_NOT_ALLOWED",
+                "This Origin may not connect (see allowedOrigins)",
+            ));
+        }
+    }
+    if config.max_connections > 0 && shared.stats.clients() >= config.max_connections {
+        return Err(Refusal::new(
+            503,
+            "TOO_MANY_CONNECTIONS",
+            "The server holds as many connections as it may; try another instance or later",
+        ));
+    }
+    let ip_slot = reserve_ip_slot(shared, peer.ip())?;
+    let (protocol_token, protocol) =
+        auth::token_from_protocols(head.header("sec-websocket-protocol"));
     let token = auth::token_from_request(head.query.as_deref(), head.header("authorization"))
+        .or(protocol_token)
         .unwrap_or_default();
     let claims =
         shared.auth.verify(&token).map_err(|e| Refusal::new(401, e.code(), e.message()))?;
+    let parcels = match http::query_param(head.query.as_deref(), "parcels") {
+        None => None,
+        Some(list) => Some(parse_parcels(&list, config.max_subscriptions)?),
+    };
     if let Some(validator) = &shared.validator {
         match validator.validate(&claims).await {
             Ok(true) => {}
@@ -326,5 +394,55 @@ async fn admit(stream: &mut TcpStream, shared: &Shared) -> Result<(RequestHead, 
             }
         }
     }
-    Ok((head, claims))
+    Ok(Admitted { head, claims, protocol, parcels, ip_slot })
+}
+
+/// `scheme://host[:port]` compared case-insensitively; an empty list allows every origin.
+fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    let origin = origin.trim().trim_end_matches('/');
+    allowed.is_empty()
+        || allowed.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+fn reserve_ip_slot(shared: &Arc<Shared>, ip: IpAddr) -> Result<Option<IpSlot>, Refusal> {
+    let limit = shared.config.max_connections_per_ip;
+    if limit == 0 {
+        return Ok(None);
+    }
+    let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+    let count = per_ip.entry(ip).or_insert(0);
+    if *count >= limit {
+        return Err(Refusal::new(
+            429,
+            "TOO_MANY_CONNECTIONS_FROM_IP",
+            "Too many connections from this address",
+        ));
+    }
+    *count += 1;
+    Ok(Some(IpSlot { shared: shared.clone(), ip }))
+}
+
+/// `?parcels=a,b,c` (each percent-decoded by the caller's query parser, split on commas).
+fn parse_parcels(list: &str, max: usize) -> Result<Vec<String>, Refusal> {
+    let mut ids: Vec<String> = Vec::new();
+    for id in list.split(',').filter(|id| !id.is_empty()) {
+        if crate::event::validate_parcel_id(id).is_err() {
+            return Err(Refusal::new(
+                400,
+                "INVALID_PARCELS",
+                "?parcels= holds an invalid parcel id",
+            ));
+        }
+        if !ids.iter().any(|known| known == id) {
+            ids.push(id.to_string());
+        }
+    }
+    if ids.len() > max {
+        return Err(Refusal::new(
+            400,
+            "INVALID_PARCELS",
+            "?parcels= lists more parcels than allowed",
+        ));
+    }
+    Ok(ids)
 }

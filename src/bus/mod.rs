@@ -15,20 +15,16 @@
 
 mod redis;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_url, BusConfig};
 use crate::error::{codes, Error, Result};
 use crate::event::Event;
-
-/// Receives every event that passes through the bus, on a tokio worker. Must not block.
-pub type Sink = Arc<dyn Fn(&Event) + Send + Sync>;
+use crate::hub::{Hub, Sink};
 
 /// Which bus is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,81 +47,6 @@ enum State {
     Starting,
     Ready(Mode),
     Failed(Error),
-}
-
-/// The fan-out point: a broadcast ring of encoded frames plus an optional JS sink.
-///
-/// Flow control: the ring holds `capacity` events. Before an event enters it, [`Hub::dispatch`]
-/// waits while the slowest connection is `high_water` (half the ring) or more behind, so a burst
-/// of publishes is paced to the speed of the clients instead of overrunning them. A connection
-/// that holds everyone back because its socket accepts nothing is cut by its own task
-/// (see `connection.rs`), which releases the wait. The wait is what makes `publish()` resolve
-/// later under load: publishers feel backpressure, and no healthy client ever lags.
-pub struct Hub {
-    frames: broadcast::Sender<Utf8Bytes>,
-    high_water: usize,
-    /// Set while `dispatch` waits for room; connections then signal progress.
-    waiting: AtomicBool,
-    progress: Notify,
-    sink: RwLock<Option<Sink>>,
-}
-
-impl Hub {
-    fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(2);
-        Self {
-            frames: broadcast::channel(capacity).0,
-            high_water: capacity / 2,
-            waiting: AtomicBool::new(false),
-            progress: Notify::new(),
-            sink: RwLock::new(None),
-        }
-    }
-
-    /// Hands one event to every connection (one shared frame) and to the sink, once the ring
-    /// has room for it.
-    pub(crate) async fn dispatch(&self, event: &Event) {
-        self.wait_for_room().await;
-        // An error only means that no connection is listening right now.
-        let _ = self.frames.send(event.frame().clone());
-        if let Some(sink) = self.sink.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            sink(event);
-        }
-    }
-
-    async fn wait_for_room(&self) {
-        if self.frames.len() < self.high_water {
-            return;
-        }
-        self.waiting.store(true, Ordering::SeqCst);
-        while self.frames.len() >= self.high_water {
-            // A progress signal, or a periodic re-check in case a connection was dropped.
-            let _ = tokio::time::timeout(Duration::from_millis(1), self.progress.notified()).await;
-        }
-        self.waiting.store(false, Ordering::SeqCst);
-    }
-
-    /// Called by a connection after it has written a batch: wakes a waiting dispatch.
-    pub(crate) fn consumed(&self) {
-        if self.waiting.load(Ordering::Relaxed) {
-            self.progress.notify_one();
-        }
-    }
-
-    /// Whether a dispatch is waiting for a slow connection right now.
-    pub(crate) fn is_waiting(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed)
-    }
-
-    /// How far behind (in events) a connection may be before it holds publishers back.
-    pub fn high_water(&self) -> usize {
-        self.high_water
-    }
-
-    /// A receiver positioned at the next event.
-    pub fn subscribe(&self) -> broadcast::Receiver<Utf8Bytes> {
-        self.frames.subscribe()
-    }
 }
 
 struct Publish {
@@ -209,7 +130,11 @@ impl Bus {
     /// (memory: handed to the hub; Redis: acknowledged by Redis) or why it could not.
     /// Never blocks: a full queue is an immediate `ERR_PUBLISH_QUEUE_FULL`.
     pub fn publish(&self, parcel_id: &str) -> Result<oneshot::Receiver<Result<()>>> {
-        let event = Event::new(parcel_id)?;
+        self.publish_event(Event::new(parcel_id)?)
+    }
+
+    /// Like [`Bus::publish`], for an event built by the caller (e.g. with `data`).
+    pub fn publish_event(&self, event: Event) -> Result<oneshot::Receiver<Result<()>>> {
         let (ack, done) = oneshot::channel();
         self.queue.try_send(Publish { event, ack }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::new(
@@ -228,14 +153,14 @@ impl Bus {
     }
 
     /// Publishes and waits until the bus has taken the event.
-    pub async fn publish_and_wait(&self, parcel_id: &str) -> Result<()> {
-        let done = self.publish(parcel_id)?;
+    pub async fn publish_and_wait(&self, event: Event) -> Result<()> {
+        let done = self.publish_event(event)?;
         done.await.unwrap_or_else(|_| Err(Error::new(codes::BUS_CLOSED, "the bus has stopped")))
     }
 
     /// Routes every event to `sink` (replacing any previous one), or stops routing with `None`.
     pub fn set_sink(&self, sink: Option<Sink>) {
-        *self.hub.sink.write().unwrap_or_else(|e| e.into_inner()) = sink;
+        self.hub.set_sink(sink);
     }
 }
 

@@ -9,9 +9,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{backoff, Hub};
+use super::backoff;
 use crate::error::{codes, Error, Result};
 use crate::event::Event;
+use crate::hub::Hub;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);

@@ -1,0 +1,430 @@
+//! The fan-out point between the bus and the connections.
+//!
+//! Two ways to receive, chosen per connection:
+//! - **every event** (the default): a cursor in one broadcast ring of encoded frames. Each event
+//!   is written into the ring once; connections read the shared bytes at their own pace.
+//! - **chosen parcels**: an index from parcel id to the connections that asked for it, each with
+//!   a small bounded queue. An event costs work only for the connections that want it.
+//!
+//! Flow control: the ring holds `capacity` events. Before an event enters it, [`Hub::dispatch`]
+//! waits while the slowest ring reader is `high_water` (half the ring) or more behind, so a burst
+//! of publishes is paced to the speed of the clients instead of overrunning them. A connection
+//! that holds everyone back because its socket accepts nothing is cut by its own task
+//! (`connection.rs`), which releases the wait. Publishers feel this as later-resolving publishes.
+//! A filtered connection whose queue overflows is marked lost and cut (1013) by its task.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::event::{parcel_id_of, Event};
+
+/// Receives every event that passes through the hub, on a tokio worker. Must not block.
+pub type Sink = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Frames a filtered connection may have waiting before it is considered too slow.
+const FILTERED_QUEUE: usize = 1024;
+
+struct Target {
+    conn: u64,
+    tx: mpsc::Sender<Utf8Bytes>,
+    lost: Arc<AtomicBool>,
+}
+
+pub struct Hub {
+    frames: broadcast::Sender<Utf8Bytes>,
+    high_water: usize,
+    /// Set while `dispatch` waits for room; connections then signal progress.
+    waiting: AtomicBool,
+    progress: Notify,
+    /// Parcel id → connections that asked for it. Held for reading across the whole of a
+    /// dispatch, so a connection changing its filter (a write) sees a clean seam.
+    index: RwLock<HashMap<Arc<str>, Vec<Target>>>,
+    next_conn: AtomicU64,
+    sink: RwLock<Option<Sink>>,
+}
+
+impl Hub {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(2);
+        Self {
+            frames: broadcast::channel(capacity).0,
+            high_water: capacity / 2,
+            waiting: AtomicBool::new(false),
+            progress: Notify::new(),
+            index: RwLock::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+            sink: RwLock::new(None),
+        }
+    }
+
+    /// Hands one event to every interested connection (one shared frame) and to the sink, once
+    /// the ring has room for it.
+    pub(crate) async fn dispatch(&self, event: &Event) {
+        self.wait_for_room().await;
+        {
+            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            // An error only means that no connection reads the ring right now.
+            let _ = self.frames.send(event.frame().clone());
+            if let Some(targets) = index.get(event.parcel_id()) {
+                for target in targets {
+                    if target.tx.try_send(event.frame().clone()).is_err() {
+                        target.lost.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if let Some(sink) = self.sink.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            sink(event);
+        }
+    }
+
+    async fn wait_for_room(&self) {
+        if self.frames.len() < self.high_water {
+            return;
+        }
+        self.waiting.store(true, Ordering::SeqCst);
+        while self.frames.len() >= self.high_water {
+            // A progress signal, or a periodic re-check in case a connection was dropped.
+            let _ = tokio::time::timeout(Duration::from_millis(1), self.progress.notified()).await;
+        }
+        self.waiting.store(false, Ordering::SeqCst);
+    }
+
+    /// Called by a connection after it has written a batch: wakes a waiting dispatch.
+    pub(crate) fn consumed(&self) {
+        if self.waiting.load(Ordering::Relaxed) {
+            self.progress.notify_one();
+        }
+    }
+
+    /// Whether a dispatch is waiting for a slow connection right now.
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Routes every event to `sink` (replacing any previous one), or stops with `None`.
+    pub(crate) fn set_sink(&self, sink: Option<Sink>) {
+        *self.sink.write().unwrap_or_else(|e| e.into_inner()) = sink;
+    }
+
+    /// A feed of every event, starting with the next one.
+    pub fn feed(self: &Arc<Self>) -> Feed {
+        Feed {
+            hub: self.clone(),
+            conn: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            mode: Mode::All(self.frames.subscribe()),
+        }
+    }
+}
+
+enum Mode {
+    /// Receives nothing and holds no place: what a connection keeps while it is being cut.
+    Detached,
+    All(broadcast::Receiver<Utf8Bytes>),
+    Only {
+        rx: mpsc::Receiver<Utf8Bytes>,
+        tx: mpsc::Sender<Utf8Bytes>,
+        lost: Arc<AtomicBool>,
+        ids: HashSet<Arc<str>>,
+    },
+}
+
+/// Why a feed stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedError {
+    /// The connection fell behind and events were dropped for it (`n` if known).
+    Lagged(u64),
+    Closed,
+}
+
+/// What one connection receives. Dropping it removes the connection from the index.
+pub struct Feed {
+    hub: Arc<Hub>,
+    conn: u64,
+    mode: Mode,
+}
+
+impl Feed {
+    pub async fn recv(&mut self) -> Result<Utf8Bytes, FeedError> {
+        match &mut self.mode {
+            Mode::Detached => std::future::pending().await,
+            Mode::All(ring) => ring.recv().await.map_err(|e| match e {
+                RecvError::Lagged(n) => FeedError::Lagged(n),
+                RecvError::Closed => FeedError::Closed,
+            }),
+            Mode::Only { rx, lost, .. } => {
+                if lost.load(Ordering::Relaxed) {
+                    return Err(FeedError::Lagged(0));
+                }
+                // The feed keeps its own sender, so the queue never reports closed.
+                rx.recv().await.ok_or(FeedError::Closed)
+            }
+        }
+    }
+
+    /// The next frame if one is already waiting.
+    pub fn try_recv(&mut self) -> Result<Option<Utf8Bytes>, FeedError> {
+        match &mut self.mode {
+            Mode::Detached => Ok(None),
+            Mode::All(ring) => match ring.try_recv() {
+                Ok(frame) => Ok(Some(frame)),
+                Err(TryRecvError::Empty) => Ok(None),
+                Err(TryRecvError::Lagged(n)) => Err(FeedError::Lagged(n)),
+                Err(TryRecvError::Closed) => Err(FeedError::Closed),
+            },
+            Mode::Only { rx, lost, .. } => {
+                if lost.load(Ordering::Relaxed) {
+                    return Err(FeedError::Lagged(0));
+                }
+                Ok(rx.try_recv().ok())
+            }
+        }
+    }
+
+    /// Gives up this feed's place (ring cursor or index entries) and receives nothing more.
+    pub fn detach(&mut self) {
+        let old = std::mem::replace(&mut self.mode, Mode::Detached);
+        if let Mode::Only { ids, .. } = old {
+            let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
+            for id in &ids {
+                remove_target(&mut index, id, self.conn);
+            }
+        }
+    }
+
+    /// Whether this feed has lost events (only filtered feeds learn it before their next read).
+    pub fn has_lost(&self) -> bool {
+        matches!(&self.mode, Mode::Only { lost, .. } if lost.load(Ordering::Relaxed))
+    }
+
+    /// Whether this feed reads the ring, and so can hold publishers back.
+    pub fn reads_ring(&self) -> bool {
+        matches!(self.mode, Mode::All(_))
+    }
+
+    /// `None` for every event, else the chosen parcel ids, sorted.
+    pub fn parcel_ids(&self) -> Option<Vec<String>> {
+        match &self.mode {
+            Mode::All(_) | Mode::Detached => None,
+            Mode::Only { ids, .. } => {
+                let mut ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+                ids.sort_unstable();
+                Some(ids)
+            }
+        }
+    }
+
+    /// How many parcel ids the feed would follow after adding `ids`.
+    pub fn count_after_adding(&self, ids: &[String]) -> usize {
+        match &self.mode {
+            Mode::All(_) | Mode::Detached => ids.iter().collect::<HashSet<_>>().len(),
+            Mode::Only { ids: current, .. } => {
+                current.len() + ids.iter().filter(|id| !current.contains(id.as_str())).count()
+            }
+        }
+    }
+
+    /// Narrows the feed to (or adds) `ids`. Returns the frames that were already on their way to
+    /// this connection before the change and match the new filter: deliver them first, and the
+    /// seam has neither gap nor duplicate.
+    pub fn subscribe(&mut self, ids: &[String]) -> Result<Vec<Utf8Bytes>, FeedError> {
+        let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
+        match &mut self.mode {
+            Mode::Only { tx, lost, ids: current, .. } => {
+                for id in ids {
+                    if current.contains(id.as_str()) {
+                        continue;
+                    }
+                    let id: Arc<str> = id.as_str().into();
+                    index.entry(id.clone()).or_default().push(Target {
+                        conn: self.conn,
+                        tx: tx.clone(),
+                        lost: lost.clone(),
+                    });
+                    current.insert(id);
+                }
+                Ok(Vec::new())
+            }
+            Mode::Detached => Ok(Vec::new()),
+            Mode::All(ring) => {
+                let (tx, rx) = mpsc::channel(FILTERED_QUEUE);
+                let lost = Arc::new(AtomicBool::new(false));
+                let mut current = HashSet::new();
+                for id in ids {
+                    let id: Arc<str> = id.as_str().into();
+                    if current.insert(id.clone()) {
+                        index.entry(id).or_default().push(Target {
+                            conn: self.conn,
+                            tx: tx.clone(),
+                            lost: lost.clone(),
+                        });
+                    }
+                }
+                // No dispatch runs while we hold the write lock: exactly `pending` frames were
+                // sent before the switch, and every later one goes to the new queue.
+                let pending = ring.len();
+                drop(index);
+                let mut seam = Vec::new();
+                for _ in 0..pending {
+                    match ring.try_recv() {
+                        Ok(frame) => {
+                            if parcel_id_of(&frame).is_some_and(|id| current.contains(id.as_str()))
+                            {
+                                seam.push(frame);
+                            }
+                        }
+                        Err(TryRecvError::Lagged(n)) => {
+                            self.mode = Mode::Only { rx, tx, lost, ids: current };
+                            return Err(FeedError::Lagged(n));
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.mode = Mode::Only { rx, tx, lost, ids: current };
+                Ok(seam)
+            }
+        }
+    }
+
+    /// Removes `ids` from a filtered feed (a feed of every event is left as it is).
+    pub fn unsubscribe(&mut self, ids: &[String]) {
+        if let Mode::Only { ids: current, .. } = &mut self.mode {
+            let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
+            for id in ids {
+                if current.remove(id.as_str()) {
+                    remove_target(&mut index, id, self.conn);
+                }
+            }
+        }
+    }
+
+    /// Widens the feed back to every event. Returns the frames still queued from the filtered
+    /// feed: deliver them first.
+    pub fn subscribe_all(&mut self) -> Vec<Utf8Bytes> {
+        let Mode::Only { ids, .. } = &self.mode else {
+            return Vec::new();
+        };
+        let ring = {
+            let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
+            for id in ids {
+                remove_target(&mut index, id, self.conn);
+            }
+            self.hub.frames.subscribe()
+        };
+        let Mode::Only { mut rx, .. } = std::mem::replace(&mut self.mode, Mode::All(ring)) else {
+            unreachable!("checked above");
+        };
+        let mut seam = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            seam.push(frame);
+        }
+        seam
+    }
+}
+
+fn remove_target(index: &mut HashMap<Arc<str>, Vec<Target>>, id: &str, conn: u64) {
+    if let Some(targets) = index.get_mut(id) {
+        targets.retain(|t| t.conn != conn);
+        if targets.is_empty() {
+            index.remove(id);
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        if let Mode::Only { ids, .. } = &self.mode {
+            let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
+            for id in ids {
+                remove_target(&mut index, id, self.conn);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    async fn publish(hub: &Hub, id: &str) {
+        hub.dispatch(&Event::new(id).unwrap()).await;
+    }
+
+    fn drain(feed: &mut Feed) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(Some(frame)) = feed.try_recv() {
+            out.push(parcel_id_of(&frame).unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn narrowing_keeps_what_was_queued_and_matches_then_filters() {
+        let hub = Arc::new(Hub::new(64));
+        let mut feed = hub.feed();
+        publish(&hub, "a").await;
+        publish(&hub, "b").await;
+        let seam = feed.subscribe(&ids(&["a", "c"])).unwrap();
+        assert_eq!(seam.len(), 1);
+        assert_eq!(parcel_id_of(&seam[0]).as_deref(), Some("a"));
+        for id in ["a", "b", "c", "d", "a"] {
+            publish(&hub, id).await;
+        }
+        assert_eq!(drain(&mut feed), ["a", "c", "a"]);
+        feed.unsubscribe(&ids(&["a"]));
+        publish(&hub, "a").await;
+        publish(&hub, "c").await;
+        assert_eq!(drain(&mut feed), ["c"]);
+        assert_eq!(feed.parcel_ids(), Some(ids(&["c"])));
+    }
+
+    #[tokio::test]
+    async fn widening_delivers_queued_frames_then_everything() {
+        let hub = Arc::new(Hub::new(64));
+        let mut feed = hub.feed();
+        feed.subscribe(&ids(&["a"])).unwrap();
+        publish(&hub, "a").await;
+        publish(&hub, "b").await;
+        let seam = feed.subscribe_all();
+        assert_eq!(seam.iter().map(|f| parcel_id_of(f).unwrap()).collect::<Vec<_>>(), ["a"]);
+        publish(&hub, "b").await;
+        assert_eq!(drain(&mut feed), ["b"]);
+        assert!(feed.parcel_ids().is_none());
+    }
+
+    #[tokio::test]
+    async fn dropping_a_feed_cleans_the_index() {
+        let hub = Arc::new(Hub::new(64));
+        let mut one = hub.feed();
+        let mut two = hub.feed();
+        one.subscribe(&ids(&["a", "b"])).unwrap();
+        two.subscribe(&ids(&["a"])).unwrap();
+        drop(one);
+        assert_eq!(hub.index.read().unwrap().len(), 1);
+        assert_eq!(hub.index.read().unwrap()["a"].len(), 1);
+        drop(two);
+        assert!(hub.index.read().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_overflowing_filtered_feed_is_marked_lost() {
+        let hub = Arc::new(Hub::new(64));
+        let mut feed = hub.feed();
+        feed.subscribe(&ids(&["a"])).unwrap();
+        for _ in 0..FILTERED_QUEUE + 1 {
+            publish(&hub, "a").await;
+        }
+        assert!(feed.has_lost());
+        assert_eq!(feed.try_recv(), Err(FeedError::Lagged(0)));
+    }
+}
