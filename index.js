@@ -32,7 +32,7 @@ function loadAddon() {
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-const TYPE_ERROR_CODES = new Set(['ERR_INVALID_PARCEL_ID', 'ERR_INVALID_OPTION']);
+const TYPE_ERROR_CODES = new Set(['ERR_INVALID_PARCEL_ID', 'ERR_INVALID_DATA', 'ERR_INVALID_OPTION']);
 
 function makeError(code, message) {
   const err = TYPE_ERROR_CODES.has(code) ? new TypeError(message) : new Error(message);
@@ -97,8 +97,50 @@ function busOptionsFrom(options, env) {
 
 const SERVER_OPTIONS = new Set([
   'port', 'host', 'path', 'jwtSecret', 'redisUrl', 'channel', 'redisRequired', 'validateUser',
-  'maxMessageBytes', 'handshakeTimeoutMs',
+  'maxMessageBytes', 'handshakeTimeoutMs', 'pingIntervalMs', 'pongTimeoutMs', 'allowedOrigins',
+  'maxConnections', 'maxConnectionsPerIp', 'maxSubscriptions', 'messagesPerSecond', 'messageBurst',
 ]);
+
+/** Numeric options: [env fallback, smallest allowed value, integer?]. */
+const NUMERIC_OPTIONS = {
+  maxMessageBytes: [undefined, 1, true],
+  handshakeTimeoutMs: [undefined, 1, true],
+  pingIntervalMs: ['REALTIME_PING_INTERVAL_MS', 0, true],
+  pongTimeoutMs: ['REALTIME_PONG_TIMEOUT_MS', 1, true],
+  maxConnections: ['REALTIME_MAX_CONNECTIONS', 0, true],
+  maxConnectionsPerIp: ['REALTIME_MAX_CONNECTIONS_PER_IP', 0, true],
+  maxSubscriptions: ['REALTIME_MAX_SUBSCRIPTIONS', 0, true],
+  messagesPerSecond: ['REALTIME_MESSAGES_PER_SECOND', 0, false],
+  messageBurst: ['REALTIME_MESSAGE_BURST', 1, false],
+};
+
+function numericOption(options, env, key) {
+  const [envName, min, integer] = NUMERIC_OPTIONS[key];
+  let value = options[key];
+  if (value == null && envName && env[envName] != null && env[envName] !== '') {
+    value = Number(env[envName]);
+    if (Number.isNaN(value)) throw makeError('ERR_INVALID_OPTION', `${envName} must be a number, got ${JSON.stringify(env[envName])}`);
+  }
+  if (value == null) return undefined;
+  const ok = typeof value === 'number' && Number.isFinite(value) && value >= min &&
+    (!integer || (Number.isInteger(value) && value <= 0xffffffff));
+  if (!ok) {
+    throw makeError('ERR_INVALID_OPTION', `${key} must be ${integer ? 'an integer' : 'a number'} >= ${min}, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+function originsOption(options, env) {
+  let origins = options.allowedOrigins;
+  if (origins == null && env.REALTIME_ALLOWED_ORIGINS) {
+    origins = env.REALTIME_ALLOWED_ORIGINS.split(',').map((o) => o.trim()).filter(Boolean);
+  }
+  if (origins == null) return undefined;
+  if (!Array.isArray(origins) || !origins.every((o) => typeof o === 'string' && /^[a-z][a-z0-9+.-]*:\/\/[^/\s]+\/?$/i.test(o))) {
+    throw makeError('ERR_INVALID_OPTION', 'allowedOrigins must be an array of origins like "https://market.example.com"');
+  }
+  return origins;
+}
 
 function resolveServerOptions(options, env = process.env) {
   if (options == null) options = {};
@@ -132,20 +174,16 @@ function resolveServerOptions(options, env = process.env) {
   if (validateUser != null && typeof validateUser !== 'function') {
     throw makeError('ERR_INVALID_OPTION', 'validateUser must be a function (claims) => boolean | Promise<boolean>');
   }
-  for (const key of ['maxMessageBytes', 'handshakeTimeoutMs']) {
-    const v = options[key];
-    if (v != null && (!Number.isInteger(v) || v < 1 || v > 0xffffffff)) {
-      throw makeError('ERR_INVALID_OPTION', `${key} must be a positive integer`);
-    }
-  }
+  const numeric = {};
+  for (const key of Object.keys(NUMERIC_OPTIONS)) numeric[key] = numericOption(options, env, key);
   return {
     native: {
       host,
       port,
       path: wsPath,
       jwtSecret,
-      maxMessageBytes: options.maxMessageBytes,
-      handshakeTimeoutMs: options.handshakeTimeoutMs,
+      ...numeric,
+      allowedOrigins: originsOption(options, env),
       bus: busOptionsFrom(options, env),
     },
     validateUser,
@@ -255,15 +293,29 @@ function checkParcelId(parcelId) {
   }
 }
 
+/** `data` as JSON text for the engine (which checks its size), or undefined. */
+function encodeData(data) {
+  if (data === undefined || data === null) return undefined;
+  if (typeof data !== 'object' || Array.isArray(data)) {
+    throw makeError('ERR_INVALID_DATA', 'data must be a plain object, e.g. { owner_id, price }');
+  }
+  try {
+    return JSON.stringify(data);
+  } catch (err) {
+    throw makeError('ERR_INVALID_DATA', `data cannot be encoded as JSON: ${err.message}`);
+  }
+}
+
 /**
- * Publishes `{type:'parcel_updated', parcel_id}` to every client of every server on the bus.
- * Resolves once the bus has taken the event (with Redis: once Redis acknowledged it).
+ * Publishes `{type:'parcel_updated', parcel_id[, data]}` to every client of every server on the
+ * bus. Resolves once the bus has taken the event (with Redis: once Redis acknowledged it).
  */
-async function publishParcelUpdate(parcelId) {
+async function publishParcelUpdate(parcelId, data) {
   checkParcelId(parcelId);
+  const json = encodeData(data);
   ensureBus();
   try {
-    await native.publish(parcelId);
+    await native.publish(parcelId, json);
   } catch (err) {
     throw fromNative(err);
   }
@@ -274,16 +326,18 @@ async function publishParcelUpdate(parcelId) {
  * non-string id throws a TypeError at once (a programming error). The process stays alive until
  * the event has reached the bus.
  */
-function publishParcelUpdateDirect(parcelId) {
+function publishParcelUpdateDirect(parcelId, data) {
   checkParcelId(parcelId);
-  publishParcelUpdate(parcelId).catch((err) => {
+  encodeData(data);
+  publishParcelUpdate(parcelId, data).catch((err) => {
     console.error(`[realtime-events] publishParcelUpdateDirect(${JSON.stringify(parcelId)}) failed: ${err.message} (${err.code})`);
   });
 }
 
 /**
  * Express middleware: publishes `req.params.parcel_id` once the response has been sent with a
- * 2xx status. Works after the handler (which calls next()) or before it.
+ * 2xx status. Works after the handler (which calls next()) or before it. A handler may attach
+ * data to the event by setting `res.locals.parcelEventData`.
  */
 function publishParcelEvent(req, res, next) {
   const parcelId = req && req.params ? req.params.parcel_id : undefined;
@@ -291,7 +345,14 @@ function publishParcelEvent(req, res, next) {
     console.error('[realtime-events] publishParcelEvent: no req.params.parcel_id on this route; nothing published');
   } else {
     const publishIfOk = () => {
-      if (res.statusCode >= 200 && res.statusCode < 300) publishParcelUpdateDirect(parcelId);
+      if (res.statusCode >= 200 && res.statusCode < 300) {
+        const data = res.locals ? res.locals.parcelEventData : undefined;
+        try {
+          publishParcelUpdateDirect(parcelId, data);
+        } catch (err) {
+          console.error(`[realtime-events] publishParcelEvent: ${err.message} (${err.code}); nothing published`);
+        }
+      }
     };
     if (res.writableFinished) publishIfOk();
     else res.once('finish', publishIfOk);
@@ -308,8 +369,9 @@ function report(err) {
   console.error('[realtime-events] a subscribeToParcelEvents callback threw:', err);
 }
 
-function dispatch(parcelId) {
-  const event = { type: 'parcel_updated', parcel_id: parcelId };
+function dispatch(frame) {
+  // The exact frame WebSocket clients receive: {type, parcel_id[, data]}.
+  const event = JSON.parse(frame);
   for (const sub of subscribers) {
     try {
       const result = sub.callback(event);

@@ -112,11 +112,16 @@ pub fn bus_info() -> BusInfo {
 /// Enqueues one event. Synchronous enqueue keeps publish order equal to call order; the promise
 /// settles when the bus has taken the event (Redis: acknowledged it).
 #[napi(catch_unwind)]
-pub fn publish(env: &Env, parcel_id: String) -> napi::Result<PromiseRaw<'_, ()>> {
+pub fn publish(
+    env: &Env,
+    parcel_id: String,
+    data: Option<String>,
+) -> napi::Result<PromiseRaw<'_, ()>> {
     let bus = global().bus.clone().ok_or_else(|| {
         to_js(EngineError::new(codes::BUS_CLOSED, "no bus: call ensureBus first"))
     })?;
-    let done = bus.publish(&parcel_id).map_err(to_js)?;
+    let event = crate::event::Event::with_data(&parcel_id, data.as_deref()).map_err(to_js)?;
+    let done = bus.publish_event(event).map_err(to_js)?;
     env.spawn_future(async move {
         done.await
             .unwrap_or_else(|_| Err(EngineError::new(codes::BUS_CLOSED, "the bus has stopped")))
@@ -124,7 +129,7 @@ pub fn publish(env: &Env, parcel_id: String) -> napi::Result<PromiseRaw<'_, ()>>
     })
 }
 
-/// Routes every event's parcel id to `callback` (or stops with `null`).
+/// Routes every event's frame (the JSON text clients receive) to `callback` (or stops with `null`).
 #[napi(catch_unwind)]
 pub fn set_event_sink(callback: Option<SinkFn>) {
     let sink: Option<Sink> = callback.map(|tsfn| {
@@ -132,7 +137,7 @@ pub fn set_event_sink(callback: Option<SinkFn>) {
         let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
         Arc::new(move |event: &crate::event::Event| {
             let status =
-                tsfn.call(event.parcel_id().to_string(), ThreadsafeFunctionCallMode::NonBlocking);
+                tsfn.call(event.frame().to_string(), ThreadsafeFunctionCallMode::NonBlocking);
             if status == Status::QueueFull {
                 let n = dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n.is_power_of_two() {
@@ -160,6 +165,15 @@ pub struct NativeServerOptions {
     pub jwt_secret: String,
     pub max_message_bytes: Option<u32>,
     pub handshake_timeout_ms: Option<u32>,
+    /// 0 turns heartbeats off.
+    pub ping_interval_ms: Option<u32>,
+    pub pong_timeout_ms: Option<u32>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub max_connections: Option<u32>,
+    pub max_connections_per_ip: Option<u32>,
+    pub max_subscriptions: Option<u32>,
+    pub messages_per_second: Option<f64>,
+    pub message_burst: Option<f64>,
     pub bus: BusOptions,
 }
 
@@ -238,6 +252,30 @@ pub async fn start_server(
     }
     if let Some(ms) = options.handshake_timeout_ms {
         config.handshake_timeout = Duration::from_millis(ms as u64);
+    }
+    if let Some(ms) = options.ping_interval_ms {
+        config.ping_interval = (ms > 0).then(|| Duration::from_millis(ms as u64));
+    }
+    if let Some(ms) = options.pong_timeout_ms {
+        config.pong_timeout = Duration::from_millis(ms as u64);
+    }
+    if let Some(origins) = options.allowed_origins {
+        config.allowed_origins = origins;
+    }
+    if let Some(n) = options.max_connections {
+        config.max_connections = n as usize;
+    }
+    if let Some(n) = options.max_connections_per_ip {
+        config.max_connections_per_ip = n as usize;
+    }
+    if let Some(n) = options.max_subscriptions {
+        config.max_subscriptions = n as usize;
+    }
+    if let Some(rate) = options.messages_per_second {
+        config.messages_per_second = rate;
+    }
+    if let Some(burst) = options.message_burst {
+        config.message_burst = burst;
     }
     let validator =
         validate_user.map(|f| Arc::new(JsValidator(Arc::new(f))) as Arc<dyn UserValidator>);
