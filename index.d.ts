@@ -2,10 +2,15 @@
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
+/** A small JSON object a publisher may attach to an event (at most 4096 bytes of JSON). */
+export type ParcelEventData = Record<string, unknown>;
+
 /** The event every client and subscriber receives. */
 export interface ParcelUpdatedEvent {
   type: 'parcel_updated';
   parcel_id: string;
+  /** Present when the publisher attached data. */
+  data?: ParcelEventData;
 }
 
 /** Decoded JWT payload, as the Auth module signed it. */
@@ -41,6 +46,26 @@ export interface ServerOptions {
   maxMessageBytes?: number;
   /** Time a client has to complete the HTTP upgrade (and validateUser to answer). Default 10000. */
   handshakeTimeoutMs?: number;
+  /** Silence (ms) after which the server pings a client; 0 disables. `REALTIME_PING_INTERVAL_MS`, default 25000. */
+  pingIntervalMs?: number;
+  /** Time (ms) a client has to answer a ping before it is closed (4408). `REALTIME_PONG_TIMEOUT_MS`, default 10000. */
+  pongTimeoutMs?: number;
+  /**
+   * Browser origins allowed to connect, e.g. ['https://market.example.com']; others get 403.
+   * Requests without an Origin header are judged by their token alone.
+   * `REALTIME_ALLOWED_ORIGINS` (comma-separated); default: any origin.
+   */
+  allowedOrigins?: string[];
+  /** Most clients at once in this server (503 beyond); 0: no limit. `REALTIME_MAX_CONNECTIONS`, default 0. */
+  maxConnections?: number;
+  /** Most clients at once from one IP (429 beyond); 0: no limit. `REALTIME_MAX_CONNECTIONS_PER_IP`, default 0. */
+  maxConnectionsPerIp?: number;
+  /** Most parcel ids one connection may follow. `REALTIME_MAX_SUBSCRIPTIONS`, default 1000. */
+  maxSubscriptions?: number;
+  /** Messages per second a client may send, sustained (4429 beyond). `REALTIME_MESSAGES_PER_SECOND`, default 20. */
+  messagesPerSecond?: number;
+  /** Messages a client may send in a burst. `REALTIME_MESSAGE_BURST`, default 40. */
+  messageBurst?: number;
 }
 
 export interface CloseOptions {
@@ -64,6 +89,7 @@ export declare class Server {
 /** Error codes set on the `code` property of every error this module raises. */
 export type ErrorCode =
   | 'ERR_INVALID_PARCEL_ID'
+  | 'ERR_INVALID_DATA'
   | 'ERR_INVALID_OPTION'
   | 'ERR_MISSING_JWT_SECRET'
   | 'ERR_PORT_IN_USE'
@@ -82,22 +108,24 @@ export interface RealtimeError extends Error {
 export declare function startServer(options?: ServerOptions): Promise<Server>;
 
 /**
- * Publishes `{type:'parcel_updated', parcel_id}` to every client of every server on the bus.
- * Resolves once the bus has taken it (with Redis: once Redis acknowledged it). Rejects with a
- * TypeError (ERR_INVALID_PARCEL_ID) for a non-string, empty or over-long id.
+ * Publishes `{type:'parcel_updated', parcel_id[, data]}` to every client of every server on the
+ * bus. Resolves once the bus has taken it (with Redis: once Redis acknowledged it). Rejects with a
+ * TypeError (ERR_INVALID_PARCEL_ID) for a non-string, empty or over-long id, and
+ * (ERR_INVALID_DATA) for data that is not a plain object of at most 4096 bytes of JSON.
  */
-export declare function publishParcelUpdate(parcelId: string): Promise<void>;
+export declare function publishParcelUpdate(parcelId: string, data?: ParcelEventData): Promise<void>;
 
 /** Fire and forget: bus failures are logged, never thrown. */
-export declare function publishParcelUpdateDirect(parcelId: string): void;
+export declare function publishParcelUpdateDirect(parcelId: string, data?: ParcelEventData): void;
 
 /**
  * Express middleware: publishes `req.params.parcel_id` once the response is sent with a 2xx
- * status. Place it after the handler (which calls `next()`) or before it.
+ * status. Place it after the handler (which calls `next()`) or before it. The handler may attach
+ * data by setting `res.locals.parcelEventData`.
  */
 export declare function publishParcelEvent(
   req: IncomingMessage & { params?: Record<string, string> },
-  res: ServerResponse,
+  res: ServerResponse & { locals?: { parcelEventData?: ParcelEventData } },
   next?: (err?: unknown) => void,
 ): void;
 
