@@ -192,10 +192,13 @@ impl Conn<'_> {
 
     async fn serve(mut self, shutdown: CancellationToken) -> Ended {
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(self.next_check()));
+        // Created once: registering with the shared token on every loop turn would make every
+        // connection take the token's lock once per event.
+        let mut shutdown = std::pin::pin!(shutdown.cancelled());
         loop {
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
+                _ = shutdown.as_mut() => {
                     Err(self.close(CloseCode::Away, "server shutting down", Ended::ServerShutdown).await)
                 }
                 _ = timer.as_mut() => {
