@@ -41,7 +41,7 @@ function parseOptions(argv) {
     memClients: 10_000,
     handshakeClients: 10_000,
     handshakeConcurrency: 256,
-    redisRate: 1000,
+    redisRate: 1500,
     redisServers: 1,
     scaleMax: 100_000,
     scaleStep: 5_000,
@@ -146,6 +146,7 @@ function machine() {
     rustc: sh('rustc', ['--version']),
     redis: sh('redis-server', ['--version'])?.split(' ').slice(0, 3).join(' ') ?? null,
     nofile_limit: sh('bash', ['-c', 'ulimit -Hn']),
+    nofile_raisable: sh('bash', ['-c', 'ulimit -Hn $(( $(ulimit -Hn) + 1 )) 2>/dev/null && echo yes || echo no']) === 'yes',
     date: new Date().toISOString(),
     commit: sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']),
   };
@@ -220,6 +221,8 @@ function deliveryFigures(pub, rep, cpu) {
     publish_secs: pub.secs,
     publish_rate: pub.rate_achieved,
     publish_errors: pub.errors,
+    scheduled: pub.scheduled,
+    not_published: pub.not_published,
     publish_first_error: pub.first_error,
     expected: rep.expected,
     delivered: rep.unique,
@@ -306,7 +309,7 @@ async function fanout(impl, o) {
     const cmd = { rate: 0, duration: o.duration, chunk: impl === 'rt' ? 100 : 1, window: 1000 };
     if (o.fanoutCount) cmd.count = o.fanoutCount;
     const fig = await publishAndCollect(server, [lg], [server], cmd, 60_000);
-    fig.server_rss_after = (await server.request({ cmd: 'stats' })).rss;
+    fig.server_rss_after = server.rssBytes();
     return fig;
   } finally {
     if (lg) await lg.stop('quit');
@@ -531,6 +534,7 @@ async function scale(impl, o) {
       const check = await deliverOne(server, lgs, seq);
       seq += 1;
       const st = await server.request({ cmd: 'stats' });
+      st.rss = server.rssBytes();
       const reps = await Promise.all(lgs.map((lg) => lg.request('report 0')));
       for (const r of reps) for (const [k, v] of Object.entries(r.connect_errors)) errors[k] = (errors[k] ?? 0) + v;
       const step = {
