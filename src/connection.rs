@@ -136,17 +136,19 @@ struct Conn<'a> {
     bucket: TokenBucket,
 }
 
-pub(crate) async fn run(
+/// Serves one client until the connection ends. A plain fn returning the future (rather than an
+/// `async fn`) so the task holds the connection's state once, not also its constructor arguments.
+pub(crate) fn run<'a>(
     ws: Ws,
     feed: Feed,
-    hub: &Hub,
-    auth: &Authenticator,
-    settings: &Settings,
+    hub: &'a Hub,
+    auth: &'a Authenticator,
+    settings: &'a Settings,
     client: Client,
     shutdown: CancellationToken,
-) -> Ended {
+) -> impl Future<Output = Ended> + Send + 'a {
     let now = Instant::now();
-    let mut conn = Conn {
+    let conn = Conn {
         ws,
         feed,
         hub,
@@ -157,10 +159,15 @@ pub(crate) async fn run(
         ping_sent: None,
         bucket: TokenBucket::new(settings.messages_per_second, settings.message_burst),
     };
-    match conn.start().await {
-        Ok(()) => conn.serve(shutdown).await,
-        Err(ended) => ended,
-    }
+    conn.serve(shutdown)
+}
+
+/// What woke a connection's task.
+enum Wake {
+    Shutdown,
+    Timer,
+    Feed(Result<Utf8Bytes, FeedError>),
+    Inbound(Option<Result<Message, WsError>>),
 }
 
 impl Conn<'_> {
@@ -191,29 +198,36 @@ impl Conn<'_> {
     }
 
     async fn serve(mut self, shutdown: CancellationToken) -> Ended {
+        if let Err(ended) = Box::pin(self.start()).await {
+            return ended;
+        }
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(self.next_check()));
         // Created once: registering with the shared token on every loop turn would make every
         // connection take the token's lock once per event.
         let mut shutdown = std::pin::pin!(shutdown.cancelled());
         loop {
-            let step = tokio::select! {
+            let wake = tokio::select! {
                 biased;
-                _ = shutdown.as_mut() => {
-                    Err(self.close(CloseCode::Away, "server shutting down", Ended::ServerShutdown).await)
-                }
-                _ = timer.as_mut() => {
-                    let step = self.on_timer().await;
+                _ = shutdown.as_mut() => Wake::Shutdown,
+                _ = timer.as_mut() => Wake::Timer,
+                received = self.feed.recv() => Wake::Feed(received),
+                inbound = self.ws.next() => Wake::Inbound(inbound),
+            };
+            // Events are the hot path and stay inline; everything else is boxed, so that an idle
+            // connection's task (whose size is that of its largest state) stays small.
+            let step = match wake {
+                Wake::Feed(Ok(first)) => self.write_events(first).await,
+                Wake::Timer => {
+                    let step = Box::pin(self.on_timer()).await;
                     timer.as_mut().reset(self.next_check());
                     step
                 }
-                received = self.feed.recv() => match received {
-                    Ok(first) => self.write_events(first).await,
-                    Err(FeedError::Lagged(n)) => Err(self.too_slow(n).await),
-                    Err(FeedError::Closed) => {
-                        Err(self.close(CloseCode::Away, "server shutting down", Ended::ServerShutdown).await)
-                    }
-                },
-                inbound = self.ws.next() => self.on_inbound(inbound).await,
+                Wake::Inbound(inbound) => Box::pin(self.on_inbound(inbound)).await,
+                Wake::Feed(Err(FeedError::Lagged(n))) => Err(Box::pin(self.too_slow(n)).await),
+                Wake::Shutdown | Wake::Feed(Err(FeedError::Closed)) => {
+                    let ended = Ended::ServerShutdown;
+                    Err(Box::pin(self.close(CloseCode::Away, "server shutting down", ended)).await)
+                }
             };
             if let Err(ended) = step {
                 return ended;
@@ -369,8 +383,8 @@ impl Conn<'_> {
                 self.hub.consumed();
                 Ok(())
             }
-            Written::Lagged(n) => Err(self.too_slow(n).await),
-            Written::Stalled => Err(self.too_slow(0).await),
+            Written::Lagged(n) => Err(Box::pin(self.too_slow(n)).await),
+            Written::Stalled => Err(Box::pin(self.too_slow(0)).await),
             Written::Stuck => Err(Ended::Stuck),
             Written::Failed(e) => Err(Ended::ProtocolError(e.to_string())),
         }

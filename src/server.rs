@@ -28,6 +28,7 @@ use crate::config::ServerConfig;
 use crate::connection;
 use crate::error::{codes, Error, Result};
 use crate::http::{self, HeadError, RequestHead};
+use crate::hub::Feed;
 
 /// Decides whether an authenticated user may connect (e.g. "the user exists in the database").
 pub trait UserValidator: Send + Sync + 'static {
@@ -121,10 +122,11 @@ impl Server {
         let addr =
             listener.local_addr().map_err(|e| Error::new(codes::LISTEN_FAILED, e.to_string()))?;
         // Clients send only small control messages: a small read buffer keeps idle connections
-        // cheap (tungstenite's default is 128 KiB each). Writes are batched up to 16 KiB.
+        // cheap (tungstenite's default is 128 KiB each). Writes are batched up to 4 KiB, which
+        // also bounds what a write buffer keeps allocated after a burst.
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(512)
-            .write_buffer_size(16 * 1024)
+            .write_buffer_size(4 * 1024)
             .max_write_buffer_size(1024 * 1024)
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
@@ -214,15 +216,53 @@ async fn accept_loop(
 }
 
 async fn handle(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
+    // The handshake runs boxed: its state is freed once it is done, and the long-lived part of
+    // the task holds only what the connection needs.
+    // The block ends the handshake's locals before the long await (their storage would otherwise
+    // stay in the task for the connection's whole life).
+    let (serve, user, _slots) = {
+        let Some(session) = Box::pin(handshake(stream, peer, &shared, &shutdown)).await else {
+            return;
+        };
+        let Session { ws, feed, client, _ip_slot, _client_slot } = session;
+        let user = client.user.clone().unwrap_or_else(|| "-".into());
+        let (hub, auth, settings) = (shared.bus.hub(), &shared.auth, &shared.settings);
+        (
+            connection::run(ws, feed, hub, auth, settings, client, shutdown),
+            user,
+            (_ip_slot, _client_slot),
+        )
+    };
+    log::debug!("server: client {peer} (user {user}) connected");
+    let reason = serve.await;
+    log::debug!("server: client {peer} (user {user}) disconnected: {reason}");
+}
+
+/// An upgraded connection, ready to serve.
+struct Session {
+    ws: WebSocketStream<TcpStream>,
+    feed: Feed,
+    client: connection::Client,
+    _ip_slot: Option<IpSlot>,
+    _client_slot: ClientGuard,
+}
+
+/// Reads the request, refuses it or upgrades it.
+async fn handshake(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) -> Option<Session> {
     let _ = stream.set_nodelay(true);
     let admitted = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        r = tokio::time::timeout(shared.config.handshake_timeout, admit(&mut stream, peer, &shared)) => r,
+        _ = shutdown.cancelled() => return None,
+        r = tokio::time::timeout(shared.config.handshake_timeout, admit(&mut stream, peer, shared)) => r,
     };
     let admitted = match admitted {
         Ok(Ok(admitted)) => admitted,
@@ -234,21 +274,21 @@ async fn handle(
                     stream.write_all(&http::json_response(status, code, message, headers)).await;
                 let _ = stream.shutdown().await;
             }
-            return;
+            return None;
         }
         Err(_) => {
             shared.stats.refused_total.fetch_add(1, Ordering::Relaxed);
             let response =
                 http::json_response(408, "HANDSHAKE_TIMEOUT", "handshake took too long", &[]);
             let _ = stream.write_all(&response).await;
-            return;
+            return None;
         }
     };
-    let Admitted { head, claims, protocol, parcels, ip_slot: _ip_slot } = admitted;
+    let Admitted { head, claims, protocol, parcels, ip_slot } = admitted;
     let key = head.header("sec-websocket-key").unwrap_or_default();
     let accept = http::switching_protocols(&derive_accept_key(key.as_bytes()), protocol.as_deref());
     if stream.write_all(&accept).await.is_err() {
-        return;
+        return None;
     }
     // Subscribe before the welcome frame: an event published after the client saw the welcome
     // is never missed.
@@ -262,14 +302,8 @@ async fn handle(
     .await;
     shared.stats.clients.fetch_add(1, Ordering::Relaxed);
     shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-    let _guard = ClientGuard(shared.clone());
     let client = connection::Client::from_claims(&claims, shared.config.jwt_leeway, parcels);
-    let user = client.user.clone().unwrap_or_else(|| "-".into());
-    log::debug!("server: client {peer} (user {user}) connected");
-    let hub = shared.bus.hub();
-    let reason =
-        connection::run(ws, feed, hub, &shared.auth, &shared.settings, client, shutdown).await;
-    log::debug!("server: client {peer} (user {user}) disconnected: {reason}");
+    Some(Session { ws, feed, client, _ip_slot: ip_slot, _client_slot: ClientGuard(shared.clone()) })
 }
 
 struct Refusal {
@@ -445,4 +479,24 @@ fn parse_parcels(list: &str, max: usize) -> Result<Vec<String>, Refusal> {
         ));
     }
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every connection's task is as large as its future's largest state: keep it small, so an
+    /// idle connection costs little (see BENCHMARKS.md for the measured RSS per connection).
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let bus = crate::bus::Bus::start(Default::default());
+        let mut config = crate::config::ServerConfig::new("secret");
+        config.host = "127.0.0.1".into();
+        config.port = 0;
+        let server = super::Server::start(config, bus, None).await.unwrap();
+        let task = super::handle(stream, peer, server.shared.clone(), server.shutdown.clone());
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 2304, "a connection task grew to {size} bytes");
+    }
 }
