@@ -222,7 +222,16 @@ impl Conn<'_> {
                     timer.as_mut().reset(self.next_check());
                     step
                 }
-                Wake::Inbound(inbound) => Box::pin(self.on_inbound(inbound)).await,
+                Wake::Inbound(inbound) => {
+                    let step = Box::pin(self.on_inbound(inbound)).await;
+                    // A refresh may bring the expiry forward; later deadlines are handled
+                    // lazily when the timer fires.
+                    let next = self.next_check();
+                    if next < timer.deadline() {
+                        timer.as_mut().reset(next);
+                    }
+                    step
+                }
                 Wake::Feed(Err(FeedError::Lagged(n))) => Err(Box::pin(self.too_slow(n)).await),
                 Wake::Shutdown | Wake::Feed(Err(FeedError::Closed)) => {
                     let ended = Ended::ServerShutdown;
