@@ -167,9 +167,49 @@ function buildLoadgen(build) {
 // ---------------------------------------------------------------------------------------------
 // Processes under test
 
-const ctx = { loadgen: null, token: null, srcBlock: 0, opts: null };
+// Source-address blocks start at a random place so that a run does not reuse the addresses (and
+// meet the TIME_WAIT sockets) of the previous one.
+const ctx = { loadgen: null, token: null, srcBlock: Math.floor(Math.random() * 50_000), opts: null, scenario: '', background: [] };
+
+function cpuBusyJiffies() {
+  const line = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = line;
+  return { busy: user + nice + system + irq + softirq, steal, total: user + nice + system + idle + iowait + irq + softirq + steal };
+}
+
+/** Cores busy over `ms` (nothing of ours runs at that moment) and the steal share. */
+async function backgroundLoad(ms = 1000) {
+  const a = cpuBusyJiffies();
+  await sleep(ms);
+  const b = cpuBusyJiffies();
+  const cores = os.cpus().length;
+  const total = Math.max(1, b.total - a.total);
+  return { busy_cores: ((b.busy - a.busy) / total) * cores, steal_cores: ((b.steal - a.steal) / total) * cores };
+}
+
+/**
+ * Other work on the machine skews every figure: before each measured server starts, wait (up to
+ * a minute) until less than 0.25 core is busy, and record what was seen.
+ */
+async function waitForQuiet(label) {
+  const t0 = Date.now();
+  let load = await backgroundLoad();
+  let warned = false;
+  const maxWaitMs = ctx.opts.smoke ? 0 : 60_000;
+  while (load.busy_cores > 0.25 && Date.now() - t0 < maxWaitMs) {
+    if (!warned) log(`${label}: the machine is busy (${load.busy_cores.toFixed(2)} cores used by other processes); waiting up to ${maxWaitMs / 1000} s`);
+    warned = true;
+    load = await backgroundLoad();
+  }
+  const entry = { run: label, busy_cores: Math.round(load.busy_cores * 100) / 100, steal_cores: Math.round(load.steal_cores * 100) / 100, waited_s: Math.round((Date.now() - t0) / 1000) };
+  ctx.background.push(entry);
+  if (load.busy_cores > 0.25 && !ctx.opts.smoke) log(`${label}: WARNING: still ${load.busy_cores.toFixed(2)} cores busy elsewhere; figures will be skewed`);
+  return entry;
+}
 
 async function startServer(impl, extra = [], name = `${impl}-server`) {
+  await waitForQuiet(`${ctx.scenario}/${name}`);
   const script = path.join(__dirname, impl === 'rt' ? 'server-rt.js' : 'server-baseline.js');
   const child = new Child(name, process.execPath, ['--expose-gc', script, '--secret', SECRET, '--port', '0', '--host', '127.0.0.1', ...extra], {
     env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn' },
@@ -192,7 +232,7 @@ async function stopServer(child) {
 async function startLoadgen(port, clients, { concurrency = 256, handshakeTimeoutMs = 20_000, name = 'loadgen' } = {}) {
   const k = ctx.srcBlock++;
   const srcCount = Math.max(1, Math.ceil(clients / 20_000));
-  const src = `127.${20 + Math.floor(k / 250)}.${k % 250}.1+${srcCount}`;
+  const src = `127.${20 + (Math.floor(k / 250) % 230)}.${k % 250}.1+${srcCount}`;
   const child = new Child(name, ctx.loadgen, [
     '--url', `ws://127.0.0.1:${port}/ws`, '--token', ctx.token, '--threads', String(ctx.opts.threads),
     '--src', src, '--concurrency', String(concurrency), '--handshake-timeout-ms', String(handshakeTimeoutMs),
@@ -713,6 +753,7 @@ async function main() {
     const sc = SCENARIOS[name];
     if (!sc) continue; // eventloop is measured by fanout
     const s0 = Date.now();
+    ctx.scenario = name;
     try {
       await sc.run(o, results);
     } catch (err) {
@@ -725,6 +766,8 @@ async function main() {
     log('eventloop: measured during fanout; add fanout to --scenarios');
   }
   meta.total_secs = (Date.now() - t0) / 1000;
+  meta.background = ctx.background;
+  meta.max_background_cores = Math.max(0, ...ctx.background.map((b) => b.busy_cores));
   const doc = { meta, results, summary: report.summarize(results, o) };
   const problems = integrityProblems(results);
   doc.problems = problems;

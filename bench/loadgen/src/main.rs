@@ -391,6 +391,20 @@ async fn open_client(
 ) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     if let Some(ip) = src {
+        // Let connect() pick the port for the whole 4-tuple instead of bind() reserving one
+        // for the address alone: ports stay plentiful and TIME_WAIT leftovers do not slow
+        // the search.
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket we own, with a valid pointer and length.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         socket
             .bind(SocketAddr::V4(SocketAddrV4::new(ip, 0)))
             .map_err(|e| format!("bind {ip}: {e}"))?;
