@@ -31,6 +31,28 @@ fn to_js(e: EngineError) -> napi::Error {
     napi::Error::new(status, format!("{}: {}", e.code(), e.message()))
 }
 
+/// The engine's tokio runtime: `REALTIME_WORKER_THREADS` workers (default: one per CPU), named
+/// so they are easy to find in `top -H` and profiles. Installed when the addon loads, before any
+/// async call could start napi's default runtime.
+#[napi_derive::module_init]
+fn init_runtime() {
+    let workers = std::env::var("REALTIME_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("realtime-events")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => napi::bindgen_prelude::create_custom_tokio_runtime(runtime),
+        // napi then starts its default runtime on first use; nothing is lost but the name.
+        Err(e) => eprintln!("[realtime-events] could not build the tokio runtime: {e}"),
+    }
+}
+
 /// The process-wide bus and the sink to attach to it.
 struct Global {
     bus: Option<Arc<Bus>>,
