@@ -262,8 +262,14 @@ impl Client {
 
 /// `{"type":"parcel_updated","parcel_id":"b<seq>-<ns>"}` → (seq, ns).
 fn parse_event(text: &str) -> Option<(u64, u64)> {
+    // Both servers send exactly this prefix; anything else takes the slow path.
+    const PREFIX: &str = "{\"type\":\"parcel_updated\",\"parcel_id\":\"b";
     const KEY: &str = "\"parcel_id\":\"b";
-    let at = text.find(KEY)? + KEY.len();
+    let at = if text.starts_with(PREFIX) {
+        PREFIX.len()
+    } else {
+        text.find(KEY)? + KEY.len()
+    };
     let rest = &text.as_bytes()[at..];
     let mut seq = 0u64;
     let mut i = 0;
@@ -877,6 +883,10 @@ mod tests {
             Some((12, 345))
         );
         assert_eq!(parse_event(WELCOME), None);
+        assert_eq!(
+            parse_event(r#"{"parcel_id":"b7-8","type":"parcel_updated"}"#),
+            Some((7, 8))
+        );
         assert_eq!(
             parse_event(r#"{"type":"parcel_updated","parcel_id":"x"}"#),
             None
