@@ -645,6 +645,14 @@ const SCENARIOS = {
           log(`latency: ${impl} @${rate}/s: p50 ${fmtMs(l.p50 / 1000)}, p99 ${fmtMs(l.p99 / 1000)}, p99.9 ${fmtMs(l.p999 / 1000)}, max ${fmtMs(l.max / 1000)}; lost ${out[impl].lost}${out[impl].backlog_at_cap ? `, backlog ${out[impl].backlog_at_cap}` : ''}`);
         }
         results.latency.push(out);
+        if (o.scenarios.includes('eventloop')) {
+          // Scenario 5's companion: the same probe while publishing at a steady rate.
+          results.eventloop = results.eventloop || { source: 'fanout' };
+          results.eventloop.paced = results.eventloop.paced || [];
+          const entry = { rate };
+          for (const impl of o.impls) entry[impl] = out[impl]?.event_loop_delay ?? null;
+          results.eventloop.paced.push(entry);
+        }
       }
     },
   },
