@@ -514,3 +514,109 @@ module.exports = {
   redisCli,
   startRedis,
 };
+
+// ---------------------------------------------------------------------------------------------
+// Additions for the heartbeat, refresh, subscription, data, limit and browser suites.
+
+/** The exact frame the engine sends for a parcel id with publisher data. */
+function dataFrame(parcelId, data) {
+  return `{"type":"parcel_updated","parcel_id":${JSON.stringify(parcelId)},"data":${JSON.stringify(data)}}`;
+}
+
+/** Waits (at most `ms`) for the client to be closed; asserts the code (and reason if given). */
+async function expectClose(client, code, reason, ms = DEFAULT_TIMEOUT) {
+  const info = await withTimeout(client.closed, ms, `close ${code}`);
+  assert.equal(info.code, code, `close code (reason ${JSON.stringify(info.reason)})`);
+  if (reason !== undefined) assert.equal(info.reason, reason);
+  return info;
+}
+
+/** Runs `fn` with process.env[k] set (or deleted when undefined), restoring them afterwards. */
+async function withEnv(vars, fn) {
+  const saved = {};
+  for (const [k, v] of Object.entries(vars)) {
+    saved[k] = process.env[k];
+    if (v === undefined) delete process.env[k];
+    else process.env[k] = String(v);
+  }
+  try {
+    return await fn();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+}
+
+/** Seconds since the epoch, as JWT `exp` counts them. */
+function nowSeconds() {
+  return Math.floor(Date.now() / 1000);
+}
+
+/**
+ * Like `connect`, offering WebSocket subprotocols (as a browser's `new WebSocket(url, protocols)`
+ * does). Resolves with the Client (its `ws.protocol` is the one the server picked).
+ */
+function connectProtocols(url, protocols, options = {}, ms = DEFAULT_TIMEOUT) {
+  const ws = new WebSocket(url, protocols, options);
+  const client = new Client(ws);
+  const opened = new Promise((resolve, reject) => {
+    ws.once('open', () => resolve(client));
+    ws.once('unexpected-response', (req, res) => {
+      res.resume();
+      req.destroy();
+      reject(new Error(`server refused the upgrade with HTTP ${res.statusCode}`));
+    });
+    ws.once('error', reject);
+  });
+  return withTimeout(opened, ms, `a WebSocket connection to ${url}`).catch((err) => {
+    ws.terminate();
+    throw err;
+  });
+}
+
+/** Like `refusal`, offering WebSocket subprotocols. */
+function refusalProtocols(url, protocols, options = {}, ms = DEFAULT_TIMEOUT) {
+  const ws = new WebSocket(url, protocols, options);
+  const result = new Promise((resolve, reject) => {
+    ws.on('error', (err) => reject(new Error(`expected an HTTP refusal from ${url}, got: ${err.message}`)));
+    ws.once('open', () => {
+      ws.terminate();
+      reject(new Error(`expected a refusal, but the upgrade succeeded (${url})`));
+    });
+    ws.once('unexpected-response', (req, res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => {
+        const raw = Buffer.concat(chunks).toString('utf8');
+        let body;
+        try {
+          body = JSON.parse(raw);
+        } catch {
+          body = undefined;
+        }
+        req.destroy();
+        resolve({ status: res.statusCode, headers: res.headers, body, raw });
+      });
+      res.on('error', reject);
+    });
+  });
+  return withTimeout(result, ms, `an HTTP refusal from ${url}`);
+}
+
+/** Asserts a refusal's status and JSON body {error, code}; `r` from refusal/refusalProtocols. */
+function assertRefusal(r, status, code) {
+  assert.equal(r.status, status, `status for ${code}: body ${r.raw}`);
+  assert.match(r.headers['content-type'] ?? '', /^application\/json/);
+  assert.ok(r.body, `body is JSON: ${r.raw}`);
+  assert.deepEqual(Object.keys(r.body).sort(), ['code', 'error']);
+  assert.equal(r.body.code, code);
+  assert.equal(typeof r.body.error, 'string');
+  assert.ok(r.body.error.length > 0);
+  return r;
+}
+
+Object.assign(module.exports, {
+  dataFrame, expectClose, withEnv, nowSeconds, connectProtocols, refusalProtocols, assertRefusal,
+});
