@@ -260,6 +260,15 @@ impl Client {
     }
 }
 
+/// The welcome frame: `{"type":"connected",...}` (the engine may add fields after `message`).
+fn is_welcome(text: &str) -> bool {
+    text == WELCOME
+        || text.starts_with(r#"{"type":"connected""#)
+        || serde_json::from_str::<Value>(text)
+            .map(|v| v.get("type").and_then(Value::as_str) == Some("connected"))
+            .unwrap_or(false)
+}
+
 /// `{"type":"parcel_updated","parcel_id":"b<seq>-<ns>"}` → (seq, ns).
 fn parse_event(text: &str) -> Option<(u64, u64)> {
     // Both servers send exactly this prefix; anything else takes the slow path.
@@ -461,7 +470,7 @@ async fn client_task(
     let handshake = async {
         let mut ws = open_client(&opts, src).await?;
         match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.as_str() == WELCOME => Ok(ws),
+            Some(Ok(Message::Text(t))) if is_welcome(t.as_str()) => Ok(ws),
             Some(Ok(other)) => Err(format!("unexpected first frame: {:.40}", other.to_string())),
             Some(Err(e)) => Err(format!("before welcome: {e:.50}")),
             None => Err("closed before welcome".to_string()),
@@ -883,6 +892,10 @@ mod tests {
             Some((12, 345))
         );
         assert_eq!(parse_event(WELCOME), None);
+        assert!(is_welcome(WELCOME));
+        assert!(is_welcome(r#"{"type":"connected","message":"x","offset":"1-0"}"#));
+        assert!(is_welcome(r#"{"message":"x","type":"connected"}"#));
+        assert!(!is_welcome(r#"{"type":"parcel_updated","parcel_id":"b1-2"}"#));
         assert_eq!(
             parse_event(r#"{"parcel_id":"b7-8","type":"parcel_updated"}"#),
             Some((7, 8))
