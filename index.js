@@ -92,13 +92,23 @@ function busOptionsFrom(options, env) {
   if (typeof redisRequired !== 'boolean') {
     throw makeError('ERR_INVALID_OPTION', 'redisRequired must be a boolean');
   }
-  return { redisUrl: redisUrl || undefined, channel, redisRequired };
+  const history = {};
+  for (const [key, envName, max] of [['historySize', 'REALTIME_HISTORY_SIZE', 1_000_000], ['historyTtlMs', 'REALTIME_HISTORY_TTL_MS', 0xffffffff]]) {
+    let value = options[key];
+    if (value == null && env[envName] != null && env[envName] !== '') value = Number(env[envName]);
+    if (value != null && (!Number.isInteger(value) || value < 0 || value > max)) {
+      throw makeError('ERR_INVALID_OPTION', `${key} must be an integer from 0 to ${max}`);
+    }
+    history[key] = value ?? undefined;
+  }
+  return { redisUrl: redisUrl || undefined, channel, redisRequired, ...history };
 }
 
 const SERVER_OPTIONS = new Set([
   'port', 'host', 'path', 'jwtSecret', 'redisUrl', 'channel', 'redisRequired', 'validateUser',
   'maxMessageBytes', 'handshakeTimeoutMs', 'pingIntervalMs', 'pongTimeoutMs', 'allowedOrigins',
   'maxConnections', 'maxConnectionsPerIp', 'maxSubscriptions', 'messagesPerSecond', 'messageBurst',
+  'historySize', 'historyTtlMs',
 ]);
 
 /** Numeric options: [env fallback, smallest allowed value, integer?]. */
@@ -296,7 +306,9 @@ function checkParcelId(parcelId) {
 /** `data` as JSON text for the engine (which checks its size), or undefined. */
 function encodeData(data) {
   if (data === undefined || data === null) return undefined;
-  if (typeof data !== 'object' || Array.isArray(data)) {
+  const proto = typeof data === 'object' ? Object.getPrototypeOf(data) : undefined;
+  if (typeof data !== 'object' || (proto !== Object.prototype && proto !== null)) {
+    // Arrays, Maps, Sets, Dates, class instances: JSON.stringify would silently mangle them.
     throw makeError('ERR_INVALID_DATA', 'data must be a plain object, e.g. { owner_id, price }');
   }
   try {

@@ -17,7 +17,12 @@ const SECRET = 'test-secret-for-realtime-events';
 const WELCOME = '{"type":"connected","message":"WebSocket connection established"}';
 const DEFAULT_TIMEOUT = 5000;
 
-/** The exact frame the engine sends for a parcel id. */
+/** A frame without its trailing `"offset":"<ms>-<seq>"` field (the engine always puts it last). */
+function withoutOffset(frame) {
+  return frame.replace(/,"offset":"\d+-\d+"\}$/, '}');
+}
+
+/** The exact frame the engine sends for a parcel id (without its offset). */
 function frame(parcelId) {
   return `{"type":"parcel_updated","parcel_id":${JSON.stringify(parcelId)}}`;
 }
@@ -57,6 +62,9 @@ async function waitUntil(check, what, ms = DEFAULT_TIMEOUT, every = 20) {
 /**
  * A connected ws client that records every frame it receives.
  * - `messages`: every text frame, in arrival order (binary frames are recorded as Buffers)
+ * - `raw`: every frame exactly as received
+ * - `messages`: the same with the trailing `"offset"` field removed, so that suites about the
+ *   original protocol compare exact frames (offsets are asserted by the resume suites on `raw`)
  * - `next()`: the next frame not yet consumed by next()
  * - `waitFor(n)`: resolves with `messages` once at least n frames arrived
  * - `closed`: resolves with {code, reason} when the connection closes
@@ -65,6 +73,7 @@ class Client {
   constructor(ws) {
     this.ws = ws;
     this.messages = [];
+    this.raw = [];
     this.cursor = 0;
     this.errors = [];
     this.waiters = new Set();
@@ -77,7 +86,9 @@ class Client {
       });
     });
     ws.on('message', (data, isBinary) => {
-      this.messages.push(isBinary ? Buffer.from(data) : data.toString('utf8'));
+      const frame = isBinary ? Buffer.from(data) : data.toString('utf8');
+      this.raw.push(frame);
+      this.messages.push(isBinary ? frame : withoutOffset(frame));
       this.notify();
     });
     ws.on('error', (err) => this.errors.push(err));
@@ -489,6 +500,7 @@ async function startRedis() {
 }
 
 module.exports = {
+  withoutOffset,
   PKG,
   SECRET,
   WELCOME,

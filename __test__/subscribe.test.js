@@ -39,7 +39,7 @@ describe('subscribeToParcelEvents', () => {
     };
   }
 
-  test('the callback gets {type, parcel_id} for each event, in order', async () => {
+  test('the callback gets {type, parcel_id, offset} for each event, in order', async () => {
     const c = collector();
     const unsubscribe = rt.subscribeToParcelEvents(c.callback);
     try {
@@ -47,7 +47,13 @@ describe('subscribeToParcelEvents', () => {
       ids.push('quote " and \\ and é🚀');
       await Promise.all(ids.map((id) => rt.publishParcelUpdate(id)));
       const events = await c.waitFor(ids.length);
-      assert.deepEqual(events, ids.map((id) => ({ type: 'parcel_updated', parcel_id: id })));
+      assert.deepEqual(events.map(({ offset, ...rest }) => rest), ids.map((id) => ({ type: 'parcel_updated', parcel_id: id })));
+      // Offsets: "<ms>-<seq>", strictly increasing in delivery order.
+      const seqs = events.map((e) => {
+        assert.match(e.offset, /^\d+-\d+$/);
+        return BigInt(e.offset.split('-')[1]);
+      });
+      for (let i = 1; i < seqs.length; i++) assert.ok(seqs[i] > seqs[i - 1], `offsets increase: ${events[i - 1].offset} then ${events[i].offset}`);
     } finally {
       unsubscribe();
     }
@@ -84,7 +90,7 @@ describe('subscribeToParcelEvents', () => {
     const unsubscribe = rt.subscribeToParcelEvents(c.callback);
     try {
       await rt.publishParcelUpdate('again');
-      assert.deepEqual(await c.waitFor(1), [{ type: 'parcel_updated', parcel_id: 'again' }]);
+      assert.deepEqual((await c.waitFor(1)).map(({ offset, ...rest }) => rest), [{ type: 'parcel_updated', parcel_id: 'again' }]);
     } finally {
       unsubscribe();
     }
@@ -170,7 +176,7 @@ describe('process lifetime', () => {
     `);
     const exit = await p.waitForExit(8000);
     assert.deepEqual(exit, { code: 0, signal: null }, p.err());
-    assert.equal(p.out(), '{"type":"parcel_updated","parcel_id":"round-trip"}\n');
+    assert.match(p.out(), /^\{"type":"parcel_updated","parcel_id":"round-trip","offset":"\d+-1"\}\n$/);
   });
 
   test('an active subscription keeps the process alive until unsubscribe', async () => {

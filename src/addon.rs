@@ -72,11 +72,14 @@ fn bus_with(config: BusConfig) -> napi::Result<Arc<Bus>> {
     if let Some(bus) = &global.bus {
         if !bus.has_failed() {
             let running = bus.config();
-            if running.redis_url != config.redis_url || running.channel != config.channel {
+            if running.redis_url != config.redis_url
+                || running.channel != config.channel
+                || running.history != config.history
+            {
                 return Err(to_js(EngineError::new(
                     codes::BUS_CONFLICT,
-                    "this process already runs a bus with another redisUrl or channel; \
-                     one process has one bus",
+                    "this process already runs a bus with another redisUrl, channel or history \
+                     setting; one process has one bus",
                 )));
             }
             return Ok(bus.clone());
@@ -93,6 +96,9 @@ pub struct BusOptions {
     pub redis_url: Option<String>,
     pub channel: Option<String>,
     pub redis_required: Option<bool>,
+    /// Events kept for clients that resume; 0 turns history (and offsets) off.
+    pub history_size: Option<u32>,
+    pub history_ttl_ms: Option<u32>,
 }
 
 impl From<&BusOptions> for BusConfig {
@@ -103,6 +109,12 @@ impl From<&BusOptions> for BusConfig {
             config.channel = channel.clone();
         }
         config.redis_required = o.redis_required.unwrap_or(false);
+        if let Some(size) = o.history_size {
+            config.history.max_events = size as usize;
+        }
+        if let Some(ms) = o.history_ttl_ms {
+            config.history.max_age = Duration::from_millis(ms as u64);
+        }
         config
     }
 }

@@ -84,7 +84,10 @@ pub struct BusConfig {
     /// half of it behind; a connection that stays there because it reads nothing is cut (1013).
     pub fanout_capacity: usize,
     /// Publishes waiting for the bus before `publish` rejects with `ERR_PUBLISH_QUEUE_FULL`.
+    /// In Redis mode this is also the buffer that holds publishes while Redis is unreachable.
     pub publish_queue: usize,
+    /// How much history to keep for clients that resume (`max_events: 0` turns it off).
+    pub history: crate::history::Retention,
 }
 
 impl Default for BusConfig {
@@ -95,6 +98,7 @@ impl Default for BusConfig {
             redis_required: false,
             fanout_capacity: 4096,
             publish_queue: 65_536,
+            history: crate::history::Retention::default(),
         }
     }
 }

@@ -23,7 +23,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Authenticator, Claims};
-use crate::event::{validate_parcel_id, WELCOME_FRAME};
+use crate::event::{parcel_id_of, validate_parcel_id, Offset, WELCOME_FRAME};
+use crate::history::{Frame, Replay};
 use crate::hub::{Feed, FeedError, Hub};
 
 /// Frames fed before one flush: bursts become few large writes instead of a syscall per event.
@@ -71,11 +72,18 @@ pub(crate) struct Client {
     pub expires_at: Option<Instant>,
     /// Parcel ids asked for at connect (`?parcels=`).
     pub parcels: Option<Vec<String>>,
+    /// Where to resume from (`?since=`).
+    pub since: Option<Offset>,
 }
 
 impl Client {
-    pub fn from_claims(claims: &Claims, leeway: Duration, parcels: Option<Vec<String>>) -> Self {
-        Self { user: auth::user_id(claims), expires_at: expiry(claims, leeway), parcels }
+    pub fn from_claims(
+        claims: &Claims,
+        leeway: Duration,
+        parcels: Option<Vec<String>>,
+        since: Option<Offset>,
+    ) -> Self {
+        Self { user: auth::user_id(claims), expires_at: expiry(claims, leeway), parcels, since }
     }
 }
 
@@ -134,6 +142,12 @@ struct Conn<'a> {
     /// When the unanswered ping was sent.
     ping_sent: Option<Instant>,
     bucket: TokenBucket,
+    /// The offset the welcome frame announced: every later event reaches this client live.
+    welcome_head: Option<Offset>,
+    /// Live frames at or before this offset were already replayed: skip them.
+    skip_through: Option<Offset>,
+    /// The offset of the first event sent on this connection.
+    first_sent: Option<Offset>,
 }
 
 /// Serves one client until the connection ends. A plain fn returning the future (rather than an
@@ -158,6 +172,9 @@ pub(crate) fn run<'a>(
         last_seen: now,
         ping_sent: None,
         bucket: TokenBucket::new(settings.messages_per_second, settings.message_burst),
+        welcome_head: hub.head(),
+        skip_through: None,
+        first_sent: None,
     };
     conn.serve(shutdown)
 }
@@ -166,14 +183,21 @@ pub(crate) fn run<'a>(
 enum Wake {
     Shutdown,
     Timer,
-    Feed(Result<Utf8Bytes, FeedError>),
+    Feed(Result<Frame, FeedError>),
     Inbound(Option<Result<Message, WsError>>),
 }
 
 impl Conn<'_> {
-    /// The welcome frame, then the acknowledgement of `?parcels=` if given.
+    /// The welcome frame (with the current offset), then the acknowledgement of `?parcels=`,
+    /// then the replay of `?since=`.
     async fn start(&mut self) -> Result<(), Ended> {
-        let welcome = Message::text(WELCOME_FRAME);
+        let welcome = match self.welcome_head {
+            None => Message::text(WELCOME_FRAME),
+            Some(head) => Message::text(format!(
+                "{},\"offset\":\"{head}\"}}",
+                &WELCOME_FRAME[..WELCOME_FRAME.len() - 1]
+            )),
+        };
         match tokio::time::timeout(self.settings.send_timeout, self.ws.send(welcome)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Ended::ProtocolError(e.to_string())),
@@ -183,7 +207,50 @@ impl Conn<'_> {
             let parcel_ids = Some(parcels.into_iter().map(serde_json::Value::String).collect());
             self.handle(Request::Subscribe { parcel_ids, all: None }).await?;
         }
+        if let Some(since) = self.client.since.take() {
+            self.resume(since).await?;
+        }
         Ok(())
+    }
+
+    /// Sends what happened after `since` and before this connection's live stream began, then
+    /// `resumed`; or `resync_required` when the history cannot tell.
+    async fn resume(&mut self, since: Offset) -> Result<(), Ended> {
+        let history = self.hub.history();
+        let replay = match (history, self.welcome_head) {
+            (Some(history), Some(head)) => history.between(since, head).await,
+            _ => Replay::ResyncRequired,
+        };
+        let frames = match replay {
+            Replay::Frames(frames) => frames,
+            Replay::ResyncRequired => {
+                let offset = self.welcome_head.map_or("null".to_string(), |h| format!("\"{h}\""));
+                let reply =
+                    format!(r#"{{"type":"resync_required","since":"{since}","offset":{offset}}}"#);
+                return self.send(Message::text(reply)).await;
+            }
+        };
+        // Events already sent live on this connection are not sent twice.
+        let first_sent = self.first_sent;
+        let filter = self.feed.parcel_ids();
+        let mut replayed = 0usize;
+        for frame in frames {
+            if first_sent.is_some_and(|first| frame.offset.is_some_and(|o| o >= first)) {
+                continue;
+            }
+            if let Some(ids) = &filter {
+                if !parcel_id_of(&frame.bytes).is_some_and(|id| ids.contains(&id)) {
+                    continue;
+                }
+            }
+            replayed += 1;
+            self.feed_frame(Message::Text(frame.bytes)).await?;
+        }
+        if self.first_sent.is_none() {
+            self.skip_through = self.welcome_head;
+        }
+        let reply = format!(r#"{{"type":"resumed","since":"{since}","replayed":{replayed}}}"#);
+        self.send(Message::text(reply)).await
     }
 
     /// When the timer must next look at the connection: a ping is due, a ping went
@@ -291,6 +358,9 @@ impl Conn<'_> {
         self.last_seen = Instant::now();
         self.ping_sent = None;
         if matches!(message, Message::Close(_)) {
+            // tungstenite has queued the answering Close frame; send it, so the client sees a
+            // clean close with its own code rather than 1006.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
             return Err(Ended::ClientClosed);
         }
         if !self.bucket.take(self.last_seen) {
@@ -352,6 +422,12 @@ impl Conn<'_> {
                 self.ack("unsubscribed").await
             }
             Request::Refresh { token } => self.refresh(&token).await,
+            Request::Resume { since } => match since.parse::<Offset>() {
+                Ok(since) => self.resume(since).await,
+                Err(e) => {
+                    self.send(Message::text(error_frame("INVALID_OFFSET", e.message()))).await
+                }
+            },
         }
     }
 
@@ -386,8 +462,18 @@ impl Conn<'_> {
     }
 
     /// Writes `first` and whatever else is waiting, in one flush.
-    async fn write_events(&mut self, first: Utf8Bytes) -> Result<(), Ended> {
-        match write(&mut self.ws, first, &mut self.feed, self.hub, self.settings).await {
+    async fn write_events(&mut self, first: Frame) -> Result<(), Ended> {
+        if self.skip_through.is_some() {
+            match (first.offset, self.skip_through) {
+                (Some(offset), Some(skip)) if offset <= skip => return Ok(()),
+                (Some(_), _) => self.skip_through = None,
+                _ => {}
+            }
+        }
+        if self.first_sent.is_none() {
+            self.first_sent = first.offset;
+        }
+        match write(&mut self.ws, first.bytes, &mut self.feed, self.hub, self.settings).await {
             Written::Done => {
                 self.hub.consumed();
                 Ok(())
@@ -400,9 +486,12 @@ impl Conn<'_> {
     }
 
     /// Writes frames handed over at a filter change (already in order).
-    async fn write_frames(&mut self, frames: Vec<Utf8Bytes>) -> Result<(), Ended> {
+    async fn write_frames(&mut self, frames: Vec<Frame>) -> Result<(), Ended> {
         for frame in frames {
-            self.feed_frame(Message::Text(frame)).await?;
+            if self.first_sent.is_none() {
+                self.first_sent = frame.offset;
+            }
+            self.feed_frame(Message::Text(frame.bytes)).await?;
         }
         Ok(())
     }
@@ -502,7 +591,7 @@ async fn send_batch(
     ws.feed(Message::Text(first)).await?;
     for _ in 1..MAX_BATCH {
         match feed.try_recv() {
-            Ok(Some(frame)) => ws.feed(Message::Text(frame)).await?,
+            Ok(Some(frame)) => ws.feed(Message::Text(frame.bytes)).await?,
             Ok(None) | Err(FeedError::Closed) => break,
             Err(FeedError::Lagged(n)) => return Ok(Some(n)),
         }
@@ -556,6 +645,7 @@ enum Request {
     Subscribe { parcel_ids: Option<Vec<serde_json::Value>>, all: Option<bool> },
     Unsubscribe { parcel_ids: Option<Vec<serde_json::Value>> },
     Refresh { token: String },
+    Resume { since: String },
 }
 
 /// Parses a client message, or returns the error frame to answer with.
@@ -565,7 +655,7 @@ fn parse_request(text: &str) -> Result<Request, String> {
     let Some(kind) = value.get("type").and_then(|t| t.as_str()).map(str::to_string) else {
         return Err(error_frame("UNKNOWN_MESSAGE_TYPE", "messages need a string \"type\""));
     };
-    if !matches!(kind.as_str(), "ping" | "subscribe" | "unsubscribe" | "refresh") {
+    if !matches!(kind.as_str(), "ping" | "subscribe" | "unsubscribe" | "refresh" | "resume") {
         let message = format!("unknown message type {:?}", truncate(&kind, 64));
         return Err(error_frame("UNKNOWN_MESSAGE_TYPE", &message));
     }

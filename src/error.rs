@@ -47,6 +47,7 @@ pub mod codes {
     pub const INVALID_PARCEL_ID: &str = "ERR_INVALID_PARCEL_ID";
     pub const INVALID_DATA: &str = "ERR_INVALID_DATA";
     pub const INVALID_OPTION: &str = "ERR_INVALID_OPTION";
+    pub const INVALID_OFFSET: &str = "ERR_INVALID_OFFSET";
     pub const MISSING_SECRET: &str = "ERR_MISSING_JWT_SECRET";
     pub const PORT_IN_USE: &str = "ERR_PORT_IN_USE";
     pub const LISTEN_FAILED: &str = "ERR_LISTEN_FAILED";

@@ -18,10 +18,50 @@ pub const MAX_DATA_BYTES: usize = 4096;
 pub const WELCOME_FRAME: &str =
     r#"{"type":"connected","message":"WebSocket connection established"}"#;
 
-/// A parcel update, ready to send: its id and its encoded frame.
+/// A position in the event history: `<ms>-<seq>`, ordered as a pair of integers. In Redis mode
+/// it is the Redis Stream entry id (shared by every server); in memory mode `<process start ms>-<n>`.
+/// Clients treat it as an opaque string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Offset {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl std::str::FromStr for Offset {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let invalid = || {
+            Error::new(
+                codes::INVALID_OFFSET,
+                "an offset looks like \"1732590000000-5\" (as received)",
+            )
+        };
+        let (ms, seq) = s.split_once('-').ok_or_else(invalid)?;
+        let digits =
+            |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ms) || !digits(seq) {
+            return Err(invalid());
+        }
+        Ok(Offset {
+            ms: ms.parse().map_err(|_| invalid())?,
+            seq: seq.parse().map_err(|_| invalid())?,
+        })
+    }
+}
+
+/// A parcel update, ready to send: its id, optional data and offset, and its encoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     parcel_id: Box<str>,
+    data: Option<Box<str>>,
+    offset: Option<Offset>,
     frame: Utf8Bytes,
 }
 
@@ -35,24 +75,26 @@ impl Event {
     /// `{"owner_id":"u1","price":100}`), added to the frame as `"data"`.
     pub fn with_data(parcel_id: &str, data: Option<&str>) -> Result<Self> {
         validate_parcel_id(parcel_id)?;
-        let data = data.map(encode_data).transpose()?;
-        let data_len = data.as_ref().map_or(0, |d| d.len() + 8);
-        let mut json = String::with_capacity(parcel_id.len() + 44 + data_len);
-        json.push_str(r#"{"type":"parcel_updated","parcel_id":"#);
-        // serde_json escapes quotes, backslashes and control characters; non-ASCII passes as UTF-8.
-        json.push_str(&serde_json::to_string(parcel_id).expect("a str always serializes"));
-        if let Some(data) = data {
-            json.push_str(r#","data":"#);
-            json.push_str(&data);
-        }
-        json.push('}');
-        Ok(Self { parcel_id: parcel_id.into(), frame: Utf8Bytes::from(json) })
+        let data = data.map(encode_data).transpose()?.map(String::into_boxed_str);
+        let frame = encode(parcel_id, data.as_deref(), None);
+        Ok(Self { parcel_id: parcel_id.into(), data, offset: None, frame })
+    }
+
+    /// The same event at a place in the history; its frame then carries `"offset"`.
+    pub fn at(self, offset: Offset) -> Self {
+        let frame = encode(&self.parcel_id, self.data.as_deref(), Some(offset));
+        Self { offset: Some(offset), frame, ..self }
     }
 
     /// Parses an event that arrived from the bus (e.g. any Redis client's `PUBLISH`).
-    /// Accepts the JSON object `{"type":"parcel_updated","parcel_id":"..."}` in any key order and
-    /// spacing (extra fields are ignored) and re-encodes it canonically.
+    /// Accepts the JSON object `{"type":"parcel_updated","parcel_id":"...","data":{..}}` in any
+    /// key order and spacing (other fields, `offset` included, are ignored) and re-encodes it.
     pub fn from_json(payload: &[u8]) -> Result<Self> {
+        Ok(Self::from_json_with_offset(payload)?.0)
+    }
+
+    /// Like [`Event::from_json`], also returning the `offset` field if the message carried one.
+    pub fn from_json_with_offset(payload: &[u8]) -> Result<(Self, Option<String>)> {
         #[derive(Deserialize)]
         struct Wire<'a> {
             #[serde(rename = "type")]
@@ -60,13 +102,15 @@ impl Event {
             parcel_id: Option<std::borrow::Cow<'a, str>>,
             #[serde(borrow)]
             data: Option<&'a serde_json::value::RawValue>,
+            offset: Option<String>,
         }
         let wire: Wire<'_> = serde_json::from_slice(payload).map_err(|e| {
             Error::new(codes::INVALID_PARCEL_ID, format!("bus message is not a JSON event: {e}"))
         })?;
         match (wire.kind.as_deref(), wire.parcel_id) {
             (Some("parcel_updated"), Some(id)) => {
-                Self::with_data(&id, wire.data.map(|d| d.get()).filter(|d| *d != "null"))
+                let data = wire.data.map(|d| d.get()).filter(|d| *d != "null");
+                Ok((Self::with_data(&id, data)?, wire.offset))
             }
             _ => Err(Error::new(
                 codes::INVALID_PARCEL_ID,
@@ -79,10 +123,32 @@ impl Event {
         &self.parcel_id
     }
 
+    pub fn offset(&self) -> Option<Offset> {
+        self.offset
+    }
+
     /// The encoded frame; cloning it shares the bytes.
     pub fn frame(&self) -> &Utf8Bytes {
         &self.frame
     }
+}
+
+/// `{"type":"parcel_updated","parcel_id":..[,"data":{..}][,"offset":".."]}`
+fn encode(parcel_id: &str, data: Option<&str>, offset: Option<Offset>) -> Utf8Bytes {
+    let mut json = String::with_capacity(parcel_id.len() + 80 + data.map_or(0, str::len));
+    json.push_str(r#"{"type":"parcel_updated","parcel_id":"#);
+    // serde_json escapes quotes, backslashes and control characters; non-ASCII passes as UTF-8.
+    json.push_str(&serde_json::to_string(parcel_id).expect("a str always serializes"));
+    if let Some(data) = data {
+        json.push_str(r#","data":"#);
+        json.push_str(data);
+    }
+    if let Some(offset) = offset {
+        use std::fmt::Write;
+        let _ = write!(json, r#","offset":"{offset}""#);
+    }
+    json.push('}');
+    Utf8Bytes::from(json)
 }
 
 /// Validates a `data` object and returns its compact encoding.
@@ -178,6 +244,25 @@ mod tests {
         let via_bus = Event::from_json(ev.frame().as_bytes()).unwrap();
         assert_eq!(via_bus, ev);
         assert_eq!(parcel_id_of(ev.frame()).as_deref(), Some("p1"));
+    }
+
+    #[test]
+    fn offsets_parse_print_and_order() {
+        let a: Offset = "1732590000000-5".parse().unwrap();
+        assert_eq!(a.to_string(), "1732590000000-5");
+        assert!(a < "1732590000000-10".parse().unwrap());
+        assert!(a < "1732590000001-0".parse().unwrap());
+        for bad in ["", "5", "a-1", "1-", "-1", "1-2-3", "1 -2", "99999999999999999999999-1"] {
+            assert_eq!(bad.parse::<Offset>().unwrap_err().code(), codes::INVALID_OFFSET, "{bad}");
+        }
+        let ev = Event::new("p1").unwrap().at(a);
+        assert_eq!(
+            ev.frame().as_str(),
+            r#"{"type":"parcel_updated","parcel_id":"p1","offset":"1732590000000-5"}"#
+        );
+        let (parsed, offset) = Event::from_json_with_offset(ev.frame().as_bytes()).unwrap();
+        assert_eq!(parsed, Event::new("p1").unwrap());
+        assert_eq!(offset.as_deref(), Some("1732590000000-5"));
     }
 
     #[test]

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::sync::{mpsc, Notify};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::event::{parcel_id_of, Event};
+use crate::event::{parcel_id_of, Event, Offset};
+use crate::history::{Frame, History};
 
 /// Receives every event that passes through the hub, on a tokio worker. Must not block.
 pub type Sink = Arc<dyn Fn(&Event) + Send + Sync>;
@@ -32,12 +32,12 @@ const FILTERED_QUEUE: usize = 1024;
 
 struct Target {
     conn: u64,
-    tx: mpsc::Sender<Utf8Bytes>,
+    tx: mpsc::Sender<Frame>,
     lost: Arc<AtomicBool>,
 }
 
 pub struct Hub {
-    frames: broadcast::Sender<Utf8Bytes>,
+    frames: broadcast::Sender<Frame>,
     high_water: usize,
     /// Set while `dispatch` waits for room; connections then signal progress.
     waiting: AtomicBool,
@@ -47,6 +47,10 @@ pub struct Hub {
     index: RwLock<HashMap<Arc<str>, Vec<Target>>>,
     next_conn: AtomicU64,
     sink: RwLock<Option<Sink>>,
+    /// The newest offset dispatched (or known at start): what a new client is told it starts at.
+    head: std::sync::Mutex<Option<Offset>>,
+    /// Where past events are found for clients that resume; `None` when history is off.
+    history: RwLock<Option<Arc<dyn History>>>,
 }
 
 impl Hub {
@@ -60,6 +64,8 @@ impl Hub {
             index: RwLock::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
             sink: RwLock::new(None),
+            head: std::sync::Mutex::new(None),
+            history: RwLock::new(None),
         }
     }
 
@@ -67,17 +73,21 @@ impl Hub {
     /// the ring has room for it.
     pub(crate) async fn dispatch(&self, event: &Event) {
         self.wait_for_room().await;
+        if let Some(offset) = event.offset() {
+            self.set_head(offset);
+        }
+        let frame = Frame::of(event);
         {
             let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-            // An error only means that no connection reads the ring right now.
-            let _ = self.frames.send(event.frame().clone());
             if let Some(targets) = index.get(event.parcel_id()) {
                 for target in targets {
-                    if target.tx.try_send(event.frame().clone()).is_err() {
+                    if target.tx.try_send(frame.clone()).is_err() {
                         target.lost.store(true, Ordering::Relaxed);
                     }
                 }
             }
+            // An error only means that no connection reads the ring right now.
+            let _ = self.frames.send(frame);
         }
         if let Some(sink) = self.sink.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
             sink(event);
@@ -108,6 +118,27 @@ impl Hub {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// Records the newest offset known (dispatch does it for every event with one).
+    pub(crate) fn set_head(&self, offset: Offset) {
+        let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+        if head.map_or(true, |h| offset > h) {
+            *head = Some(offset);
+        }
+    }
+
+    /// The newest offset known, if the bus keeps a history.
+    pub fn head(&self) -> Option<Offset> {
+        *self.head.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_history(&self, history: Option<Arc<dyn History>>) {
+        *self.history.write().unwrap_or_else(|e| e.into_inner()) = history;
+    }
+
+    pub fn history(&self) -> Option<Arc<dyn History>> {
+        self.history.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Routes every event to `sink` (replacing any previous one), or stops with `None`.
     pub(crate) fn set_sink(&self, sink: Option<Sink>) {
         *self.sink.write().unwrap_or_else(|e| e.into_inner()) = sink;
@@ -126,10 +157,10 @@ impl Hub {
 enum Mode {
     /// Receives nothing and holds no place: what a connection keeps while it is being cut.
     Detached,
-    All(broadcast::Receiver<Utf8Bytes>),
+    All(broadcast::Receiver<Frame>),
     Only {
-        rx: mpsc::Receiver<Utf8Bytes>,
-        tx: mpsc::Sender<Utf8Bytes>,
+        rx: mpsc::Receiver<Frame>,
+        tx: mpsc::Sender<Frame>,
         lost: Arc<AtomicBool>,
         ids: HashSet<Arc<str>>,
     },
@@ -151,7 +182,7 @@ pub struct Feed {
 }
 
 impl Feed {
-    pub async fn recv(&mut self) -> Result<Utf8Bytes, FeedError> {
+    pub async fn recv(&mut self) -> Result<Frame, FeedError> {
         match &mut self.mode {
             Mode::Detached => std::future::pending().await,
             Mode::All(ring) => ring.recv().await.map_err(|e| match e {
@@ -169,7 +200,7 @@ impl Feed {
     }
 
     /// The next frame if one is already waiting.
-    pub fn try_recv(&mut self) -> Result<Option<Utf8Bytes>, FeedError> {
+    pub fn try_recv(&mut self) -> Result<Option<Frame>, FeedError> {
         match &mut self.mode {
             Mode::Detached => Ok(None),
             Mode::All(ring) => match ring.try_recv() {
@@ -233,7 +264,7 @@ impl Feed {
     /// Narrows the feed to (or adds) `ids`. Returns the frames that were already on their way to
     /// this connection before the change and match the new filter: deliver them first, and the
     /// seam has neither gap nor duplicate.
-    pub fn subscribe(&mut self, ids: &[String]) -> Result<Vec<Utf8Bytes>, FeedError> {
+    pub fn subscribe(&mut self, ids: &[String]) -> Result<Vec<Frame>, FeedError> {
         let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
         match &mut self.mode {
             Mode::Only { tx, lost, ids: current, .. } => {
@@ -274,7 +305,8 @@ impl Feed {
                 for _ in 0..pending {
                     match ring.try_recv() {
                         Ok(frame) => {
-                            if parcel_id_of(&frame).is_some_and(|id| current.contains(id.as_str()))
+                            if parcel_id_of(&frame.bytes)
+                                .is_some_and(|id| current.contains(id.as_str()))
                             {
                                 seam.push(frame);
                             }
@@ -306,7 +338,7 @@ impl Feed {
 
     /// Widens the feed back to every event. Returns the frames still queued from the filtered
     /// feed: deliver them first.
-    pub fn subscribe_all(&mut self) -> Vec<Utf8Bytes> {
+    pub fn subscribe_all(&mut self) -> Vec<Frame> {
         let Mode::Only { ids, .. } = &self.mode else {
             return Vec::new();
         };
@@ -363,7 +395,7 @@ mod tests {
     fn drain(feed: &mut Feed) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(Some(frame)) = feed.try_recv() {
-            out.push(parcel_id_of(&frame).unwrap());
+            out.push(parcel_id_of(&frame.bytes).unwrap());
         }
         out
     }
@@ -376,7 +408,7 @@ mod tests {
         publish(&hub, "b").await;
         let seam = feed.subscribe(&ids(&["a", "c"])).unwrap();
         assert_eq!(seam.len(), 1);
-        assert_eq!(parcel_id_of(&seam[0]).as_deref(), Some("a"));
+        assert_eq!(parcel_id_of(&seam[0].bytes).as_deref(), Some("a"));
         for id in ["a", "b", "c", "d", "a"] {
             publish(&hub, id).await;
         }
@@ -396,7 +428,7 @@ mod tests {
         publish(&hub, "a").await;
         publish(&hub, "b").await;
         let seam = feed.subscribe_all();
-        assert_eq!(seam.iter().map(|f| parcel_id_of(f).unwrap()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(seam.iter().map(|f| parcel_id_of(&f.bytes).unwrap()).collect::<Vec<_>>(), ["a"]);
         publish(&hub, "b").await;
         assert_eq!(drain(&mut feed), ["b"]);
         assert!(feed.parcel_ids().is_none());
@@ -425,6 +457,6 @@ mod tests {
             publish(&hub, "a").await;
         }
         assert!(feed.has_lost());
-        assert_eq!(feed.try_recv(), Err(FeedError::Lagged(0)));
+        assert!(matches!(feed.try_recv(), Err(FeedError::Lagged(0))));
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod event;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod logger;

@@ -27,6 +27,7 @@ use crate::bus::Bus;
 use crate::config::ServerConfig;
 use crate::connection;
 use crate::error::{codes, Error, Result};
+use crate::event::Offset;
 use crate::http::{self, HeadError, RequestHead};
 use crate::hub::Feed;
 
@@ -78,6 +79,8 @@ struct Shared {
     stats: Stats,
     /// Open connections per client address (only kept when that limit is on).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections admitted or being admitted (only kept when `max_connections` is on).
+    slots: AtomicUsize,
 }
 
 /// A running server. Dropping it without [`Server::close`] also stops it, without waiting.
@@ -143,6 +146,7 @@ impl Server {
         let shared = Arc::new(Shared {
             settings,
             per_ip: Mutex::new(HashMap::new()),
+            slots: AtomicUsize::new(0),
             auth: Authenticator::new(&config.jwt_secret, config.jwt_leeway),
             config,
             bus,
@@ -229,14 +233,10 @@ async fn handle(
         let Some(session) = Box::pin(handshake(stream, peer, &shared, &shutdown)).await else {
             return;
         };
-        let Session { ws, feed, client, _ip_slot, _client_slot } = session;
+        let Session { ws, feed, client, _slots, _client } = session;
         let user = client.user.clone().unwrap_or_else(|| "-".into());
         let (hub, auth, settings) = (shared.bus.hub(), &shared.auth, &shared.settings);
-        (
-            connection::run(ws, feed, hub, auth, settings, client, shutdown),
-            user,
-            (_ip_slot, _client_slot),
-        )
+        (connection::run(ws, feed, hub, auth, settings, client, shutdown), user, (_slots, _client))
     };
     log::debug!("server: client {peer} (user {user}) connected");
     let reason = serve.await;
@@ -248,8 +248,8 @@ struct Session {
     ws: WebSocketStream<TcpStream>,
     feed: Feed,
     client: connection::Client,
-    _ip_slot: Option<IpSlot>,
-    _client_slot: ClientGuard,
+    _slots: (Option<Slot>, Option<IpSlot>),
+    _client: ClientGuard,
 }
 
 /// Reads the request, refuses it or upgrades it.
@@ -284,7 +284,7 @@ async fn handshake(
             return None;
         }
     };
-    let Admitted { head, claims, protocol, parcels, ip_slot } = admitted;
+    let Admitted { head, claims, protocol, parcels, since, ip_slot, slot } = admitted;
     let key = head.header("sec-websocket-key").unwrap_or_default();
     let accept = http::switching_protocols(&derive_accept_key(key.as_bytes()), protocol.as_deref());
     if stream.write_all(&accept).await.is_err() {
@@ -302,8 +302,14 @@ async fn handshake(
     .await;
     shared.stats.clients.fetch_add(1, Ordering::Relaxed);
     shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-    let client = connection::Client::from_claims(&claims, shared.config.jwt_leeway, parcels);
-    Some(Session { ws, feed, client, _ip_slot: ip_slot, _client_slot: ClientGuard(shared.clone()) })
+    let client = connection::Client::from_claims(&claims, shared.config.jwt_leeway, parcels, since);
+    Some(Session {
+        ws,
+        feed,
+        client,
+        _slots: (slot, ip_slot),
+        _client: ClientGuard(shared.clone()),
+    })
 }
 
 struct Refusal {
@@ -328,8 +334,38 @@ struct Admitted {
     protocol: Option<String>,
     /// `?parcels=a,b`: follow only these.
     parcels: Option<Vec<String>>,
+    /// `?since=OFFSET`: resume from there.
+    since: Option<Offset>,
     /// This connection's place in the per-IP count, released when it ends.
     ip_slot: Option<IpSlot>,
+    /// This connection's place under `max_connections`, released when it ends.
+    slot: Option<Slot>,
+}
+
+/// One connection's place under `max_connections`: taken before the (possibly slow) token and
+/// `validateUser` checks, so simultaneous handshakes cannot overshoot the limit.
+struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.slots.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn reserve_slot(shared: &Arc<Shared>) -> Result<Option<Slot>, Refusal> {
+    let max = shared.config.max_connections;
+    if max == 0 {
+        return Ok(None);
+    }
+    if shared.slots.fetch_add(1, Ordering::AcqRel) >= max {
+        shared.slots.fetch_sub(1, Ordering::AcqRel);
+        return Err(Refusal::new(
+            503,
+            "TOO_MANY_CONNECTIONS",
+            "The server holds as many connections as it may; try another instance or later",
+        ));
+    }
+    Ok(Some(Slot(shared.clone())))
 }
 
 /// One connection's share of its IP address's count.
@@ -397,13 +433,7 @@ async fn admit(
             ));
         }
     }
-    if config.max_connections > 0 && shared.stats.clients() >= config.max_connections {
-        return Err(Refusal::new(
-            503,
-            "TOO_MANY_CONNECTIONS",
-            "The server holds as many connections as it may; try another instance or later",
-        ));
-    }
+    let slot = reserve_slot(shared)?;
     let ip_slot = reserve_ip_slot(shared, peer.ip())?;
     let (protocol_token, protocol) =
         auth::token_from_protocols(head.header("sec-websocket-protocol"));
@@ -428,7 +458,17 @@ async fn admit(
             }
         }
     }
-    Ok(Admitted { head, claims, protocol, parcels, ip_slot })
+    let since = match http::query_param(head.query.as_deref(), "since") {
+        None => None,
+        Some(since) => Some(since.parse::<Offset>().map_err(|_| {
+            Refusal::new(
+                400,
+                "INVALID_OFFSET",
+                "?since= must be an offset as received, e.g. 1732590000000-5",
+            )
+        })?),
+    };
+    Ok(Admitted { head, claims, protocol, parcels, since, ip_slot, slot })
 }
 
 /// `scheme://host[:port]` compared case-insensitively; an empty list allows every origin.
@@ -497,6 +537,6 @@ mod tests {
         let server = super::Server::start(config, bus, None).await.unwrap();
         let task = super::handle(stream, peer, server.shared.clone(), server.shutdown.clone());
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 2304, "a connection task grew to {size} bytes");
+        assert!(size <= 2560, "a connection task grew to {size} bytes");
     }
 }

@@ -43,7 +43,16 @@ async fn connect(server: &Server) -> Client {
     ws
 }
 
+/// The next text frame, without its trailing `"offset"` field (asserted by the resume tests).
 async fn next_text(ws: &mut Client) -> String {
+    let text = next_raw(ws).await;
+    match text.rfind(r#","offset":""#) {
+        Some(at) if text.ends_with("\"}") => format!("{}}}", &text[..at]),
+        _ => text,
+    }
+}
+
+async fn next_raw(ws: &mut Client) -> String {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
@@ -219,5 +228,60 @@ async fn refusals_are_http_with_a_json_code() {
     let mut ws = connect(&server).await;
     ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
     assert_eq!(next_text(&mut ws).await, r#"{"type":"pong"}"#);
+    server.close(Duration::from_secs(5)).await;
+}
+
+fn offset_of(raw: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(raw).unwrap();
+    v["offset"].as_str().expect("an offset").to_string()
+}
+
+async fn connect_with(server: &Server, query: &str) -> Client {
+    let url = format!("ws://{}/ws?token={}{query}", server.local_addr(), token("u1"));
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+/// A client that reconnects with `?since=` gets exactly what it missed, then the live stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_replays_exactly_what_was_missed() {
+    let (server, bus) = start(BusConfig::default()).await;
+    let mut ws = connect(&server).await;
+    for i in 0..5 {
+        bus.publish_and_wait(realtime_events::Event::new(&format!("a{i}")).unwrap()).await.unwrap();
+    }
+    let mut last = String::new();
+    for i in 0..5 {
+        let raw = next_raw(&mut ws).await;
+        assert!(raw.contains(&format!("\"a{i}\"")), "{raw}");
+        last = offset_of(&raw);
+    }
+    drop(ws);
+    for i in 0..3 {
+        bus.publish_and_wait(realtime_events::Event::new(&format!("b{i}")).unwrap()).await.unwrap();
+    }
+    let mut ws = connect_with(&server, &format!("&since={last}")).await;
+    let welcome = next_raw(&mut ws).await;
+    assert!(welcome.starts_with(&WELCOME[..WELCOME.len() - 1]), "{welcome}");
+    for i in 0..3 {
+        assert_eq!(next_text(&mut ws).await, frame(&format!("b{i}")));
+    }
+    let resumed: serde_json::Value = serde_json::from_str(&next_raw(&mut ws).await).unwrap();
+    assert_eq!(resumed["type"], "resumed");
+    assert_eq!(resumed["replayed"], 3);
+    bus.publish_and_wait(realtime_events::Event::new("live").unwrap()).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, frame("live"));
+
+    // An offset from another history, or past what is kept: resync_required, then live.
+    let mut ws = connect_with(&server, "&since=1-1").await;
+    next_raw(&mut ws).await;
+    let resync: serde_json::Value = serde_json::from_str(&next_raw(&mut ws).await).unwrap();
+    assert_eq!(resync["type"], "resync_required");
+    bus.publish_and_wait(realtime_events::Event::new("after").unwrap()).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, frame("after"));
+
+    // A malformed offset is refused before the upgrade.
+    let url = format!("ws://{}/ws?token={}&since=nope", server.local_addr(), token("u1"));
+    let err = tokio_tungstenite::connect_async(url).await.unwrap_err().to_string();
+    assert!(err.contains("400"), "{err}");
     server.close(Duration::from_secs(5)).await;
 }

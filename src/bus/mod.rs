@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{redact_url, BusConfig};
 use crate::error::{codes, Error, Result};
 use crate::event::Event;
+use crate::history::{History, MemoryHistory};
 use crate::hub::{Hub, Sink};
 
 /// Which bus is running.
@@ -209,6 +210,13 @@ async fn pump(
         }
     };
     state.send_replace(State::Ready(if backend.is_some() { Mode::Redis } else { Mode::Memory }));
+    // Memory mode keeps its history here; Redis mode's lives in Redis (set up by the backend).
+    let memory_history = (backend.is_none() && config.history.max_events > 0).then(|| {
+        let history = Arc::new(MemoryHistory::new(config.history));
+        hub.set_head(history.head());
+        hub.set_history(Some(history.clone() as Arc<dyn History>));
+        history
+    });
 
     const BATCH: usize = 256;
     let mut batch = Vec::with_capacity(BATCH);
@@ -216,7 +224,11 @@ async fn pump(
         match backend.as_mut() {
             None => {
                 for p in batch.drain(..) {
-                    hub.dispatch(&p.event).await;
+                    let event = match &memory_history {
+                        Some(history) => history.record(p.event),
+                        None => p.event,
+                    };
+                    hub.dispatch(&event).await;
                     let _ = p.ack.send(Ok(()));
                 }
             }
