@@ -599,7 +599,6 @@ async function scale(impl, o) {
       stop_reason: stopReason,
       server_nofile_limit: serverNofile(server.pid),
       steps,
-      lost: steps.reduce((s, x) => s + (x.live - x.delivered > 0 && x.all_delivered === false ? x.live - x.delivered : 0), 0),
     };
   } finally {
     for (const lg of lgs) await lg.stop('quit');
@@ -724,21 +723,30 @@ const fmt = (n) => (n == null ? '-' : Math.round(n).toLocaleString('en-US'));
 // ---------------------------------------------------------------------------------------------
 // Verdict: the smoke run fails on loss, duplicates, reordering or a crash; never on speed.
 
-function integrityProblems(results) {
+function integrityProblems(results, o) {
   const problems = [];
   const check = (where, f) => {
     if (!f || typeof f !== 'object') return;
-    for (const k of ['lost', 'duplicates', 'reordered']) {
+    if (f.error) problems.push(`${where}: crashed: ${f.error}`);
+    for (const k of ['lost', 'duplicates', 'reordered', 'failed']) {
       if (typeof f[k] === 'number' && f[k] > 0) problems.push(`${where}: ${k} = ${f[k]}`);
     }
   };
   for (const [name, r] of Object.entries(results)) {
     if (!r || typeof r !== 'object') continue;
     if (r.error) problems.push(`${name}: crashed: ${r.error}`);
-    for (const [impl, f] of Object.entries(r)) {
-      if (Array.isArray(f)) f.forEach((x, i) => check(`${name}[${i}].${impl}`, x));
-      else if (f && typeof f === 'object' && f.error) problems.push(`${name}.${impl}: crashed: ${f.error}`);
-      else check(`${name}.${impl}`, f);
+    // latency is a list of {rate, rt, baseline}; the others are {rt, baseline}.
+    const runs = Array.isArray(r) ? r.map((x, i) => [`${name}[${x.rate ?? i}]`, x]) : [[name, r]];
+    for (const [where, run] of runs) {
+      if (run.error) problems.push(`${where}: crashed: ${run.error}`);
+      for (const impl of o.impls) check(`${where}.${impl}`, run[impl]);
+    }
+  }
+  // At smoke size, every step of the scale ramp must reach every client.
+  if (o.smoke && results.scale && !results.scale.error) {
+    for (const impl of o.impls) {
+      const s = results.scale[impl];
+      if (s && s.max_connections < o.scaleMax) problems.push(`scale.${impl}: held ${s.max_connections} of ${o.scaleMax} (${s.stop_reason})`);
     }
   }
   return problems;
@@ -777,7 +785,7 @@ async function main() {
   meta.background = ctx.background;
   meta.max_background_cores = Math.max(0, ...ctx.background.map((b) => b.busy_cores));
   const doc = { meta, results, summary: report.summarize(results, o) };
-  const problems = integrityProblems(results);
+  const problems = integrityProblems(results, o);
   doc.problems = problems;
   fs.mkdirSync(RESULTS, { recursive: true });
   const base = o.smoke ? 'smoke' : 'latest';

@@ -89,12 +89,10 @@ async function publishRun(publishOne, opts) {
         if (p) ps.push(p);
       }
       if (ps.length) {
-        inflight.push(Promise.all(ps).catch(onError));
-        inflightCount += ps.length;
-        while (inflightCount >= window) {
-          await inflight.shift();
-          inflightCount -= chunk;
-        }
+        const n = ps.length;
+        inflight.push(Promise.all(ps).then(() => n, (err) => (onError(err), n)));
+        inflightCount += n;
+        while (inflightCount >= window && inflight.length) inflightCount -= await inflight.shift();
       }
       await tick();
     }
