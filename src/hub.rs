@@ -118,6 +118,19 @@ impl Hub {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// Tells every connection that events were lost and it must refetch.
+    pub(crate) fn resync_all(&self) {
+        let frame = Frame { offset: None, bytes: r#"{"type":"resync_required"}"#.into() };
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let mut told = HashSet::new();
+        for target in index.values().flatten() {
+            if told.insert(target.conn) && target.tx.try_send(frame.clone()).is_err() {
+                target.lost.store(true, Ordering::Relaxed);
+            }
+        }
+        let _ = self.frames.send(frame);
+    }
+
     /// Records the newest offset known (dispatch does it for every event with one).
     pub(crate) fn set_head(&self, offset: Offset) {
         let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());

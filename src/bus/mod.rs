@@ -183,8 +183,17 @@ async fn pump(
     let mut backend = match &config.redis_url {
         None => None,
         Some(url) => {
-            match redis::RedisBus::connect(url, &config.channel, hub.clone(), connected, shutdown)
-                .await
+            let retention = config.history;
+            let shutdown = shutdown.clone();
+            match redis::RedisBus::connect(
+                url,
+                &config.channel,
+                retention,
+                hub.clone(),
+                connected,
+                shutdown,
+            )
+            .await
             {
                 Ok(redis) => {
                     log::info!("bus: redis at {} (channel {})", redact_url(url), config.channel);
@@ -233,7 +242,25 @@ async fn pump(
                 }
             }
             Some(redis) => {
-                let result = redis.publish(batch.iter().map(|p| &p.event)).await;
+                // While Redis is unreachable the batch is retried and later publishes wait in the
+                // queue, in order: the queue is the bounded buffer. Only a full queue rejects.
+                let mut attempt = 0u32;
+                let result = loop {
+                    match redis.publish(batch.iter().map(|p| &p.event)).await {
+                        Ok(()) => break Ok(()),
+                        Err(e) if shutdown.is_cancelled() => break Err(e),
+                        Err(e) => {
+                            if attempt == 0 {
+                                log::warn!("bus: {e}; holding publishes until Redis is back");
+                            }
+                            tokio::time::sleep(backoff(attempt)).await;
+                            attempt = attempt.saturating_add(1);
+                        }
+                    }
+                };
+                if attempt > 0 && result.is_ok() {
+                    log::info!("bus: Redis is back; held publishes sent");
+                }
                 for p in batch.drain(..) {
                     let _ = p.ack.send(result.clone());
                 }

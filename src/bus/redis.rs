@@ -1,8 +1,22 @@
-//! The Redis bus: PUBLISH on one multiplexed connection (pipelined, reconnecting by itself) and a
-//! dedicated SUBSCRIBE connection whose task feeds the hub and resubscribes after a loss.
+//! The Redis bus.
+//!
+//! Publishing: one Lua script per batch appends each event to a capped Redis Stream
+//! (`<channel>:history`: the history every server shares, whose entry ids are the offsets) and
+//! PUBLISHes it on the channel with its offset, atomically and in order, in one round trip.
+//! Plain pub/sub subscribers (e.g. `redis-cli SUBSCRIBE parcel_events`) see every event.
+//!
+//! Receiving: a dedicated SUBSCRIBE connection feeds the hub. After a loss it resubscribes and
+//! first reads the stream from the last offset it dispatched, so connected clients miss nothing
+//! published meanwhile by other processes (duplicates between the catch-up and the live
+//! subscription are dropped by offset). Messages that an outside client PUBLISHed without an
+//! offset are broadcast as they are: no offset, not in the history.
+//!
+//! With history off (`max_events == 0`) events are plain PUBLISHes, as in the original design.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
@@ -11,19 +25,41 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff;
 use crate::error::{codes, Error, Result};
-use crate::event::Event;
+use crate::event::{Event, Offset};
+use crate::history::{check, Frame, History, Replay, Retention};
 use crate::hub::Hub;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// KEYS[1]: stream. ARGV: channel, max length, min id (or "0"), then one event JSON per event
+/// (without offset). Returns the offsets.
+const PUBLISH_SCRIPT: &str = r#"
+local ids = {}
+for i = 4, #ARGV do
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i])
+  redis.call('PUBLISH', ARGV[1], string.sub(ARGV[i], 1, -2) .. ',"offset":"' .. id .. '"}')
+  ids[#ids + 1] = id
+end
+if ARGV[3] ~= '0' then redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[3]) end
+return ids
+"#;
+
 pub(super) struct RedisBus {
     publisher: ConnectionManager,
     channel: String,
+    stream: String,
+    retention: Retention,
+    script: redis::Script,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::new(codes::REDIS_UNAVAILABLE, format!("Redis is unavailable: {e}"))
+}
+
+/// The stream that holds the shared history of `channel`.
+pub fn stream_key(channel: &str) -> String {
+    format!("{channel}:history")
 }
 
 impl RedisBus {
@@ -31,6 +67,7 @@ impl RedisBus {
     pub(super) async fn connect(
         url: &str,
         channel: &str,
+        retention: Retention,
         hub: Arc<Hub>,
         connected: watch::Sender<bool>,
         shutdown: CancellationToken,
@@ -49,21 +86,59 @@ impl RedisBus {
         .map_err(|_| unavailable("connection timed out"))?
         .map_err(unavailable)?;
         let pubsub = subscribe(&client, channel).await?;
+        let stream = stream_key(channel);
+        let history = (retention.max_events > 0).then(|| StreamHistory {
+            connection: publisher.clone(),
+            stream: stream.clone(),
+            hub: Arc::downgrade(&hub),
+        });
+        let mut last = None;
+        if let Some(history) = &history {
+            // New clients start at the newest entry; "0-0" when the stream is empty.
+            let mut conn = publisher.clone();
+            let newest = newest_offset(&mut conn, &stream).await.map_err(unavailable)?;
+            let head = newest.unwrap_or(Offset { ms: 0, seq: 0 });
+            hub.set_head(head);
+            last = Some(head);
+            hub.set_history(Some(Arc::new(history.clone()) as Arc<dyn History>));
+        }
         connected.send_replace(true);
-        tokio::spawn(receive(client, channel.to_string(), pubsub, hub, connected, shutdown));
-        Ok(Self { publisher, channel: channel.to_string() })
+        let receiver =
+            Receiver { client, channel: channel.to_string(), history, hub, connected, last };
+        tokio::spawn(receiver.run(pubsub, shutdown));
+        Ok(Self {
+            publisher,
+            channel: channel.to_string(),
+            stream,
+            retention,
+            script: redis::Script::new(PUBLISH_SCRIPT),
+        })
     }
 
-    /// PUBLISHes a batch in one pipeline: one round trip, in order.
+    /// Publishes a batch in one round trip, in order.
     pub(super) async fn publish<'a>(
         &mut self,
         events: impl Iterator<Item = &'a Event>,
     ) -> Result<()> {
-        let mut pipe = redis::pipe();
-        for event in events {
-            pipe.cmd("PUBLISH").arg(&self.channel).arg(event.frame().as_str()).ignore();
+        if self.retention.max_events == 0 {
+            let mut pipe = redis::pipe();
+            for event in events {
+                pipe.cmd("PUBLISH").arg(&self.channel).arg(event.frame().as_str()).ignore();
+            }
+            return pipe.query_async::<()>(&mut self.publisher).await.map_err(unavailable);
         }
-        pipe.query_async::<()>(&mut self.publisher).await.map_err(unavailable)
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let min_id = now_ms.saturating_sub(self.retention.max_age.as_millis());
+        let mut invocation = self.script.key(&self.stream);
+        invocation.arg(&self.channel).arg(self.retention.max_events).arg(min_id.to_string());
+        for event in events {
+            invocation.arg(event.frame().as_str());
+        }
+        invocation
+            .invoke_async::<Vec<String>>(&mut self.publisher)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 }
 
@@ -79,49 +154,197 @@ async fn subscribe(client: &redis::Client, channel: &str) -> Result<PubSub> {
         .map_err(unavailable)
 }
 
-/// Feeds the hub from the subscription until shutdown, reconnecting with backoff after a loss.
-async fn receive(
+type Entries = Vec<(String, Vec<Vec<u8>>)>;
+
+fn parse_offset(id: &str) -> Option<Offset> {
+    id.parse().ok()
+}
+
+/// The newest entry's offset, if the stream has any.
+async fn newest_offset(
+    conn: &mut ConnectionManager,
+    stream: &str,
+) -> redis::RedisResult<Option<Offset>> {
+    let entries: Entries = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(entries.first().and_then(|(id, _)| parse_offset(id)))
+}
+
+/// An entry as a frame: its `e` field re-encoded with the entry id as offset.
+fn entry_frame(id: &str, fields: &[Vec<u8>]) -> Option<(Offset, Event)> {
+    let offset = parse_offset(id)?;
+    let json = fields.chunks(2).find(|kv| kv.first().map(Vec::as_slice) == Some(b"e"))?.get(1)?;
+    Some((offset, Event::from_json(json).ok()?.at(offset)))
+}
+
+/// The shared history in the Redis Stream.
+#[derive(Clone)]
+struct StreamHistory {
+    connection: ConnectionManager,
+    stream: String,
+    hub: std::sync::Weak<Hub>,
+}
+
+impl StreamHistory {
+    /// Entries with `since < offset <= until`, oldest first (`until` None: to the newest).
+    async fn range(
+        &self,
+        since: Offset,
+        until: Option<Offset>,
+    ) -> redis::RedisResult<Vec<(Offset, Event)>> {
+        let mut conn = self.connection.clone();
+        let end = until.map_or("+".to_string(), |u| u.to_string());
+        let entries: Entries = redis::cmd("XRANGE")
+            .arg(&self.stream)
+            .arg(format!("({since}"))
+            .arg(end)
+            .query_async(&mut conn)
+            .await?;
+        Ok(entries.iter().filter_map(|(id, fields)| entry_frame(id, fields)).collect())
+    }
+
+    async fn oldest(&self) -> redis::RedisResult<Option<Offset>> {
+        let mut conn = self.connection.clone();
+        let entries: Entries = redis::cmd("XRANGE")
+            .arg(&self.stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(entries.first().and_then(|(id, _)| parse_offset(id)))
+    }
+}
+
+impl History for StreamHistory {
+    fn between(
+        &self,
+        since: Offset,
+        until: Offset,
+    ) -> Pin<Box<dyn Future<Output = Replay> + Send + '_>> {
+        Box::pin(async move {
+            let head = self.hub.upgrade().and_then(|hub| hub.head());
+            let Ok(first) = self.oldest().await else {
+                return Replay::ResyncRequired;
+            };
+            if !check(since, until, first, head) {
+                return Replay::ResyncRequired;
+            }
+            match self.range(since, Some(until)).await {
+                Ok(entries) => {
+                    Replay::Frames(entries.iter().map(|(_, event)| Frame::of(event)).collect())
+                }
+                Err(e) => {
+                    log::warn!("bus: history read failed: {e}");
+                    Replay::ResyncRequired
+                }
+            }
+        })
+    }
+}
+
+/// Feeds the hub from the subscription, catching up from the stream after every reconnect.
+struct Receiver {
     client: redis::Client,
     channel: String,
-    first: PubSub,
+    history: Option<StreamHistory>,
     hub: Arc<Hub>,
     connected: watch::Sender<bool>,
-    shutdown: CancellationToken,
-) {
-    let mut pubsub = Some(first);
-    let mut attempt = 0u32;
-    loop {
-        let Some(conn) = pubsub.take() else {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff(attempt)) => {}
-            }
-            attempt = attempt.saturating_add(1);
-            match subscribe(&client, &channel).await {
-                Ok(conn) => {
-                    log::info!("bus: Redis subscription restored on {channel}");
-                    connected.send_replace(true);
-                    attempt = 0;
-                    pubsub = Some(conn);
-                }
-                Err(e) => log::debug!("bus: Redis reconnect attempt {attempt} failed: {e}"),
-            }
-            continue;
-        };
-        let mut messages = conn.into_on_message();
+    /// The newest offset dispatched: what a catch-up starts from, and what deduplicates.
+    last: Option<Offset>,
+}
+
+impl Receiver {
+    async fn run(mut self, first: PubSub, shutdown: CancellationToken) {
+        let mut pubsub = Some(first);
+        let mut attempt = 0u32;
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                msg = messages.next() => match msg {
-                    Some(msg) => match Event::from_json(msg.get_payload_bytes()) {
-                        Ok(event) => hub.dispatch(&event).await,
-                        Err(e) => log::warn!("bus: ignored a message on {channel}: {}", e.message()),
+            let Some(conn) = pubsub.take() else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff(attempt)) => {}
+                }
+                attempt = attempt.saturating_add(1);
+                match subscribe(&self.client, &self.channel).await {
+                    Ok(conn) => {
+                        if let Err(e) = self.catch_up().await {
+                            log::debug!("bus: catch-up after reconnect failed: {e}");
+                            continue;
+                        }
+                        log::info!("bus: Redis subscription restored on {}", self.channel);
+                        self.connected.send_replace(true);
+                        attempt = 0;
+                        pubsub = Some(conn);
+                    }
+                    Err(e) => log::debug!("bus: Redis reconnect attempt {attempt} failed: {e}"),
+                }
+                continue;
+            };
+            let mut messages = conn.into_on_message();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    msg = messages.next() => match msg {
+                        Some(msg) => self.on_message(msg.get_payload_bytes()).await,
+                        None => break,
                     },
-                    None => break,
-                },
+                }
             }
+            self.connected.send_replace(false);
+            log::warn!("bus: lost the Redis subscription on {}; reconnecting", self.channel);
         }
-        connected.send_replace(false);
-        log::warn!("bus: lost the Redis subscription on {channel}; reconnecting");
+    }
+
+    async fn on_message(&mut self, payload: &[u8]) {
+        let (event, offset) = match Event::from_json_with_offset(payload) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                log::warn!("bus: ignored a message on {}: {}", self.channel, e.message());
+                return;
+            }
+        };
+        match offset.as_deref().and_then(parse_offset) {
+            // Our own publishes: in the history, ordered; drop what a catch-up already sent.
+            Some(offset) if self.history.is_some() => {
+                if self.last.is_some_and(|last| offset <= last) {
+                    return;
+                }
+                self.last = Some(offset);
+                self.hub.dispatch(&event.at(offset)).await;
+            }
+            // A bare PUBLISH from an outside client (or history off): as it is.
+            _ => self.hub.dispatch(&event).await,
+        }
+    }
+
+    /// Dispatches what the stream holds after the last offset dispatched. Events trimmed away
+    /// meanwhile cannot be recovered: clients are told to resync.
+    async fn catch_up(&mut self) -> redis::RedisResult<()> {
+        let (Some(history), Some(last)) = (&self.history, self.last) else {
+            return Ok(());
+        };
+        let oldest = history.oldest().await?;
+        let entries = history.range(last, None).await?;
+        // Entries after `last` were trimmed before we could read them: clients must refetch.
+        let never_started = last == Offset { ms: 0, seq: 0 };
+        if !never_started && oldest.is_some_and(|oldest| last < oldest) {
+            log::warn!("bus: events were trimmed from the history while Redis was unreachable; clients must resync");
+            self.hub.resync_all();
+        }
+        for (offset, event) in entries {
+            if self.last.is_some_and(|l| offset <= l) {
+                continue;
+            }
+            self.last = Some(offset);
+            self.hub.dispatch(&event).await;
+        }
+        Ok(())
     }
 }
