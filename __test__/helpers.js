@@ -326,6 +326,7 @@ function cleanEnv(extra = {}) {
   ]) {
     delete env[k];
   }
+  for (const k of Object.keys(env)) if (k.startsWith('REALTIME_')) delete env[k];
   for (const [k, v] of Object.entries(extra)) {
     if (v === undefined) delete env[k];
     else env[k] = String(v);

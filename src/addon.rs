@@ -293,9 +293,7 @@ pub async fn start_server(
     if let Some(ms) = options.pong_timeout_ms {
         config.pong_timeout = Duration::from_millis(ms as u64);
     }
-    if let Some(origins) = options.allowed_origins {
-        config.allowed_origins = origins;
-    }
+    config.allowed_origins = options.allowed_origins;
     if let Some(n) = options.max_connections {
         config.max_connections = n as usize;
     }

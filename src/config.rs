@@ -32,16 +32,17 @@ pub struct ServerConfig {
     pub ping_interval: Option<Duration>,
     /// Time a client has to answer a ping (any frame counts) before it is closed (4408).
     pub pong_timeout: Duration,
-    /// Browser origins allowed to connect (`scheme://host[:port]`); empty: any. Requests without
-    /// an `Origin` header (servers, CLIs) are judged by their token alone.
-    pub allowed_origins: Vec<String>,
+    /// Browser origins allowed to connect (`scheme://host[:port]`); `None`: any, an empty list:
+    /// none. Requests without an `Origin` header (servers, CLIs) are judged by their token alone.
+    pub allowed_origins: Option<Vec<String>>,
     /// Most WebSocket clients at once in this server; 0: no limit. Over it: HTTP 503.
     pub max_connections: usize,
     /// Most WebSocket clients at once from one IP address; 0: no limit. Over it: HTTP 429.
     pub max_connections_per_ip: usize,
     /// Most parcel ids one connection may follow.
     pub max_subscriptions: usize,
-    /// Inbound messages a client may send per second (sustained) and in a burst; over: 4429.
+    /// Inbound messages a client may send per second (sustained; 0: no limit) and in a burst;
+    /// over: 4429.
     pub messages_per_second: f64,
     pub message_burst: f64,
 }
@@ -60,7 +61,7 @@ impl ServerConfig {
             stall_timeout: Duration::from_millis(500),
             ping_interval: Some(Duration::from_secs(25)),
             pong_timeout: Duration::from_secs(10),
-            allowed_origins: Vec::new(),
+            allowed_origins: None,
             max_connections: 0,
             max_connections_per_ip: 0,
             max_subscriptions: 1000,

@@ -625,6 +625,9 @@ impl TokenBucket {
     }
 
     fn take(&mut self, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true; // 0: no limit, as for every other limit
+        }
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.updated = now;

@@ -425,7 +425,7 @@ async fn admit(
         return Err(Refusal::new(400, "BAD_REQUEST", "Missing Sec-WebSocket-Key"));
     }
     if let Some(origin) = head.header("origin") {
-        if !origin_allowed(&config.allowed_origins, origin) {
+        if !origin_allowed(config.allowed_origins.as_deref(), origin) {
             return Err(Refusal::new(
                 403,
                 "ORIGIN_NOT_ALLOWED",
@@ -471,11 +471,12 @@ async fn admit(
     Ok(Admitted { head, claims, protocol, parcels, since, ip_slot, slot })
 }
 
-/// `scheme://host[:port]` compared case-insensitively; an empty list allows every origin.
-fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+/// `scheme://host[:port]` compared case-insensitively; no list allows every origin.
+fn origin_allowed(allowed: Option<&[String]>, origin: &str) -> bool {
     let origin = origin.trim().trim_end_matches('/');
-    allowed.is_empty()
-        || allowed.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    allowed.map_or(true, |list| {
+        list.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    })
 }
 
 fn reserve_ip_slot(shared: &Arc<Shared>, ip: IpAddr) -> Result<Option<IpSlot>, Refusal> {
