@@ -11,6 +11,11 @@ export interface ParcelUpdatedEvent {
   parcel_id: string;
   /** Present when the publisher attached data. */
   data?: ParcelEventData;
+  /**
+   * The event's place in the history ("<ms>-<seq>"): resume from it with `?since=`. Absent when
+   * history is off, and for events an outside Redis client PUBLISHed without one.
+   */
+  offset?: string;
 }
 
 /** Decoded JWT payload, as the Auth module signed it. */
@@ -66,6 +71,10 @@ export interface ServerOptions {
   messagesPerSecond?: number;
   /** Messages a client may send in a burst. `REALTIME_MESSAGE_BURST`, default 40. */
   messageBurst?: number;
+  /** Events kept for clients that resume (`?since=`); 0 turns history and offsets off. `REALTIME_HISTORY_SIZE`, default 10000. */
+  historySize?: number;
+  /** Oldest event kept, in ms. `REALTIME_HISTORY_TTL_MS`, default 600000 (10 minutes). */
+  historyTtlMs?: number;
 }
 
 export interface CloseOptions {
@@ -98,6 +107,7 @@ export type ErrorCode =
   | 'ERR_BUS_CONFLICT'
   | 'ERR_PUBLISH_QUEUE_FULL'
   | 'ERR_BUS_CLOSED'
+  | 'ERR_INVALID_OFFSET'
   | 'ERR_ADDON_NOT_BUILT';
 
 export interface RealtimeError extends Error {
