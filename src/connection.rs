@@ -273,12 +273,15 @@ impl Conn<'_> {
         // connection take the token's lock once per event.
         let mut shutdown = std::pin::pin!(shutdown.cancelled());
         loop {
+            // Events first: when one is waiting, nothing else is polled (each poll of the socket
+            // or the timer costs, a thousand times per event). The others cannot starve for
+            // long: publishers are paced to the clients, so the feed runs dry between bursts.
             let wake = tokio::select! {
                 biased;
-                _ = shutdown.as_mut() => Wake::Shutdown,
-                _ = timer.as_mut() => Wake::Timer,
                 received = self.feed.recv() => Wake::Feed(received),
+                _ = shutdown.as_mut() => Wake::Shutdown,
                 inbound = self.ws.next() => Wake::Inbound(inbound),
+                _ = timer.as_mut() => Wake::Timer,
             };
             // Events are the hot path and stay inline; everything else is boxed, so that an idle
             // connection's task (whose size is that of its largest state) stays small.
