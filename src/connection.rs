@@ -203,9 +203,9 @@ impl Conn<'_> {
             Ok(Err(e)) => return Err(Ended::ProtocolError(e.to_string())),
             Err(_) => return Err(Ended::Stuck),
         }
-        if let Some(parcels) = self.client.parcels.take() {
-            let parcel_ids = Some(parcels.into_iter().map(serde_json::Value::String).collect());
-            self.handle(Request::Subscribe { parcel_ids, all: None }).await?;
+        if self.client.parcels.take().is_some() {
+            // The server narrowed the feed before the welcome (see `server::handshake`).
+            self.ack("subscribed").await?;
         }
         if let Some(since) = self.client.since.take() {
             self.resume(since).await?;
@@ -217,14 +217,28 @@ impl Conn<'_> {
     /// `resumed`; or `resync_required` when the history cannot tell.
     async fn resume(&mut self, since: Offset) -> Result<(), Ended> {
         let history = self.hub.history();
+        let mut skip_through = self.welcome_head;
         let replay = match (history, self.welcome_head) {
+            // The client is ahead of this server (it saw an event on another instance that has
+            // not reached this one yet): nothing to replay if the shared history has it; what
+            // arrives live up to `since` it already has.
+            (Some(history), Some(head)) if since > head => {
+                if history.newest().await.is_some_and(|newest| since <= newest) {
+                    skip_through = Some(since);
+                    Replay::Frames(Vec::new())
+                } else {
+                    Replay::ResyncRequired
+                }
+            }
             (Some(history), Some(head)) => history.between(since, head).await,
             _ => Replay::ResyncRequired,
         };
         let frames = match replay {
             Replay::Frames(frames) => frames,
             Replay::ResyncRequired => {
-                let offset = self.welcome_head.map_or("null".to_string(), |h| format!("\"{h}\""));
+                // The current offset: where this client stands now.
+                let current = self.hub.head().or(self.welcome_head);
+                let offset = current.map_or("null".to_string(), |h| format!("\"{h}\""));
                 let reply =
                     format!(r#"{{"type":"resync_required","since":"{since}","offset":{offset}}}"#);
                 return self.send(Message::text(reply)).await;
@@ -247,7 +261,7 @@ impl Conn<'_> {
             self.feed_frame(Message::Text(frame.bytes)).await?;
         }
         if self.first_sent.is_none() {
-            self.skip_through = self.welcome_head;
+            self.skip_through = skip_through;
         }
         let reply = format!(r#"{{"type":"resumed","since":"{since}","replayed":{replayed}}}"#);
         self.send(Message::text(reply)).await

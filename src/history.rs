@@ -45,6 +45,9 @@ pub trait History: Send + Sync {
         since: Offset,
         until: Offset,
     ) -> Pin<Box<dyn Future<Output = Replay> + Send + '_>>;
+
+    /// The newest offset the history holds (it may be ahead of what this process delivered).
+    fn newest(&self) -> Pin<Box<dyn Future<Output = Option<Offset>> + Send + '_>>;
 }
 
 /// Limits of the history.
@@ -167,6 +170,10 @@ impl History for MemoryHistory {
             }
         };
         Box::pin(std::future::ready(replay))
+    }
+
+    fn newest(&self) -> Pin<Box<dyn Future<Output = Option<Offset>> + Send + '_>> {
+        Box::pin(std::future::ready(Some(self.head())))
     }
 }
 

@@ -120,7 +120,10 @@ impl Hub {
 
     /// Tells every connection that events were lost and it must refetch.
     pub(crate) fn resync_all(&self) {
-        let frame = Frame { offset: None, bytes: r#"{"type":"resync_required"}"#.into() };
+        let frame = Frame {
+            offset: None,
+            bytes: r#"{"type":"resync_required","since":null,"offset":null}"#.into(),
+        };
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         let mut told = HashSet::new();
         for target in index.values().flatten() {

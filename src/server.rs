@@ -292,7 +292,12 @@ async fn handshake(
     }
     // Subscribe before the welcome frame: an event published after the client saw the welcome
     // is never missed.
-    let feed = shared.bus.hub().feed();
+    let mut feed = shared.bus.hub().feed();
+    if let Some(ids) = &parcels {
+        // Narrowed before the welcome: what the feed held before this instant happened before
+        // the client's starting offset, so it is dropped rather than sent out of order.
+        let _ = feed.subscribe(ids);
+    }
     let ws = WebSocketStream::from_partially_read(
         stream,
         head.rest,

@@ -176,6 +176,26 @@ async fn newest_offset(
     Ok(entries.first().and_then(|(id, _)| parse_offset(id)))
 }
 
+/// The newest offset ever trimmed from the stream (`max-deleted-entry-id`, Redis 7).
+async fn max_deleted(conn: &mut ConnectionManager, stream: &str) -> Option<Offset> {
+    let info: Vec<redis::Value> =
+        redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(conn).await.ok()?;
+    let mut pairs = info.chunks(2);
+    pairs.find_map(|kv| match kv {
+        [redis::Value::BulkString(k), redis::Value::BulkString(v)]
+            if k == b"max-deleted-entry-id" =>
+        {
+            std::str::from_utf8(v).ok()?.parse().ok()
+        }
+        [redis::Value::SimpleString(k), redis::Value::BulkString(v)]
+            if k == "max-deleted-entry-id" =>
+        {
+            std::str::from_utf8(v).ok()?.parse().ok()
+        }
+        _ => None,
+    })
+}
+
 /// An entry as a frame: its `e` field re-encoded with the entry id as offset.
 fn entry_frame(id: &str, fields: &[Vec<u8>]) -> Option<(Offset, Event)> {
     let offset = parse_offset(id)?;
@@ -246,6 +266,13 @@ impl History for StreamHistory {
                     Replay::ResyncRequired
                 }
             }
+        })
+    }
+
+    fn newest(&self) -> Pin<Box<dyn Future<Output = Option<Offset>> + Send + '_>> {
+        Box::pin(async move {
+            let mut conn = self.connection.clone();
+            newest_offset(&mut conn, &self.stream).await.ok().flatten()
         })
     }
 }
@@ -330,11 +357,14 @@ impl Receiver {
         let (Some(history), Some(last)) = (&self.history, self.last) else {
             return Ok(());
         };
-        let oldest = history.oldest().await?;
         let entries = history.range(last, None).await?;
         // Entries after `last` were trimmed before we could read them: clients must refetch.
-        let never_started = last == Offset { ms: 0, seq: 0 };
-        if !never_started && oldest.is_some_and(|oldest| last < oldest) {
+        // (A Redis that restarted empty deleted nothing: what it lost cannot be known, and
+        // telling every client to refetch at once would only stampede the marketplace.)
+        if max_deleted(&mut history.connection.clone(), &history.stream)
+            .await
+            .is_some_and(|d| d > last)
+        {
             log::warn!("bus: events were trimmed from the history while Redis was unreachable; clients must resync");
             self.hub.resync_all();
         }
