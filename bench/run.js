@@ -68,6 +68,7 @@ function parseOptions(argv) {
       case '--verbose': case '-v': o.verbose = true; break;
       case '--no-build': o.build = false; break;
       case '--no-write': o.write = false; break;
+      case '--merge': o.merge = true; break;
       case '--clients': o.clients = num(val(), 'clients'); break;
       case '--duration': o.duration = num(val(), 'duration'); break;
       case '--latency-rates': o.latencyRates = val().split(',').map((v) => num(v, 'latency-rates')); break;
@@ -784,6 +785,19 @@ async function main() {
   meta.total_secs = (Date.now() - t0) / 1000;
   meta.background = ctx.background;
   meta.max_background_cores = Math.max(0, ...ctx.background.map((b) => b.busy_cores));
+  if (o.merge && !o.smoke) {
+    // Re-ran some scenarios (each still rt vs baseline in this run): keep the others' figures.
+    const file = path.join(RESULTS, 'latest.json');
+    if (fs.existsSync(file)) {
+      const prev = JSON.parse(fs.readFileSync(file, 'utf8'));
+      const kept = Object.fromEntries(Object.entries(prev.results).filter(([k]) => !(k in results) && !(k === 'eventloop' && o.scenarios.includes('fanout'))));
+      Object.assign(results, kept);
+      meta.merged_into = { date: prev.meta.machine.date, command: prev.meta.command, total_secs: prev.meta.total_secs, background: prev.meta.background };
+      meta.background = [...(prev.meta.background || []).filter((b) => !o.scenarios.includes(b.run.split('/')[0])), ...meta.background];
+      meta.max_background_cores = Math.max(0, ...meta.background.map((b) => b.busy_cores));
+      meta.command = `${prev.meta.command}, then ${meta.command}`;
+    }
+  }
   const doc = { meta, results, summary: report.summarize(results, o) };
   const problems = integrityProblems(results, o);
   doc.problems = problems;
