@@ -93,7 +93,11 @@ export interface RealtimeClientOptions {
   getToken: () => string | Promise<string>;
   /** The WebSocket class; default `globalThis.WebSocket`. In Node 18–20: `require('ws')`. */
   WebSocket?: WebSocketConstructor;
-  /** Follow only these parcels from the start, restored on every reconnect. Default: every event; `[]`: none. */
+  /**
+   * Follow only these parcels from the start, restored on every reconnect. Default: every event;
+   * `[]`: none. Keep it within the server's `maxSubscriptions` (up to 200 ids travel in the URL,
+   * and a longer list there is refused with HTTP 400 on every attempt).
+   */
   parcels?: string[];
   /** Resume from this offset on the first connection (a `lastOffset` saved earlier). */
   since?: string | null;

@@ -56,8 +56,6 @@
   /** Largest `?parcels=` value (encoded) and id count put in the URL; beyond, see flush. */
   var URL_PARCELS_MAX_CHARS = 2000;
   var URL_PARCELS_MAX_IDS = 200;
-  /** After this many failed attempts in a row with `?parcels=`, connect without it once. */
-  var URL_PARCELS_MAX_FAILURES = 3;
   /** Largest (un)subscribe message, in UTF-8 bytes (the server's default limit is 16384). */
   var MESSAGE_MAX_BYTES = 8000;
   /** Longest parcel id the server accepts, in UTF-8 bytes. */
@@ -216,7 +214,9 @@
    *   reported on 'error' (code `ERR_GET_TOKEN`) and retried with backoff.
    * - `WebSocket`: the WebSocket class (`require('ws')` in Node); default `globalThis.WebSocket`.
    * - `parcels`: follow only these parcel ids from the start (default: every event; `[]` follows
-   *   none until `subscribe`).
+   *   none until `subscribe`). Up to 200 ids travel in the URL (`?parcels=`): keep the set within
+   *   the server's `maxSubscriptions`, or every attempt is refused (HTTP 400). Ids added with
+   *   subscribe() while connected are checked by the server; refused ones are dropped.
    * - `since`: resume from this offset on the first connection (e.g. a `lastOffset` you stored).
    * - `minDelayMs` (250), `maxDelayMs` (10000): reconnect backoff, exponential with full jitter.
    * - `pingIntervalMs` (20000): `{"type":"ping"}` interval while open; no frame within twice this
@@ -293,7 +293,6 @@
 
     // Across connections:
     this._attempt = 0; // failed or short-lived attempts in a row (drives the backoff)
-    this._urlParcelFailures = 0;
     this._flushQueued = false;
     this._timers = { reconnect: null, connect: null, ping: null, watchdog: null };
 
@@ -454,16 +453,13 @@
       var fits = ids.length <= URL_PARCELS_MAX_IDS &&
         encodeURIComponent(value).length <= URL_PARCELS_MAX_CHARS &&
         ids.every(function (id) { return id.indexOf(',') < 0; });
-      if (fits && this._urlParcelFailures < URL_PARCELS_MAX_FAILURES) {
+      if (fits) {
         url.searchParams.set('parcels', value);
         server = onlyState(ids);
         this._urlHadParcels = true;
-      } else {
-        // Too many (or comma-holding) ids for the URL, or the URL with them failed several times
-        // in a row (e.g. the server's maxSubscriptions is lower): receive every event, filter
-        // here, and narrow on the open connection when the set fits in one message (_flush).
-        this._urlParcelFailures = 0;
       }
+      // Else too many (or comma-holding) ids for the URL: receive every event, filter here, and
+      // narrow on the open connection when the set fits in one message (_flush).
     }
     if (this._lastOffset !== null) url.searchParams.set('since', this._lastOffset);
     if (this._resume && this._resume.from !== this._lastOffset) this._resume = null;
@@ -530,7 +526,6 @@
 
   /** An attempt failed before the welcome: report (unless already reported) and retry. */
   RealtimeClient.prototype._failAttempt = function (err, how, closeCode) {
-    if (this._urlHadParcels) this._urlParcelFailures++;
     this._teardown(how);
     if (this._closed) return;
     var delay = this._nextDelay(closeCode, 0);
@@ -645,7 +640,6 @@
     var self = this;
     this._live = true;
     this._openedAt = now();
-    this._urlParcelFailures = 0;
     this._clearTimer('connect');
     var hasHistory = typeof msg.offset === 'string' && msg.offset !== '';
     if (this._lastOffset === null && hasHistory) this._lastOffset = msg.offset;

@@ -189,10 +189,9 @@ describe('RealtimeClient against the real server', () => {
     assert.ok(rec.errors.length >= 1, 'attempts while the server was down were reported');
     for (const err of rec.errors) {
       assert.equal(err.code, 'ERR_CONNECTION_FAILED');
-      assert.equal(err.closeCode, 1006);
-      assert.match(err.message, /ECONNREFUSED/);
       assert.equal(typeof err.retryInMs, 'number');
     }
+    assert.ok(rec.errors.some((e) => e.closeCode === 1006 && /ECONNREFUSED/.test(e.message)), rec.errors.map((e) => e.message).join('; '));
     await h.waitUntil(() => server.clientCount === 1, 'the client on the new server');
 
     await rt.publishParcelUpdate('after');
@@ -589,8 +588,11 @@ describe('RealtimeClient against a scripted server', () => {
   test('nothing received for 2 x pingIntervalMs: it gives up on the connection (4000) and reconnects', async () => {
     const server = await scriptedServer((conn) => conn.send(welcome())); // never answers pings
     const rec = newClient(server.port, { pingIntervalMs: 100 });
+    let openedAt;
+    rec.client.on('state', (s) => {
+      if (s === 'open') openedAt ??= Date.now();
+    });
     await rec.waitOpen();
-    const openedAt = Date.now();
     await h.waitUntil(() => rec.disconnects.length === 1, 'the heartbeat timeout', 3000);
     const after = Date.now() - openedAt;
     assert.ok(after >= 190, `gave up after ${after} ms, not before 2 x 100 ms`);
