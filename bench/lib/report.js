@@ -305,12 +305,13 @@ function markdown(doc) {
   }
   const hs = results.handshake;
   if (hs) {
-    L.push(`### 4. Connection rate: ${fmtInt(o.handshakeClients)} clients, ${o.handshakeConcurrency} handshakes in flight`);
+    L.push(`### 4. Connection rate: ${fmtInt(o.handshakeClients)} clients in ${o.handshakeRounds ?? 1} rounds, ${o.handshakeConcurrency} handshakes in flight`);
     L.push('');
     if (hs.error) L.push(`Failed: ${hs.error}`);
     else {
       L.push(table(['', ...impls], [
-        ['handshakes/s', ...impls.map((i) => fmtInt(hs[i]?.handshakes_per_s))],
+        ['handshakes/s (median round)', ...impls.map((i) => fmtInt(hs[i]?.handshakes_per_s))],
+        ['rounds', ...impls.map((i) => (hs[i]?.rounds ? hs[i].rounds.map(fmtInt).join(', ') : '–'))],
         ['failed', ...impls.map((i) => fmtInt(hs[i]?.failed))],
         ['handshake latency p50 / p99', ...impls.map((i) => (hs[i] ? `${fmtMs(hs[i].handshake_latency_us.p50)} / ${fmtMs(hs[i].handshake_latency_us.p99)}` : '–'))],
         ['server CPU per handshake', ...impls.map((i) => (hs[i] ? `${fmtInt(hs[i].server_cpu_us_per_handshake)} µs` : '–'))],
