@@ -40,7 +40,7 @@ function parseOptions(argv) {
     latencyDuration: 10,
     memClients: 10_000,
     handshakeClients: 10_000,
-    handshakeConcurrency: 256,
+    handshakeConcurrency: [256, 100],
     handshakeRounds: 3,
     redisRate: 1500,
     redisServers: 1,
@@ -76,7 +76,7 @@ function parseOptions(argv) {
       case '--latency-duration': o.latencyDuration = num(val(), 'latency-duration'); break;
       case '--mem-clients': o.memClients = num(val(), 'mem-clients'); break;
       case '--handshake-clients': o.handshakeClients = num(val(), 'handshake-clients'); break;
-      case '--handshake-concurrency': o.handshakeConcurrency = num(val(), 'handshake-concurrency'); break;
+      case '--handshake-concurrency': o.handshakeConcurrency = val().split(',').map((v) => num(v, 'handshake-concurrency')); break;
       case '--handshake-rounds': o.handshakeRounds = Math.max(1, num(val(), 'handshake-rounds')); break;
       case '--redis-rate': o.redisRate = num(val(), 'redis-rate'); break;
       case '--redis-servers': o.redisServers = num(val(), 'redis-servers'); break;
@@ -101,7 +101,7 @@ function parseOptions(argv) {
       latencyDuration: 1,
       memClients: 200,
       handshakeClients: 500,
-      handshakeConcurrency: 64,
+      handshakeConcurrency: [64],
       handshakeRounds: 1,
       redisRate: 200,
       scaleMax: 600,
@@ -426,8 +426,16 @@ async function memory(impl, o) {
 }
 
 /** 4: handshakes per second, JWT verification included (TCP connect → welcome frame). */
-async function handshake(impl, o) {
+function listenBacklog(port) {
+  // For a listening socket, ss shows the accept-queue limit (the listen() backlog) as Send-Q.
+  const out = sh('ss', ['-ltnH', `sport = :${port}`]);
+  const m = out && /^\S+\s+\d+\s+(\d+)/m.exec(out);
+  return m ? Number(m[1]) : null;
+}
+
+async function handshake(impl, o, concurrency) {
   const server = await startServer(impl);
+  const backlog = listenBacklog(server.port);
   const lgs = [];
   try {
     const warm = await startLoadgen(server.port, 100, { name: 'loadgen-warm' });
@@ -438,7 +446,7 @@ async function handshake(impl, o) {
     const rounds = [];
     const per = Math.ceil(o.handshakeClients / o.handshakeRounds);
     for (let r = 0; r < o.handshakeRounds; r++) {
-      const lg = await startLoadgen(server.port, per, { concurrency: o.handshakeConcurrency });
+      const lg = await startLoadgen(server.port, per, { concurrency });
       lgs.push(lg);
       const cpu0 = [server.cpuSeconds(), lg.cpuSeconds()];
       const c = await connectAll(lg, per);
@@ -462,7 +470,8 @@ async function handshake(impl, o) {
     return {
       ...median,
       clients: o.handshakeClients,
-      concurrency: o.handshakeConcurrency,
+      concurrency,
+      listen_backlog: backlog,
       failed: rounds.reduce((s, r) => s + r.failed, 0),
       rounds: rounds.map((r) => Math.round(r.handshakes_per_s)),
     };
@@ -687,13 +696,19 @@ const SCENARIOS = {
   },
   handshake: {
     run: async (o, results) => {
-      const out = {};
-      for (const impl of o.impls) {
-        log(`handshake: ${impl}, ${o.handshakeClients} clients, ${o.handshakeConcurrency} at a time`);
-        out[impl] = await handshake(impl, o);
-        log(`handshake: ${impl}: ${fmt(out[impl].handshakes_per_s)} handshakes/s (${out[impl].failed} failed)`);
+      // The first concurrency is the headline; the others are reported beside it.
+      const runs = [];
+      for (const concurrency of o.handshakeConcurrency) {
+        const out = { concurrency };
+        for (const impl of o.impls) {
+          log(`handshake: ${impl}, ${o.handshakeClients} clients, ${concurrency} at a time`);
+          out[impl] = await handshake(impl, o, concurrency);
+          log(`handshake: ${impl} (${concurrency} in flight): ${fmt(out[impl].handshakes_per_s)} handshakes/s (${out[impl].failed} failed), p99 ${fmtMs(out[impl].handshake_latency_us.p99 / 1000)}, listen backlog ${out[impl].listen_backlog}`);
+        }
+        runs.push(out);
       }
-      results.handshake = out;
+      const [head, ...others] = runs;
+      results.handshake = { ...head, others };
     },
   },
   redis: {
@@ -820,7 +835,7 @@ async function main() {
   const problems = integrityProblems(results, o);
   doc.problems = problems;
   fs.mkdirSync(RESULTS, { recursive: true });
-  const base = o.smoke ? 'smoke' : 'latest';
+  const base = o.smoke ? 'smoke' : o.write ? 'latest' : 'scratch';
   fs.writeFileSync(path.join(RESULTS, `${base}.json`), `${JSON.stringify(doc, null, 2)}\n`);
   log(`wrote bench/results/${base}.json`);
   if (o.write && !o.smoke) {
