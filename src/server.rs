@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -108,20 +108,19 @@ impl Server {
         if !config.path.starts_with('/') {
             return Err(Error::new(codes::INVALID_OPTION, "path must start with '/'"));
         }
-        let listener =
-            TcpListener::bind((config.host.as_str(), config.port)).await.map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AddrInUse {
-                    Error::new(
-                        codes::PORT_IN_USE,
-                        format!("port {} is already in use on {}", config.port, config.host),
-                    )
-                } else {
-                    Error::new(
-                        codes::LISTEN_FAILED,
-                        format!("cannot listen on {}:{}: {e}", config.host, config.port),
-                    )
-                }
-            })?;
+        let listener = listen(&config.host, config.port).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                Error::new(
+                    codes::PORT_IN_USE,
+                    format!("port {} is already in use on {}", config.port, config.host),
+                )
+            } else {
+                Error::new(
+                    codes::LISTEN_FAILED,
+                    format!("cannot listen on {}:{}: {e}", config.host, config.port),
+                )
+            }
+        })?;
         let addr =
             listener.local_addr().map_err(|e| Error::new(codes::LISTEN_FAILED, e.to_string()))?;
         // Clients send only small control messages: a small read buffer keeps idle connections
@@ -187,6 +186,27 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Pending connections the kernel queues before `accept` (capped by `net.core.somaxconn`): a
+/// burst of reconnecting clients (an instance drained, a network blip) must not be dropped.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the first address `host` resolves to, with a deep accept backlog. `SO_REUSEADDR` lets
+/// a restarted server rebind while old connections linger in TIME_WAIT.
+async fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "the host resolves to no address")
+    }))
 }
 
 async fn accept_loop(
