@@ -322,16 +322,36 @@ function encodeData(data) {
  * Publishes `{type:'parcel_updated', parcel_id[, data]}` to every client of every server on the
  * bus. Resolves once the bus has taken the event (with Redis: once Redis acknowledged it).
  */
-async function publishParcelUpdate(parcelId, data) {
-  checkParcelId(parcelId);
-  const json = encodeData(data);
-  ensureBus();
+function publishParcelUpdate(parcelId, data) {
   try {
-    await native.publish(parcelId, json);
+    checkParcelId(parcelId);
+    const json = encodeData(data);
+    ensureBus();
+    const number = callNative(() => native.publishNumbered(parcelId, json));
+    return new Promise((resolve, reject) => {
+      if (pending.size === 0) hold(); // a publish in flight keeps the process alive
+      pending.set(number, { resolve, reject });
+    });
   } catch (err) {
-    throw fromNative(err);
+    return Promise.reject(err);
   }
 }
+
+// Publishes in flight, by number (in increasing order: a Map iterates in insertion order). The
+// engine settles them a batch at a time: "everything up to `through`", resolved or rejected.
+const pending = new Map();
+
+function settle({ through, error }) {
+  const err = error ? fromNative(new Error(error)) : null;
+  for (const [number, { resolve, reject }] of pending) {
+    if (number > through) break;
+    pending.delete(number);
+    if (err) reject(err);
+    else resolve();
+  }
+  if (pending.size === 0) release();
+}
+native.setAckSink(settle);
 
 /**
  * Fire and forget: publishes without waiting. Bus failures are logged, never thrown; a

@@ -57,9 +57,10 @@ fn init_runtime() {
 struct Global {
     bus: Option<Arc<Bus>>,
     sink: Option<Sink>,
+    ack_sink: Option<crate::bus::AckSink>,
 }
 
-static GLOBAL: Mutex<Global> = Mutex::new(Global { bus: None, sink: None });
+static GLOBAL: Mutex<Global> = Mutex::new(Global { bus: None, sink: None, ack_sink: None });
 
 fn global() -> std::sync::MutexGuard<'static, Global> {
     GLOBAL.lock().unwrap_or_else(|e| e.into_inner())
@@ -87,6 +88,7 @@ fn bus_with(config: BusConfig) -> napi::Result<Arc<Bus>> {
     }
     let bus = within_runtime_if_available(|| Bus::start(config));
     bus.set_sink(global.sink.clone());
+    bus.set_ack_sink(global.ack_sink.clone());
     global.bus = Some(bus.clone());
     Ok(bus)
 }
@@ -161,6 +163,47 @@ pub fn publish(
             .unwrap_or_else(|_| Err(EngineError::new(codes::BUS_CLOSED, "the bus has stopped")))
             .map_err(to_js)
     })
+}
+
+/// Enqueues one event and returns its number at once (no promise per publish: the JS thread's
+/// cost stays a fraction of a microsecond). The ack sink settles numbered publishes in batches.
+#[napi(catch_unwind)]
+pub fn publish_numbered(parcel_id: String, data: Option<String>) -> napi::Result<f64> {
+    let bus = global().bus.clone().ok_or_else(|| {
+        to_js(EngineError::new(codes::BUS_CLOSED, "no bus: call ensureBus first"))
+    })?;
+    let event = crate::event::Event::with_data(&parcel_id, data.as_deref()).map_err(to_js)?;
+    bus.publish_numbered(event).map(|n| n as f64).map_err(to_js)
+}
+
+/// One batch of settled publishes: every number up to `through`, resolved, or rejected with
+/// `error` ("CODE: message").
+#[napi(object)]
+pub struct PublishAck {
+    pub through: f64,
+    pub error: Option<String>,
+}
+
+type AckFn = ThreadsafeFunction<PublishAck, (), PublishAck, Status, false, true>;
+
+/// Where batches of settled publishes go (or nowhere with `null`).
+#[napi(catch_unwind)]
+pub fn set_ack_sink(callback: Option<AckFn>) {
+    let sink: Option<crate::bus::AckSink> = callback.map(|tsfn| {
+        let tsfn = Arc::new(tsfn);
+        Arc::new(move |through: u64, result: &crate::error::Result<()>| {
+            let error = result.as_ref().err().map(|e| format!("{}: {}", e.code(), e.message()));
+            tsfn.call(
+                PublishAck { through: through as f64, error },
+                ThreadsafeFunctionCallMode::NonBlocking,
+            );
+        }) as crate::bus::AckSink
+    });
+    let mut global = global();
+    if let Some(bus) = &global.bus {
+        bus.set_ack_sink(sink.clone());
+    }
+    global.ack_sink = sink;
 }
 
 /// Routes every event's frame (the JSON text clients receive) to `callback` (or stops with `null`).

@@ -80,6 +80,11 @@ impl Event {
         Ok(Self { parcel_id: parcel_id.into(), data, offset: None, frame })
     }
 
+    /// An empty stand-in, for a slot whose event was moved out (never sent).
+    pub(crate) fn placeholder() -> Self {
+        Self { parcel_id: "".into(), data: None, offset: None, frame: Utf8Bytes::from_static("") }
+    }
+
     /// The same event at a place in the history; its frame then carries `"offset"`.
     pub fn at(self, offset: Offset) -> Self {
         let frame = encode(&self.parcel_id, self.data.as_deref(), Some(offset));

@@ -15,7 +15,7 @@
 
 mod redis;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -52,7 +52,41 @@ enum State {
 
 struct Publish {
     event: Event,
-    ack: oneshot::Sender<Result<()>>,
+    ack: Ack,
+}
+
+/// How a publisher learns that its event was taken.
+enum Ack {
+    /// One channel per publish (Rust callers).
+    Once(oneshot::Sender<Result<()>>),
+    /// A number; the [`AckSink`] settles numbered publishes a batch at a time (the JS skin:
+    /// one call into JS per batch instead of one promise machinery per publish).
+    Numbered(u64),
+}
+
+/// Publish numbers are unique in the process, across buses (a bus that failed to start is
+/// replaced, and its settled numbers must never be confused with the new one's).
+static NEXT_NUMBER: std::sync::Mutex<u64> = std::sync::Mutex::new(1);
+
+/// Told, once per batch, that every numbered publish up to `through` is settled with `result`.
+pub type AckSink = Arc<dyn Fn(u64, &Result<()>) + Send + Sync>;
+
+/// Settles a processed batch: answers each `Once`, then the numbered ones in one sink call.
+fn settle(batch: &mut Vec<Publish>, result: &Result<()>, sink: &RwLock<Option<AckSink>>) {
+    let mut through = 0;
+    for p in batch.drain(..) {
+        match p.ack {
+            Ack::Once(tx) => {
+                let _ = tx.send(result.clone());
+            }
+            Ack::Numbered(n) => through = through.max(n),
+        }
+    }
+    if through > 0 {
+        if let Some(sink) = sink.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            sink(through, result);
+        }
+    }
 }
 
 /// A running bus. Create it with [`Bus::start`] inside a tokio runtime; share it with `Arc`.
@@ -63,6 +97,7 @@ pub struct Bus {
     state: watch::Receiver<State>,
     redis_connected: watch::Receiver<bool>,
     shutdown: CancellationToken,
+    ack_sink: Arc<RwLock<Option<AckSink>>>,
 }
 
 impl Bus {
@@ -75,6 +110,7 @@ impl Bus {
         let (state_tx, state) = watch::channel(State::Starting);
         let (connected_tx, redis_connected) = watch::channel(false);
         let shutdown = CancellationToken::new();
+        let ack_sink = Arc::new(RwLock::new(None));
         tokio::spawn(pump(
             config.clone(),
             rx,
@@ -82,8 +118,9 @@ impl Bus {
             state_tx,
             connected_tx,
             shutdown.clone(),
+            ack_sink.clone(),
         ));
-        Arc::new(Bus { config, queue, hub, state, redis_connected, shutdown })
+        Arc::new(Bus { config, queue, hub, state, redis_connected, shutdown, ack_sink })
     }
 
     /// Waits until the bus runs and says in which mode; fails only when Redis is required
@@ -137,7 +174,26 @@ impl Bus {
     /// Like [`Bus::publish`], for an event built by the caller (e.g. with `data`).
     pub fn publish_event(&self, event: Event) -> Result<oneshot::Receiver<Result<()>>> {
         let (ack, done) = oneshot::channel();
-        self.queue.try_send(Publish { event, ack }).map_err(|e| match e {
+        self.enqueue(Publish { event, ack: Ack::Once(ack) })?;
+        Ok(done)
+    }
+
+    /// Enqueues an event and returns its number; the [`AckSink`] (see [`Bus::set_ack_sink`])
+    /// later settles it. Numbers increase by one per call, in call order.
+    pub fn publish_numbered(&self, event: Event) -> Result<u64> {
+        let mut next = NEXT_NUMBER.lock().unwrap_or_else(|e| e.into_inner());
+        self.enqueue(Publish { event, ack: Ack::Numbered(*next) })?;
+        *next += 1;
+        Ok(*next - 1)
+    }
+
+    /// Where numbered publishes are settled.
+    pub fn set_ack_sink(&self, sink: Option<AckSink>) {
+        *self.ack_sink.write().unwrap_or_else(|e| e.into_inner()) = sink;
+    }
+
+    fn enqueue(&self, publish: Publish) -> Result<()> {
+        self.queue.try_send(publish).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::new(
                 codes::PUBLISH_QUEUE_FULL,
                 format!(
@@ -149,8 +205,7 @@ impl Bus {
                 State::Failed(e) => e.clone(),
                 _ => Error::new(codes::BUS_CLOSED, "the bus has stopped"),
             },
-        })?;
-        Ok(done)
+        })
     }
 
     /// Publishes and waits until the bus has taken the event.
@@ -179,6 +234,7 @@ async fn pump(
     state: watch::Sender<State>,
     connected: watch::Sender<bool>,
     shutdown: CancellationToken,
+    ack_sink: Arc<RwLock<Option<AckSink>>>,
 ) {
     let mut backend = match &config.redis_url {
         None => None,
@@ -203,9 +259,11 @@ async fn pump(
                     log::error!("bus: {e}");
                     state.send_replace(State::Failed(e.clone()));
                     queue.close();
+                    let mut rest = Vec::new();
                     while let Some(p) = queue.recv().await {
-                        let _ = p.ack.send(Err(e.clone()));
+                        rest.push(p);
                     }
+                    settle(&mut rest, &Err(e.clone()), &ack_sink);
                     return;
                 }
                 Err(e) => {
@@ -232,14 +290,16 @@ async fn pump(
     while queue.recv_many(&mut batch, BATCH).await > 0 {
         match backend.as_mut() {
             None => {
-                for p in batch.drain(..) {
+                for p in batch.iter_mut() {
+                    // The event moves into the history; the batch keeps an empty shell to settle.
+                    let event = std::mem::replace(&mut p.event, Event::placeholder());
                     let event = match &memory_history {
-                        Some(history) => history.record(p.event),
-                        None => p.event,
+                        Some(history) => history.record(event),
+                        None => event,
                     };
                     hub.dispatch(&event).await;
-                    let _ = p.ack.send(Ok(()));
                 }
+                settle(&mut batch, &Ok(()), &ack_sink);
             }
             Some(redis) => {
                 // While Redis is unreachable the batch is retried and later publishes wait in the
@@ -261,9 +321,7 @@ async fn pump(
                 if attempt > 0 && result.is_ok() {
                     log::info!("bus: Redis is back; held publishes sent");
                 }
-                for p in batch.drain(..) {
-                    let _ = p.ack.send(result.clone());
-                }
+                settle(&mut batch, &result, &ack_sink);
             }
         }
     }
