@@ -124,11 +124,11 @@ impl Server {
         let addr =
             listener.local_addr().map_err(|e| Error::new(codes::LISTEN_FAILED, e.to_string()))?;
         // Clients send only small control messages: a small read buffer keeps idle connections
-        // cheap (tungstenite's default is 128 KiB each). Writes are batched up to 4 KiB, which
-        // also bounds what a write buffer keeps allocated after a burst.
+        // cheap (tungstenite's default is 128 KiB each). A batch of events (up to 64 frames) goes
+        // out in one write: the buffer only writes early past 16 KiB.
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(512)
-            .write_buffer_size(4 * 1024)
+            .write_buffer_size(16 * 1024)
             .max_write_buffer_size(1024 * 1024)
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
