@@ -159,6 +159,12 @@ impl Bus {
         done.await.unwrap_or_else(|_| Err(Error::new(codes::BUS_CLOSED, "the bus has stopped")))
     }
 
+    /// Publishes accepted by [`Bus::publish`] that the bus has not taken yet (in Redis mode, what
+    /// is held while Redis is unreachable).
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     /// Routes every event to `sink` (replacing any previous one), or stops routing with `None`.
     pub fn set_sink(&self, sink: Option<Sink>) {
         self.hub.set_sink(sink);
@@ -232,6 +238,7 @@ async fn pump(
     while queue.recv_many(&mut batch, BATCH).await > 0 {
         match backend.as_mut() {
             None => {
+                let n = batch.len() as u64;
                 for p in batch.drain(..) {
                     let event = match &memory_history {
                         Some(history) => history.record(p.event),
@@ -240,6 +247,7 @@ async fn pump(
                     hub.dispatch(&event).await;
                     let _ = p.ack.send(Ok(()));
                 }
+                hub.metrics().published(n);
             }
             Some(redis) => {
                 // While Redis is unreachable the batch is retried and later publishes wait in the
@@ -260,6 +268,10 @@ async fn pump(
                 };
                 if attempt > 0 && result.is_ok() {
                     log::info!("bus: Redis is back; held publishes sent");
+                }
+                match &result {
+                    Ok(()) => hub.metrics().published(batch.len() as u64),
+                    Err(_) => hub.metrics().publish_failed(batch.len() as u64),
                 }
                 for p in batch.drain(..) {
                     let _ = p.ack.send(result.clone());
