@@ -98,12 +98,14 @@ function log(level, message, err) {
     if (err && err.code) fields.code = String(err.code);
   }
   const time = new Date().toISOString();
+  // Without a hook the line goes through console.error (so whatever already captures the
+  // process's console sees it too), formatted like the engine's lines.
   if (logHook) {
     callHook(logHook, { level, message, fields, time, module: 'js' });
   } else if (logJson) {
-    process.stderr.write(`${JSON.stringify({ time, level, module: 'js', msg: message, ...fields })}\n`);
+    console.error(JSON.stringify({ time, level, module: 'js', msg: message, ...fields }));
   } else {
-    process.stderr.write(`[realtime-events] ${level.toUpperCase()} ${message}${fields.error ? `\n${fields.error}` : ''}\n`);
+    console.error(`[realtime-events] ${level.toUpperCase()} ${message}${fields.error ? `\n${fields.error}` : ''}`);
   }
 }
 

@@ -25,6 +25,29 @@ async function timedClient(url, clock) {
   return c;
 }
 
+/** The offset of the last frame a client received that carried one (the welcome included). */
+function lastOffset(client) {
+  for (let i = client.raw.length - 1; i >= 0; i--) {
+    const m = /"offset":"(\d+-\d+)"/.exec(client.raw[i]);
+    if (m) return m[1];
+  }
+  return null;
+}
+
+/**
+ * Clients that ignore the drain notice: on 1001 they reconnect to `url()` with
+ * `?since=<last offset>`, as the README's "Never missing an event" says. Resolves with the new
+ * connections, in order.
+ */
+function resumeOnClose(group, url) {
+  return Promise.all(group.map(async (c) => {
+    assert.equal((await c.closed).code, 1001);
+    const since = lastOffset(c);
+    assert.ok(since, 'the old connection carried offsets');
+    return h.connectReady(`${url()}&since=${encodeURIComponent(since)}`);
+  }));
+}
+
 /** The parcel ids of the parcel_updated frames a client received, in order. */
 function ids(client) {
   return client.messages
@@ -96,7 +119,7 @@ describe('graceful drain', () => {
     await again.close();
   });
 
-  test('a client that moves to another server on the same bus at the notice misses no event', async () => {
+  test('a client that moves to another server on the same bus misses no event (on the notice, or resuming after 1001)', async () => {
     const a = await rt.startServer({ ...BASE, port: 0 });
     const b = await rt.startServer({ ...BASE, port: 0 });
     servers.push(a, b);
@@ -104,6 +127,11 @@ describe('graceful drain', () => {
     const movers = await Promise.all(Array.from({ length: 10 }, (_, i) =>
       timedClient(h.wsUrl(a, { token: h.sign({ sub: `mover-${i}` }) }), clock)));
     clients.push(...movers);
+    // Three more that ignore the notice and resume with ?since= after the 1001.
+    const resumers = await Promise.all(Array.from({ length: 3 }, (_, i) =>
+      timedClient(h.wsUrl(a, { token: h.sign({ sub: `resumer-${i}` }) }), clock)));
+    clients.push(...resumers);
+    const resumed = resumeOnClose(resumers, () => h.wsUrl(b, { token: h.sign({ sub: 'resumed' }) }));
     const next = movers.map((c) => new Promise((resolve, reject) => {
       c.ws.on('message', (data) => {
         if (data.toString('utf8').startsWith('{"type":"reconnect"')) {
@@ -127,15 +155,17 @@ describe('graceful drain', () => {
     await h.delay(100);
     await a.close({ drainMs: 1500 });
     const moved = await Promise.all(next);
+    const back = await resumed;
+    clients.push(...back);
     await h.delay(100);
     publishing = false;
     await publisher;
     await rt.publishParcelUpdate('end');
-    await Promise.all(moved.map((n) => h.waitUntil(() => ids(n).includes('end'), 'the moved client sees the end')));
+    await Promise.all([...moved, ...back].map((n) => h.waitUntil(() => ids(n).includes('end'), 'the moved client sees the end')));
 
     const all = Array.from({ length: published }, (_, i) => `seq-${i}`);
     for (const [i, c] of movers.entries()) {
-      assert.equal(c.closeInfo.code, 1001);
+      assert.equal((await c.closed).code, 1001);
       const fromA = ids(c);
       const fromB = ids(moved[i]).filter((id) => id !== 'end');
       const first = Number(fromA[0].slice(4));
@@ -149,6 +179,12 @@ describe('graceful drain', () => {
       const union = new Set([...fromA, ...fromB]);
       assert.deepEqual(all.filter((id) => !union.has(id)), [], `client ${i} missed nothing`);
       assert.ok(seqA.at(-1) >= seqB[0], `the connections overlapped (A to ${seqA.at(-1)}, B from ${seqB[0]})`);
+    }
+    for (const [i, c] of resumers.entries()) {
+      const seq = [...ids(c), ...ids(back[i])].filter((id) => id !== 'end').map((id) => Number(id.slice(4)));
+      assert.ok(back[i].messages.some((m) => m.startsWith('{"type":"resumed"')), 'the resume was answered');
+      seq.forEach((n, k) => assert.equal(n, k, `resumer ${i}: every event exactly once, in order`));
+      assert.equal(seq.length, published, `resumer ${i} missed nothing`);
     }
     assert.ok(published > 200, `published continuously during the drain (${published})`);
   });
@@ -168,7 +204,7 @@ describe('graceful drain', () => {
     const took = performance.now() - t0;
     // Notices at 0, 1.5 s and 3 s (6 s minus a 1.5 s overlap, over 3 clients).
     assert.ok(took >= 2900 && took < 4500, `close() resolved once the last client left: ${Math.round(took)} ms`);
-    for (const c of group) assert.equal(c.closeInfo.code, 1000);
+    for (const c of group) assert.equal((await c.closed).code, 1000);
   });
 
   test('drainMs: 0 closes every client at once with 1001 and no notice', async () => {

@@ -152,13 +152,18 @@ describe('logs', () => {
     const port = await ready(p);
     const { hooked: hookedBefore } = JSON.parse((await command(p, 'stats', /stats (\{.*\})/))[1]);
     const N = 1500;
-    p.write('block 3000');
+    const flag = path.join(require('node:os').tmpdir(), `realtime-events-unblock-${process.pid}-${Date.now()}`);
+    p.write(`block ${flag}`);
     await h.delay(200); // the child's JS thread is now busy
-    // Each plain GET on /ws is refused (426) and logged at debug level by an engine thread.
+    // Each plain GET on /ws is refused (426) and logged at debug level by an engine thread before
+    // the answer is written: once every answer is in, every record was handed to the hook.
     for (let i = 0; i < N; i += 50) {
       await Promise.all(Array.from({ length: 50 }, () => h.httpGet(port, '/ws')));
     }
+    assert.doesNotMatch(p.out(), /unblocked/, 'the JS thread was busy the whole time');
+    require('node:fs').writeFileSync(flag, '');
     await p.waitForOutput(/unblocked/, { ms: 10_000 });
+    require('node:fs').rmSync(flag, { force: true });
     await h.delay(500);
     const stats = JSON.parse((await command(p, 'stats', /stats (\{.*\})/))[1]);
     assert.ok(stats.dropped > 0, `some records were dropped: ${JSON.stringify(stats)}`);

@@ -43,6 +43,7 @@ const EXPECTED_FAMILIES = {
   realtime_refusals_total: 'counter',
   realtime_events_published_total: 'counter',
   realtime_events_publish_failed_total: 'counter',
+  realtime_publish_queue: 'gauge',
   realtime_events_received_total: 'counter',
   realtime_deliveries_total: 'counter',
   realtime_deliveries_dropped_total: 'counter',
@@ -141,10 +142,12 @@ describe('operations endpoints', () => {
     assert.equal(prom.value(families, 'realtime_ready'), 1);
     assert.equal(prom.value(families, 'realtime_bus_info', { mode: 'memory', redis_required: 'false' }), 1);
     // Every refusal code and close reason is reported from the start (at 0).
-    for (const code of ['TOKEN_MISSING', 'TOKEN_EXPIRED', 'USER_REJECTED', 'NOT_FOUND', 'DRAINING', 'HANDSHAKE_TIMEOUT']) {
+    for (const code of ['TOKEN_MISSING', 'TOKEN_EXPIRED', 'USER_REJECTED', 'NOT_FOUND', 'DRAINING', 'HANDSHAKE_TIMEOUT',
+      'ORIGIN_NOT_ALLOWED', 'TOO_MANY_CONNECTIONS', 'TOO_MANY_CONNECTIONS_FROM_IP', 'INVALID_PARCELS', 'INVALID_OFFSET']) {
       assert.notEqual(prom.value(families, 'realtime_refusals_total', { reason: code }), undefined, code);
     }
-    for (const reason of ['client', 'shutdown', 'too_slow', 'stuck', 'too_large', 'protocol_error']) {
+    for (const reason of ['client', 'shutdown', 'too_slow', 'stuck', 'too_large', 'protocol_error',
+      'token_expired', 'refresh_refused', 'heartbeat_timeout', 'rate_limited']) {
       assert.notEqual(prom.value(families, 'realtime_connections_closed_total', { reason }), undefined, reason);
     }
     // Scraping is not a refusal and not a connection.
@@ -162,6 +165,12 @@ describe('operations endpoints', () => {
     await Promise.all(clients.map((c) => c.waitFor(1 + ids.length)));
     await h.expectRefusal(h.wsUrl(server, { token: null }), {}, 401, 'TOKEN_MISSING');
     await h.expectRefusal(h.wsUrl(server, { token: h.sign({ sub: 'x' }, { expiresIn: -60 }) }), {}, 401, 'TOKEN_EXPIRED');
+    // What the clients received (welcome and events, offsets included), as WebSocket frames.
+    const wire = (text) => {
+      const n = Buffer.byteLength(text);
+      return n + (n < 126 ? 2 : n < 65536 ? 4 : 10);
+    };
+    const received = clients.reduce((sum, c) => sum + c.raw.reduce((s2, m) => s2 + wire(m), 0), 0);
     const gone = clients.pop();
     await gone.close();
     await h.waitUntil(() => server.clientCount === 4, 'the closed client is counted out');
@@ -174,9 +183,7 @@ describe('operations endpoints', () => {
     assert.equal(v('realtime_events_published_total') - v0('realtime_events_published_total'), 100);
     assert.equal(v('realtime_events_received_total') - v0('realtime_events_received_total'), 100);
     assert.equal(v('realtime_deliveries_total') - v0('realtime_deliveries_total'), 500, '100 events × 5 clients');
-    const frameBytes = ids.reduce((sum, id) => sum + h.frame(id).length + 2, 0);
-    const welcomeBytes = h.WELCOME.length + 2;
-    assert.equal(v('realtime_bytes_sent_total') - v0('realtime_bytes_sent_total'), 5 * (frameBytes + welcomeBytes),
+    assert.equal(v('realtime_bytes_sent_total') - v0('realtime_bytes_sent_total'), received,
       'bytes: every event frame and welcome, with its 2-byte WebSocket header');
     assert.equal(v('realtime_refusals_total', { reason: 'TOKEN_MISSING' }) - v0('realtime_refusals_total', { reason: 'TOKEN_MISSING' }), 1);
     assert.equal(v('realtime_refusals_total', { reason: 'TOKEN_EXPIRED' }) - v0('realtime_refusals_total', { reason: 'TOKEN_EXPIRED' }), 1);

@@ -302,6 +302,8 @@ pub struct BusMetrics {
     received: AtomicU64,
     paced_ns: AtomicU64,
     redis_reconnects: AtomicU64,
+    /// Publishes of the batch being retried while Redis is unreachable.
+    held: AtomicU64,
 }
 
 impl BusMetrics {
@@ -319,6 +321,13 @@ impl BusMetrics {
     }
     pub(crate) fn redis_reconnected(&self) {
         self.redis_reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn set_held(&self, n: u64) {
+        self.held.store(n, Ordering::Relaxed);
+    }
+    /// Publishes of the batch being retried while Redis is unreachable.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
     }
 }
 

@@ -162,7 +162,7 @@ impl Bus {
     /// Publishes accepted by [`Bus::publish`] that the bus has not taken yet (in Redis mode, what
     /// is held while Redis is unreachable).
     pub fn queued(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
+        self.queue.max_capacity() - self.queue.capacity() + self.hub.metrics().held() as usize
     }
 
     /// Routes every event to `sink` (replacing any previous one), or stops routing with `None`.
@@ -260,6 +260,7 @@ async fn pump(
                         Err(e) => {
                             if attempt == 0 {
                                 log::warn!("bus: {e}; holding publishes until Redis is back");
+                                hub.metrics().set_held(batch.len() as u64);
                             }
                             tokio::time::sleep(backoff(attempt)).await;
                             attempt = attempt.saturating_add(1);
@@ -269,6 +270,7 @@ async fn pump(
                 if attempt > 0 && result.is_ok() {
                     log::info!("bus: Redis is back; held publishes sent");
                 }
+                hub.metrics().set_held(0);
                 match &result {
                     Ok(()) => hub.metrics().published(batch.len() as u64),
                     Err(_) => hub.metrics().publish_failed(batch.len() as u64),
