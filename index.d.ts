@@ -75,11 +75,84 @@ export interface ServerOptions {
   historySize?: number;
   /** Oldest event kept, in ms. `REALTIME_HISTORY_TTL_MS`, default 600000 (10 minutes). */
   historyTtlMs?: number;
+  /**
+   * Serve the live dashboard at `GET /` and its figures at `GET /stats`. Default: true, unless
+   * `REALTIME_DASHBOARD` is `0`/`false`/`no`/`off`. `/health` and `/metrics` are always served.
+   */
+  dashboard?: boolean;
+  /**
+   * Default drain window of `close()`, in ms: clients are moved away over this time. Default:
+   * `REALTIME_DRAIN_MS`, else 0 (every client closed at once).
+   */
+  drainMs?: number;
 }
 
 export interface CloseOptions {
-  /** How long to wait for clients to finish closing, in ms. Default 5000. */
+  /**
+   * Drain window in ms: /health turns 503 and upgrades are refused at once; connected clients get
+   * a `{"type":"reconnect"}` notice and then close code 1001 at moments spread over the window.
+   * Default: the server's `drainMs` option. 0 closes every client at once.
+   */
+  drainMs?: number;
+  /** How long to wait, after the drain, for clients to finish closing, in ms. Default 5000. */
   graceMs?: number;
+}
+
+/** What `/health` reports: 200 for `ok` and `degraded`, 503 otherwise. */
+export type HealthStatus = 'ok' | 'degraded' | 'draining' | 'redis_unavailable' | 'bus_failed';
+
+/** The figures of `server.stats()` and `GET /stats` (the same numbers as `GET /metrics`). */
+export interface ServerStats {
+  version: string;
+  status: HealthStatus;
+  /** Whether /health answers 200. */
+  ready: boolean;
+  draining: boolean;
+  uptimeSeconds: number;
+  wsPath: string;
+  bus: {
+    mode: 'memory' | 'redis' | 'starting' | 'failed';
+    redisConfigured: boolean;
+    redisRequired: boolean;
+    redisConnected: boolean;
+    redisReconnects: number;
+  };
+  connections: {
+    open: number;
+    total: number;
+    /** Ended connections by reason: client, shutdown, too_slow, stuck, too_large, protocol_error. */
+    closed: Record<string, number>;
+  };
+  /** Refused upgrades by code (TOKEN_EXPIRED, DRAINING, ...). */
+  refusals: Record<string, number>;
+  events: {
+    /** Published by this process and accepted by the bus. */
+    published: number;
+    publishFailed: number;
+    /** Entered this process's fan-out (memory: own publishes; Redis: what the subscription delivered). */
+    received: number;
+    /** Event frames written to clients. */
+    delivered: number;
+    /** Events missed by clients cut for slowness. */
+    dropped: number;
+  };
+  bytesSent: number;
+  publishPacedSeconds: number;
+  /** Publish-to-send latency histogram (cumulative buckets, seconds). */
+  latency: { count: number; sumSeconds: number; buckets: Array<{ le: number | '+Inf'; count: number }> };
+  logRecordsDropped: number;
+}
+
+/** A log record as `setLogger` receives it. */
+export interface LogRecord {
+  level: 'error' | 'warn' | 'info' | 'debug' | 'trace';
+  message: string;
+  /** Structured fields, e.g. `event`, `user`, `peer`, `reason`, `duration_ms`, `code`. Never a token. */
+  fields: Record<string, unknown>;
+  /** ISO 8601 UTC timestamp. */
+  time: string;
+  /** The part of the module that logged it: 'server', 'bus', 'js', ... */
+  module: string;
 }
 
 /** A running server. While it runs it keeps the Node process alive, like `http.Server`. */
@@ -91,7 +164,16 @@ export declare class Server {
   readonly clientCount: number;
   /** Which bus carries events. */
   readonly busMode: 'memory' | 'redis';
-  /** Stops accepting, closes clients with code 1001, resolves once the port is free. Idempotent. */
+  /** True once close() has started. */
+  readonly draining: boolean;
+  /** Every operations figure now (the same object `GET /stats` serves). */
+  stats(): ServerStats;
+  /** The Prometheus text exposition `GET /metrics` serves. */
+  metrics(): string;
+  /**
+   * Drains (see CloseOptions), closes clients with code 1001, resolves once the port is free and
+   * the connections are gone. Calling it again returns the same promise.
+   */
   close(options?: CloseOptions): Promise<void>;
 }
 
@@ -147,6 +229,13 @@ export declare function publishParcelEvent(
 export declare function subscribeToParcelEvents(
   callback: (event: ParcelUpdatedEvent) => void | Promise<void>,
 ): () => void;
+
+/**
+ * Routes every log record of this module (engine and JS) to `fn` instead of stderr; `null`
+ * restores stderr. `LOG_LEVEL` still filters. Records arrive asynchronously on the JS thread; when
+ * it is 1,024 records behind, the excess is dropped and counted.
+ */
+export declare function setLogger(fn: ((record: LogRecord) => void) | null): void;
 
 /** Longest accepted parcel id, in UTF-8 bytes (256). */
 export declare const MAX_PARCEL_ID_BYTES: number;

@@ -8,10 +8,11 @@
 const path = require('node:path');
 
 const native = loadAddon();
-native.initLogging(process.env.LOG_LEVEL);
+native.initLogging(process.env.LOG_LEVEL, process.env.LOG_FORMAT);
 
 const DEFAULT_PORT = 3006;
 const DEFAULT_CHANNEL = 'parcel_events';
+const DEFAULT_GRACE_MS = 5000;
 
 function loadAddon() {
   const file = path.join(__dirname, 'realtime_events.node');
@@ -52,6 +53,88 @@ function callNative(fn) {
   } catch (err) {
     throw fromNative(err);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logging. The engine logs through Rust's `log` (JSON lines, or text on a terminal; LOG_LEVEL,
+// LOG_FORMAT); this file's own few messages take the same path. setLogger() routes both to a JS
+// function instead of stderr.
+
+const LEVELS = { off: 0, error: 1, warn: 2, info: 3, debug: 4, trace: 5 };
+const logLevel = (() => {
+  const v = String(process.env.LOG_LEVEL ?? '').trim().toLowerCase();
+  if (v === 'silent' || v === 'none') return 0;
+  if (v === 'warning') return LEVELS.warn;
+  return LEVELS[v] ?? LEVELS.info;
+})();
+const logJson = (() => {
+  const v = String(process.env.LOG_FORMAT ?? '').trim().toLowerCase();
+  if (v === 'json') return true;
+  if (v === 'text' || v === 'pretty') return false;
+  return !process.stderr.isTTY;
+})();
+
+let logHook = null;
+
+function callHook(hook, record) {
+  try {
+    const result = hook(record);
+    if (result && typeof result.then === 'function') result.then(undefined, hookFailed);
+  } catch (err) {
+    hookFailed(err);
+  }
+}
+
+function hookFailed(err) {
+  process.stderr.write(`[realtime-events] the setLogger() function threw: ${err && err.stack ? err.stack : err}\n`);
+}
+
+/** A log record from this file (module "js"), through the same path as the engine's. */
+function log(level, message, err) {
+  if (LEVELS[level] > logLevel) return;
+  const fields = {};
+  if (err !== undefined) {
+    fields.error = err && err.stack ? String(err.stack) : String(err);
+    if (err && err.code) fields.code = String(err.code);
+  }
+  const time = new Date().toISOString();
+  // Without a hook the line goes through console.error (so whatever already captures the
+  // process's console sees it too), formatted like the engine's lines.
+  if (logHook) {
+    callHook(logHook, { level, message, fields, time, module: 'js' });
+  } else if (logJson) {
+    console.error(JSON.stringify({ time, level, module: 'js', msg: message, ...fields }));
+  } else {
+    console.error(`[realtime-events] ${level.toUpperCase()} ${message}${fields.error ? `\n${fields.error}` : ''}`);
+  }
+}
+
+/**
+ * Routes every log record of this module (engine and JS) to `fn({ level, message, fields, time,
+ * module })` instead of stderr; `null` restores stderr. LOG_LEVEL still filters. Records come
+ * asynchronously on the JS thread; if it falls 1,024 records behind, the excess is dropped and
+ * counted (`logRecordsDropped` in stats, `realtime_log_records_dropped_total`).
+ */
+function setLogger(fn) {
+  if (fn != null && typeof fn !== 'function') {
+    throw makeError('ERR_INVALID_OPTION', 'setLogger(fn): fn must be a function ({level, message, fields, time, module}) => void, or null');
+  }
+  logHook = fn ?? null;
+  if (!logHook) {
+    native.setLogHook(null);
+    return;
+  }
+  const hook = logHook;
+  native.setLogHook((json) => {
+    let record;
+    try {
+      record = JSON.parse(json);
+    } catch {
+      return;
+    }
+    const { time, level, module, msg, ...fields } = record;
+    callHook(hook, { level, message: msg, fields, time, module });
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -108,7 +191,7 @@ const SERVER_OPTIONS = new Set([
   'port', 'host', 'path', 'jwtSecret', 'redisUrl', 'channel', 'redisRequired', 'validateUser',
   'maxMessageBytes', 'handshakeTimeoutMs', 'pingIntervalMs', 'pongTimeoutMs', 'allowedOrigins',
   'maxConnections', 'maxConnectionsPerIp', 'maxSubscriptions', 'messagesPerSecond', 'messageBurst',
-  'historySize', 'historyTtlMs',
+  'historySize', 'historyTtlMs', 'dashboard', 'drainMs',
 ]);
 
 /** Numeric options: [env fallback, smallest allowed value, integer?]. */
@@ -152,6 +235,27 @@ function originsOption(options, env) {
   return origins;
 }
 
+const MAX_U32 = 0xffffffff;
+
+/** drainMs: an integer of milliseconds, from an option or a REALTIME_DRAIN_MS-style string. */
+function resolveDrainMs(value, what) {
+  let v = value;
+  if (typeof v === 'string' && /^\d+$/.test(v.trim())) v = Number(v.trim());
+  if (!Number.isInteger(v) || v < 0 || v > MAX_U32) {
+    throw makeError('ERR_INVALID_OPTION', `${what} must be a non-negative integer of milliseconds, got ${JSON.stringify(value)}`);
+  }
+  return v;
+}
+
+function resolveDashboard(options, env) {
+  if ('dashboard' in options && options.dashboard !== undefined) {
+    if (typeof options.dashboard !== 'boolean') throw makeError('ERR_INVALID_OPTION', 'dashboard must be a boolean');
+    return options.dashboard;
+  }
+  const v = String(env.REALTIME_DASHBOARD ?? '').trim().toLowerCase();
+  return !['0', 'false', 'no', 'off'].includes(v);
+}
+
 function resolveServerOptions(options, env = process.env) {
   if (options == null) options = {};
   if (typeof options !== 'object' || Array.isArray(options)) {
@@ -186,7 +290,11 @@ function resolveServerOptions(options, env = process.env) {
   }
   const numeric = {};
   for (const key of Object.keys(NUMERIC_OPTIONS)) numeric[key] = numericOption(options, env, key);
+  const drainMs = options.drainMs != null
+    ? resolveDrainMs(options.drainMs, 'drainMs')
+    : resolveDrainMs(env.REALTIME_DRAIN_MS ?? 0, 'REALTIME_DRAIN_MS');
   return {
+    drainMs,
     native: {
       host,
       port,
@@ -194,6 +302,7 @@ function resolveServerOptions(options, env = process.env) {
       jwtSecret,
       ...numeric,
       allowedOrigins: originsOption(options, env),
+      dashboard: resolveDashboard(options, env),
       bus: busOptionsFrom(options, env),
     },
     validateUser,
@@ -223,9 +332,11 @@ const running = new Set();
 class Server {
   #native;
   #closing = null;
+  #drainMs;
 
-  constructor(nativeServer) {
+  constructor(nativeServer, drainMs = 0) {
     this.#native = nativeServer;
+    this.#drainMs = drainMs;
     running.add(this);
     hold();
   }
@@ -245,17 +356,51 @@ class Server {
     return this.#native.busMode;
   }
 
+  /** True once close() has started (the server is draining or closing). */
+  get draining() {
+    return this.#native.draining;
+  }
+
   /**
-   * Stops accepting, closes every client with code 1001 and resolves once the port is free and
-   * the connections are gone (at most `graceMs`, default 5000). Calling it again is harmless.
+   * Every operations figure now: the same object `GET /stats` serves and the same numbers as
+   * `GET /metrics` (see the README's Operations section).
+   */
+  stats() {
+    return JSON.parse(this.#native.statsJson());
+  }
+
+  /** The Prometheus text exposition `GET /metrics` serves (to merge into another endpoint). */
+  metrics() {
+    return this.#native.metricsText();
+  }
+
+  /**
+   * Graceful drain, then close. From the first instant `/health` answers 503 and new upgrades are
+   * refused (503 DRAINING); the connected clients get a `{"type":"reconnect"}` notice and then
+   * close code 1001 at moments spread over `drainMs` (default: the server's `drainMs` option,
+   * else 0, which closes everyone at once); then the port is freed. Resolves once the port is
+   * free and the connections are gone (waiting at most `graceMs` after the drain, default 5000).
+   * Calling it again returns the same promise.
    */
   close(options = {}) {
     if (!this.#closing) {
-      const graceMs = options.graceMs ?? 5000;
-      if (!Number.isInteger(graceMs) || graceMs < 0) {
+      if (options == null || typeof options !== 'object') options = {};
+      for (const key of Object.keys(options)) {
+        if (key !== 'graceMs' && key !== 'drainMs') {
+          return Promise.reject(makeError('ERR_INVALID_OPTION', `close: unknown option "${key}"`));
+        }
+      }
+      const graceMs = options.graceMs ?? DEFAULT_GRACE_MS;
+      if (!Number.isInteger(graceMs) || graceMs < 0 || graceMs > MAX_U32) {
         return Promise.reject(makeError('ERR_INVALID_OPTION', 'graceMs must be a non-negative integer'));
       }
-      this.#closing = callNative(() => this.#native.close(graceMs)).finally(() => {
+      let drainMs;
+      try {
+        drainMs = options.drainMs == null ? this.#drainMs : resolveDrainMs(options.drainMs, 'drainMs');
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      this.#closing = callNative(() => this.#native.close(graceMs, drainMs)).finally(() => {
         running.delete(this);
         release();
       });
@@ -271,7 +416,7 @@ function wrapValidateUser(validateUser) {
       try {
         return (await validateUser(JSON.parse(claimsJson))) === true;
       } catch (err) {
-        console.error('[realtime-events] validateUser threw; connection refused:', err);
+        log('warn', 'validateUser threw; connection refused', err);
         return false;
       }
     })();
@@ -288,7 +433,7 @@ async function startServer(options) {
   try {
     const nativeServer = await native.startServer(resolved.native, validate);
     busStarted = true;
-    return new Server(nativeServer);
+    return new Server(nativeServer, resolved.drainMs);
   } catch (err) {
     throw fromNative(err);
   }
@@ -362,7 +507,7 @@ function publishParcelUpdateDirect(parcelId, data) {
   checkParcelId(parcelId);
   encodeData(data);
   publishParcelUpdate(parcelId, data).catch((err) => {
-    console.error(`[realtime-events] publishParcelUpdateDirect(${JSON.stringify(parcelId)}) failed: ${err.message} (${err.code})`);
+    log('error', `publishParcelUpdateDirect(${JSON.stringify(parcelId)}) failed: ${err.message} (${err.code})`);
   });
 }
 
@@ -374,7 +519,7 @@ function publishParcelUpdateDirect(parcelId, data) {
 function publishParcelEvent(req, res, next) {
   const parcelId = req && req.params ? req.params.parcel_id : undefined;
   if (typeof parcelId !== 'string' || parcelId === '') {
-    console.error('[realtime-events] publishParcelEvent: no req.params.parcel_id on this route; nothing published');
+    log('error', 'publishParcelEvent: no req.params.parcel_id on this route; nothing published');
   } else {
     const publishIfOk = () => {
       if (res.statusCode >= 200 && res.statusCode < 300) {
@@ -382,7 +527,7 @@ function publishParcelEvent(req, res, next) {
         try {
           publishParcelUpdateDirect(parcelId, data);
         } catch (err) {
-          console.error(`[realtime-events] publishParcelEvent: ${err.message} (${err.code}); nothing published`);
+          log('error', `publishParcelEvent: ${err.message} (${err.code}); nothing published`);
         }
       }
     };
@@ -398,7 +543,7 @@ function publishParcelEvent(req, res, next) {
 const subscribers = new Set();
 
 function report(err) {
-  console.error('[realtime-events] a subscribeToParcelEvents callback threw:', err);
+  log('error', 'a subscribeToParcelEvents callback threw', err);
 }
 
 function dispatch(frame) {
@@ -448,6 +593,7 @@ module.exports = {
   publishParcelUpdateDirect,
   publishParcelEvent,
   subscribeToParcelEvents,
+  setLogger,
   Server,
   MAX_PARCEL_ID_BYTES: native.MAX_PARCEL_ID_BYTES,
   DEFAULT_PORT,

@@ -128,8 +128,8 @@ describe('authentication', () => {
     assert.deepEqual(Object.keys(r.body).sort(), ['code', 'error']);
     assert.equal(r.body.code, 'UPGRADE_REQUIRED');
     assert.equal(typeof r.body.error, 'string');
-    // A plain GET elsewhere is a 404, also as JSON.
-    const other = await h.httpGet(server.port, '/');
+    // A plain GET elsewhere (not an operations endpoint) is a 404, also as JSON.
+    const other = await h.httpGet(server.port, '/nope');
     assert.equal(other.status, 404);
     assert.equal(other.body.code, 'NOT_FOUND');
   });

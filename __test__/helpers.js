@@ -245,9 +245,9 @@ async function expectRefusal(url, options, status, code) {
 }
 
 /** A plain HTTP request (no upgrade); resolves with {status, headers, body, raw}. */
-function httpGet(port, p, headers = {}) {
+function httpGet(port, p, headers = {}, method = 'GET') {
   return withTimeout(new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, path: p, method: 'GET', headers, agent: false }, (res) => {
+    const req = http.request({ host: '127.0.0.1', port, path: p, method, headers, agent: false }, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
       res.on('end', () => {
@@ -322,7 +322,7 @@ function cleanEnv(extra = {}) {
   const env = { ...process.env };
   for (const k of [
     'JWT_SECRET', 'REDIS_URL', 'REDIS_CHANNEL', 'REDIS_REQUIRED', 'REALTIME_PORT', 'REALTIME_HOST',
-    'NODE_ENV', 'LOG_LEVEL', 'NODE_TEST_CONTEXT',
+    'NODE_ENV', 'LOG_LEVEL', 'LOG_FORMAT', 'REALTIME_DRAIN_MS', 'REALTIME_DASHBOARD', 'NODE_TEST_CONTEXT',
   ]) {
     delete env[k];
   }

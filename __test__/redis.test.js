@@ -290,7 +290,7 @@ describe('redis bus', { skip }, () => {
     procs.push(p);
     assert.deepEqual(await p.waitForExit(15_000), { code: 0, signal: null }, p.err());
     assert.equal(p.out(), 'mode memory\npublished\n');
-    assert.match(p.err(), /WARN .*Redis unreachable.*in-memory bus/);
+    assert.match(p.err(), /"level":"warn".*Redis unreachable.*in-memory bus/);
   });
 
   test('redisRequired with unreachable Redis: ERR_REDIS_UNAVAILABLE', async () => {

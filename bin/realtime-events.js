@@ -2,7 +2,11 @@
 // `npm start` / `npx realtime-events`: runs the WebSocket server from the environment.
 //
 //   REALTIME_PORT (3006)  REALTIME_HOST (0.0.0.0)  JWT_SECRET  REDIS_URL  REDIS_CHANNEL
-//   REDIS_REQUIRED  LOG_LEVEL  NODE_ENV
+//   REDIS_REQUIRED  REALTIME_DRAIN_MS (5000 here)  REALTIME_DASHBOARD  LOG_LEVEL  LOG_FORMAT
+//   NODE_ENV
+//
+// SIGTERM or SIGINT drains: /health turns 503, clients are moved away with 1001 spread over
+// REALTIME_DRAIN_MS, then the process exits 0. A second signal exits at once.
 //
 // A `.env` file in the current folder is read first; variables already set win over it.
 'use strict';
@@ -50,17 +54,31 @@ function signDemoToken(secret) {
   return `${header}.${payload}.${signature}`;
 }
 
+/** The drain window for a signal: REALTIME_DRAIN_MS, else 5 s. */
+function drainMs() {
+  const v = (process.env.REALTIME_DRAIN_MS ?? '').trim();
+  return /^\d+$/.test(v) ? Number(v) : 5000;
+}
+
 async function main() {
   // Signals are handled from the first instant: one that arrives while the server is still
   // starting closes it as soon as it listens (no orphaned listener, exit code 0).
   let server = null;
   let stopping = null;
   const stop = async (signal) => {
-    if (stopping) return;
+    if (stopping) {
+      if (server) {
+        console.log(`[realtime-events] ${signal} again: exiting without waiting for the drain`);
+        process.exit(1);
+      }
+      return;
+    }
     stopping = signal;
     if (!server) return; // start() below notices `stopping` and closes at once
-    console.log(`[realtime-events] ${signal}: closing (clients get 1001)`);
-    await server.close();
+    const ms = drainMs();
+    const n = server.clientCount;
+    console.log(`[realtime-events] ${signal}: closing (draining ${n} client${n === 1 ? '' : 's'} over up to ${ms} ms; clients get 1001)`);
+    await server.close({ drainMs: ms });
     console.log('[realtime-events] closed');
     process.exit(0);
   };
@@ -90,12 +108,18 @@ async function main() {
   }
   const host = process.env.REALTIME_HOST && process.env.REALTIME_HOST !== '0.0.0.0' ? process.env.REALTIME_HOST : 'localhost';
   const url = `ws://${host}:${server.port}/ws`;
+  const base = `http://${host}:${server.port}/`;
   log(`listening on ${url} (bus: ${server.busMode})`);
+  log(`health: ${base}health  metrics: ${base}metrics`);
+  const dashboardOn = !['0', 'false', 'no', 'off'].includes(String(process.env.REALTIME_DASHBOARD ?? '').trim().toLowerCase());
   if (demoSecret) {
     const token = signDemoToken(demoSecret);
     log('JWT_SECRET is not set: using a random secret for this run (development only).');
     log(`try it:  ${url}?token=${token}`);
     log(`token for Authorization: Bearer ${token}`);
+    if (dashboardOn) log(`dashboard (live feed connected): ${base}#token=${token}`);
+  } else if (dashboardOn) {
+    log(`dashboard: ${base}`);
   }
 }
 

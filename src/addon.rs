@@ -25,6 +25,10 @@ type ValidateFn = ThreadsafeFunction<String, Promise<bool>, String, Status, fals
 /// grow memory without limit.
 const SINK_QUEUE: usize = 16_384;
 type SinkFn = ThreadsafeFunction<String, (), String, Status, false, true, SINK_QUEUE>;
+/// The log hook: one JSON record per call, fire and forget, bounded like the sink (records that
+/// do not fit are dropped and counted). Weak: it never keeps the process alive.
+const LOG_QUEUE: usize = 1_024;
+type LogFn = ThreadsafeFunction<String, (), String, Status, false, true, LOG_QUEUE>;
 
 fn to_js(e: EngineError) -> napi::Error {
     let status = if e.is_invalid_argument() { Status::InvalidArg } else { Status::GenericFailure };
@@ -251,6 +255,7 @@ pub struct NativeServerOptions {
     pub max_subscriptions: Option<u32>,
     pub messages_per_second: Option<f64>,
     pub message_burst: Option<f64>,
+    pub dashboard: Option<bool>,
     pub bus: BusOptions,
 }
 
@@ -294,17 +299,41 @@ impl NativeServer {
         self.server.bus().mode().map_or("starting", |m| m.as_str()).to_string()
     }
 
-    /// Stops accepting, closes clients with 1001, and resolves once the port is free.
+    /// Whether a drain (or close) has started.
+    #[napi(getter)]
+    pub fn draining(&self) -> bool {
+        self.server.is_draining()
+    }
+
+    /// Every figure, as the JSON that `GET /stats` serves.
+    #[napi(catch_unwind)]
+    pub fn stats_json(&self) -> String {
+        self.server.snapshot().stats_json()
+    }
+
+    /// Every figure, as the Prometheus text that `GET /metrics` serves.
+    #[napi(catch_unwind)]
+    pub fn metrics_text(&self) -> String {
+        self.server.snapshot().prometheus()
+    }
+
+    /// Drains over `drain_ms` (0: closes every client at once), closes clients with 1001, and
+    /// resolves once the port is free and the connections are gone (waiting at most `grace_ms`
+    /// after the drain).
     #[napi(catch_unwind)]
     pub fn close<'env>(
         &self,
         env: &'env Env,
         grace_ms: Option<u32>,
+        drain_ms: Option<u32>,
     ) -> napi::Result<PromiseRaw<'env, ()>> {
         let server = self.server.clone();
         let grace = Duration::from_millis(grace_ms.unwrap_or(5_000) as u64);
+        let drain = Duration::from_millis(drain_ms.unwrap_or(0) as u64);
+        // Synchronous: `/health` says draining as soon as close() returns.
+        let end = server.start_drain(drain);
         env.spawn_future(async move {
-            server.close(grace).await;
+            server.finish_close(end, grace).await;
             Ok(())
         })
     }
@@ -352,16 +381,37 @@ pub async fn start_server(
     if let Some(burst) = options.message_burst {
         config.message_burst = burst;
     }
+    if let Some(dashboard) = options.dashboard {
+        config.dashboard = dashboard;
+    }
     let validator =
         validate_user.map(|f| Arc::new(JsValidator(Arc::new(f))) as Arc<dyn UserValidator>);
     let server = Server::start(config, bus, validator).await.map_err(to_js)?;
     Ok(NativeServer { server: Arc::new(server) })
 }
 
-/// Installs the stderr logger at `level` (LOG_LEVEL semantics).
+/// Installs the logger at `level` (LOG_LEVEL semantics) in `format` (LOG_FORMAT semantics:
+/// json, text, or by default JSON unless stderr is a terminal).
 #[napi(catch_unwind)]
-pub fn init_logging(level: Option<String>) {
-    crate::logger::init(crate::logger::parse_level(level.as_deref()));
+pub fn init_logging(level: Option<String>, format: Option<String>) {
+    crate::logger::init(
+        crate::logger::parse_level(level.as_deref()),
+        crate::logger::parse_format(format.as_deref()),
+    );
+}
+
+/// Routes every log record (as a JSON string) to `callback` instead of stderr, or back to stderr
+/// with `null`. Never blocks an engine thread: when the JS thread is 1,024 records behind, new
+/// records are dropped and counted.
+#[napi(catch_unwind)]
+pub fn set_log_hook(callback: Option<LogFn>) {
+    let hook = callback.map(|tsfn| {
+        let tsfn = Arc::new(tsfn);
+        Arc::new(move |record: &crate::logger::Record| {
+            tsfn.call(record.to_json(), ThreadsafeFunctionCallMode::NonBlocking) == Status::Ok
+        }) as crate::logger::Hook
+    });
+    crate::logger::set_hook(hook);
 }
 
 /// Longest accepted parcel id, in bytes.

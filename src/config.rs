@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// over: 4429.
     pub messages_per_second: f64,
     pub message_burst: f64,
+    /// Serve the live dashboard at `GET /` and its data at `GET /stats`. `/health` and
+    /// `/metrics` are always served.
+    pub dashboard: bool,
 }
 
 impl ServerConfig {
@@ -67,6 +70,7 @@ impl ServerConfig {
             max_subscriptions: 1000,
             messages_per_second: 20.0,
             message_burst: 40.0,
+            dashboard: true,
         }
     }
 }

@@ -4,6 +4,9 @@
 //!
 //! Memory per idle connection: a feed (a ring cursor), a 512-byte read buffer, one timer and a
 //! few fields. The write buffer only fills while a burst is being written.
+//!
+//! Metrics cost nothing per delivery: a batch's frame count and bytes are added once per flush,
+//! with one latency observation (see `metrics.rs`).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -23,9 +26,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Authenticator, Claims};
+use crate::drain::{self, Drain};
 use crate::event::{parcel_id_of, validate_parcel_id, Offset, WELCOME_FRAME};
 use crate::history::{Frame, Replay};
 use crate::hub::{Feed, FeedError, Hub};
+use crate::metrics::{ws_frame_len, ServerMetrics};
 
 /// Frames fed before one flush: bursts become few large writes instead of a syscall per event.
 const MAX_BATCH: usize = 64;
@@ -63,6 +68,13 @@ pub(crate) struct Settings {
     /// Token bucket for inbound messages: sustained rate per second and burst.
     pub messages_per_second: f64,
     pub message_burst: f64,
+}
+
+/// What a connection reports to, and learns from, its server: its counters and its drain.
+#[derive(Debug, Default)]
+pub(crate) struct Ops {
+    pub metrics: ServerMetrics,
+    pub drain: Drain,
 }
 
 /// Who is on the other end, as the handshake established it.
@@ -148,10 +160,20 @@ struct Conn<'a> {
     skip_through: Option<Offset>,
     /// The offset of the first event sent on this connection.
     first_sent: Option<Offset>,
+    ops: &'a Ops,
+    /// While draining: this connection's moment in the window (see `Drain::notice_at`).
+    drain_slot: Option<u32>,
+    /// Whether the drain notice went out.
+    noticed: bool,
 }
 
 /// Serves one client until the connection ends. A plain fn returning the future (rather than an
 /// `async fn`) so the task holds the connection's state once, not also its constructor arguments.
+///
+/// `shutdown` firing closes it with 1001, unless the server is draining: then the client waits
+/// for its moment in the drain window, gets the drain notice, keeps receiving events for the
+/// drain's overlap, and only then is closed with 1001 (see `drain.rs`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run<'a>(
     ws: Ws,
     feed: Feed,
@@ -160,6 +182,7 @@ pub(crate) fn run<'a>(
     settings: &'a Settings,
     client: Client,
     shutdown: CancellationToken,
+    ops: &'a Ops,
 ) -> impl Future<Output = Ended> + Send + 'a {
     let now = Instant::now();
     let conn = Conn {
@@ -175,6 +198,9 @@ pub(crate) fn run<'a>(
         welcome_head: hub.head(),
         skip_through: None,
         first_sent: None,
+        ops,
+        drain_slot: None,
+        noticed: false,
     };
     conn.serve(shutdown)
 }
@@ -198,8 +224,12 @@ impl Conn<'_> {
                 &WELCOME_FRAME[..WELCOME_FRAME.len() - 1]
             )),
         };
+        let welcome_len = match &welcome {
+            Message::Text(text) => text.len(),
+            _ => 0,
+        };
         match tokio::time::timeout(self.settings.send_timeout, self.ws.send(welcome)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => self.ops.metrics.control_sent(ws_frame_len(welcome_len)),
             Ok(Err(e)) => return Err(Ended::ProtocolError(e.to_string())),
             Err(_) => return Err(Ended::Stuck),
         }
@@ -268,14 +298,22 @@ impl Conn<'_> {
     }
 
     /// When the timer must next look at the connection: a ping is due, a ping went
-    /// unanswered, or the token expires.
+    /// unanswered, the token expires, or a drain step is due.
     fn next_check(&self) -> Instant {
         let heartbeat = match (self.settings.ping_interval, self.ping_sent) {
             (_, Some(sent)) => sent + self.settings.pong_timeout,
             (Some(interval), None) => self.last_seen + interval,
             (None, None) => Instant::now() + Duration::from_secs(86_400),
         };
-        self.client.expires_at.map_or(heartbeat, |exp| exp.min(heartbeat))
+        let next = self.client.expires_at.map_or(heartbeat, |exp| exp.min(heartbeat));
+        self.drain_due().map_or(next, |at| at.min(next))
+    }
+
+    /// When the next drain step is due: this connection's notice, then its close.
+    fn drain_due(&self) -> Option<Instant> {
+        let slot = self.drain_slot?;
+        let notice = self.ops.drain.notice_at(slot);
+        Some(if self.noticed { notice + self.ops.drain.overlap() } else { notice })
     }
 
     async fn serve(mut self, shutdown: CancellationToken) -> Ended {
@@ -293,7 +331,7 @@ impl Conn<'_> {
             let wake = tokio::select! {
                 biased;
                 received = self.feed.recv() => Wake::Feed(received),
-                _ = shutdown.as_mut() => Wake::Shutdown,
+                _ = shutdown.as_mut(), if self.drain_slot.is_none() => Wake::Shutdown,
                 inbound = self.ws.next() => Wake::Inbound(inbound),
                 _ = timer.as_mut() => Wake::Timer,
             };
@@ -317,6 +355,12 @@ impl Conn<'_> {
                     step
                 }
                 Wake::Feed(Err(FeedError::Lagged(n))) => Err(Box::pin(self.too_slow(n)).await),
+                Wake::Shutdown if self.ops.drain.overlap_now().is_some() => {
+                    // Draining: wait for this connection's moment (handled by the timer).
+                    self.drain_slot = Some(self.ops.drain.next_slot());
+                    timer.as_mut().reset(self.next_check());
+                    Ok(())
+                }
                 Wake::Shutdown | Wake::Feed(Err(FeedError::Closed)) => {
                     let ended = Ended::ServerShutdown;
                     Err(Box::pin(self.close(CloseCode::Away, "server shutting down", ended)).await)
@@ -330,6 +374,9 @@ impl Conn<'_> {
 
     async fn on_timer(&mut self) -> Result<(), Ended> {
         let now = Instant::now();
+        if self.drain_due().is_some_and(|at| now >= at) {
+            return self.drain_step().await;
+        }
         if self.client.expires_at.is_some_and(|exp| now >= exp) {
             let code = CloseCode::from(close_codes::TOKEN_EXPIRED);
             return Err(self.close(code, "token expired", Ended::TokenExpired).await);
@@ -355,6 +402,18 @@ impl Conn<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The drain's steps: at this connection's moment, the notice (then events keep flowing for
+    /// the overlap); after the overlap, or when no time is left for one, close 1001.
+    async fn drain_step(&mut self) -> Result<(), Ended> {
+        let overlap = if self.noticed { None } else { self.ops.drain.overlap_now() };
+        let Some(overlap) = overlap else {
+            let ended = Ended::ServerShutdown;
+            return Err(self.close(CloseCode::Away, "server shutting down", ended).await);
+        };
+        self.noticed = true;
+        self.send(Message::text(drain::notice_frame(overlap))).await
     }
 
     async fn on_inbound(&mut self, inbound: Option<Result<Message, WsError>>) -> Result<(), Ended> {
@@ -490,8 +549,12 @@ impl Conn<'_> {
         if self.first_sent.is_none() {
             self.first_sent = first.offset;
         }
+        let entered = first.entered;
+        self.feed.count(&first);
         match write(&mut self.ws, first.bytes, &mut self.feed, self.hub, self.settings).await {
             Written::Done => {
+                let (frames, bytes) = self.feed.take_counts();
+                self.ops.metrics.batch_sent(frames.into(), bytes.into(), entered);
                 self.hub.consumed();
                 Ok(())
             }
@@ -513,7 +576,11 @@ impl Conn<'_> {
         Ok(())
     }
 
+    /// Feeds one event frame outside a batch (a replay or a filter change's seam).
     async fn feed_frame(&mut self, message: Message) -> Result<(), Ended> {
+        if let Message::Text(text) = &message {
+            self.ops.metrics.frames_sent(1, ws_frame_len(text.len()));
+        }
         match tokio::time::timeout(self.settings.send_timeout, self.ws.feed(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Ended::ProtocolError(e.to_string())),
@@ -523,6 +590,9 @@ impl Conn<'_> {
 
     /// Sends one message (and everything fed before it).
     async fn send(&mut self, message: Message) -> Result<(), Ended> {
+        if let Message::Text(text) = &message {
+            self.ops.metrics.control_sent(ws_frame_len(text.len()));
+        }
         match tokio::time::timeout(self.settings.send_timeout, self.ws.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Ended::ProtocolError(e.to_string())),
@@ -533,6 +603,8 @@ impl Conn<'_> {
     /// Cuts a client that cannot keep up: first gives up its place in the ring (so publishers
     /// resume at once), then lets whatever is buffered drain, ending with close 1013.
     async fn too_slow(&mut self, behind: u64) -> Ended {
+        // Everything it skipped and everything still waiting for it: events it will never get.
+        let behind = behind + self.feed.pending() as u64;
         self.feed.detach();
         let within = self.settings.send_timeout;
         close_ws(
@@ -599,7 +671,8 @@ async fn write(
 }
 
 /// Feeds `first` and whatever else is already waiting (up to [`MAX_BATCH`]), then flushes once.
-/// Returns `Some(n)` when the connection fell `n` events behind.
+/// Returns `Some(n)` when the connection fell `n` events behind. (The feed counts the frames and
+/// bytes: see `Feed::take_counts`.)
 async fn send_batch(
     ws: &mut Ws,
     first: Utf8Bytes,

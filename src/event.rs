@@ -2,6 +2,10 @@
 //!
 //! An event is encoded to JSON exactly once, when it enters the process; every WebSocket
 //! connection then sends the same shared bytes (`Utf8Bytes` is a reference-counted `Bytes`).
+//! It is also stamped with the moment it entered the process (a compact [`now_us`] stamp), which
+//! the publish-to-send latency histogram (see `metrics.rs`) measures from.
+
+use crate::metrics::now_us;
 
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -56,14 +60,27 @@ impl std::str::FromStr for Offset {
     }
 }
 
-/// A parcel update, ready to send: its id, optional data and offset, and its encoded frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parcel update, ready to send: its id, optional data and offset, its encoded frame, and when
+/// it entered the process. Two events are equal when their content is (the stamp is not compared).
+#[derive(Debug, Clone)]
 pub struct Event {
     parcel_id: Box<str>,
     data: Option<Box<str>>,
     offset: Option<Offset>,
     frame: Utf8Bytes,
+    entered: u32,
 }
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.parcel_id == other.parcel_id
+            && self.data == other.data
+            && self.offset == other.offset
+            && self.frame == other.frame
+    }
+}
+
+impl Eq for Event {}
 
 impl Event {
     /// Validates the id and encodes the frame `{"type":"parcel_updated","parcel_id":"..."}`.
@@ -77,12 +94,18 @@ impl Event {
         validate_parcel_id(parcel_id)?;
         let data = data.map(encode_data).transpose()?.map(String::into_boxed_str);
         let frame = encode(parcel_id, data.as_deref(), None);
-        Ok(Self { parcel_id: parcel_id.into(), data, offset: None, frame })
+        Ok(Self { parcel_id: parcel_id.into(), data, offset: None, frame, entered: now_us() })
     }
 
     /// An empty stand-in, for a slot whose event was moved out (never sent).
     pub(crate) fn placeholder() -> Self {
-        Self { parcel_id: "".into(), data: None, offset: None, frame: Utf8Bytes::from_static("") }
+        Self {
+            parcel_id: "".into(),
+            data: None,
+            offset: None,
+            frame: Utf8Bytes::from_static(""),
+            entered: 0,
+        }
     }
 
     /// The same event at a place in the history; its frame then carries `"offset"`.
@@ -135,6 +158,12 @@ impl Event {
     /// The encoded frame; cloning it shares the bytes.
     pub fn frame(&self) -> &Utf8Bytes {
         &self.frame
+    }
+
+    /// When the event entered this process: the `publish` call (memory bus) or its arrival from
+    /// the Redis subscription (Redis bus).
+    pub fn entered(&self) -> u32 {
+        self.entered
     }
 }
 

@@ -111,6 +111,32 @@ pub fn json_response(
     out.into_bytes()
 }
 
+/// A complete `Connection: close` response with any body; `head_only` leaves the body out (for
+/// `HEAD` requests) but keeps its `Content-Length`.
+pub fn response(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    extra_headers: &[(&str, &str)],
+    head_only: bool,
+) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n",
+        reason_phrase(status),
+        body.len()
+    )
+    .into_bytes();
+    for (name, value) in extra_headers {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
 /// The `101 Switching Protocols` answer to a valid upgrade, echoing the chosen subprotocol.
 pub fn switching_protocols(accept_key: &str, protocol: Option<&str>) -> Vec<u8> {
     let mut out = format!(
@@ -138,12 +164,14 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 
 fn reason_phrase(status: u16) -> &'static str {
     match status {
+        200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
+        408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::event::{parcel_id_of, Event, Offset};
 use crate::history::{Frame, History};
+use crate::metrics::BusMetrics;
 
 /// Receives every event that passes through the hub, on a tokio worker. Must not block.
 pub type Sink = Arc<dyn Fn(&Event) + Send + Sync>;
@@ -51,6 +52,7 @@ pub struct Hub {
     head: std::sync::Mutex<Option<Offset>>,
     /// Where past events are found for clients that resume; `None` when history is off.
     history: RwLock<Option<Arc<dyn History>>>,
+    metrics: BusMetrics,
 }
 
 impl Hub {
@@ -66,13 +68,20 @@ impl Hub {
             sink: RwLock::new(None),
             head: std::sync::Mutex::new(None),
             history: RwLock::new(None),
+            metrics: BusMetrics::default(),
         }
+    }
+
+    /// The bus's counters (publishes, events entering the process, Redis reconnects).
+    pub fn metrics(&self) -> &BusMetrics {
+        &self.metrics
     }
 
     /// Hands one event to every interested connection (one shared frame) and to the sink, once
     /// the ring has room for it.
     pub(crate) async fn dispatch(&self, event: &Event) {
         self.wait_for_room().await;
+        self.metrics.received();
         if let Some(offset) = event.offset() {
             self.set_head(offset);
         }
@@ -99,10 +108,12 @@ impl Hub {
             return;
         }
         self.waiting.store(true, Ordering::SeqCst);
+        let started = std::time::Instant::now();
         while self.frames.len() >= self.high_water {
             // A progress signal, or a periodic re-check in case a connection was dropped.
             let _ = tokio::time::timeout(Duration::from_millis(1), self.progress.notified()).await;
         }
+        self.metrics.paced(started.elapsed());
         self.waiting.store(false, Ordering::SeqCst);
     }
 
@@ -120,10 +131,8 @@ impl Hub {
 
     /// Tells every connection that events were lost and it must refetch.
     pub(crate) fn resync_all(&self) {
-        let frame = Frame {
-            offset: None,
-            bytes: r#"{"type":"resync_required","since":null,"offset":null}"#.into(),
-        };
+        let frame =
+            Frame::control(r#"{"type":"resync_required","since":null,"offset":null}"#.into());
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         let mut told = HashSet::new();
         for target in index.values().flatten() {
@@ -166,6 +175,7 @@ impl Hub {
             hub: self.clone(),
             conn: self.next_conn.fetch_add(1, Ordering::Relaxed),
             mode: Mode::All(self.frames.subscribe()),
+            counted: (0, 0),
         }
     }
 }
@@ -195,9 +205,24 @@ pub struct Feed {
     hub: Arc<Hub>,
     conn: u64,
     mode: Mode,
+    /// Frames and their bytes received since the last [`Feed::take_counts`] (for metrics: kept
+    /// here, plain integers, so that counting adds nothing to the connection's task).
+    counted: (u32, u32),
 }
 
 impl Feed {
+    /// Counts a frame as sent on this feed's connection ([`Feed::try_recv`] counts its own).
+    pub fn count(&mut self, frame: &Frame) {
+        self.counted.0 += 1;
+        let len = crate::metrics::ws_frame_len(frame.bytes.len()) as u32;
+        self.counted.1 = self.counted.1.saturating_add(len);
+    }
+
+    /// Frames received and their bytes on the wire since the last call; resets both.
+    pub fn take_counts(&mut self) -> (u32, u32) {
+        std::mem::take(&mut self.counted)
+    }
+
     pub async fn recv(&mut self) -> Result<Frame, FeedError> {
         match &mut self.mode {
             Mode::Detached => std::future::pending().await,
@@ -217,6 +242,14 @@ impl Feed {
 
     /// The next frame if one is already waiting.
     pub fn try_recv(&mut self) -> Result<Option<Frame>, FeedError> {
+        let frame = self.try_recv_uncounted()?;
+        if let Some(frame) = &frame {
+            self.count(frame);
+        }
+        Ok(frame)
+    }
+
+    fn try_recv_uncounted(&mut self) -> Result<Option<Frame>, FeedError> {
         match &mut self.mode {
             Mode::Detached => Ok(None),
             Mode::All(ring) => match ring.try_recv() {
@@ -231,6 +264,15 @@ impl Feed {
                 }
                 Ok(rx.try_recv().ok())
             }
+        }
+    }
+
+    /// Frames waiting for this connection right now (what it would miss if cut now).
+    pub fn pending(&self) -> usize {
+        match &self.mode {
+            Mode::Detached => 0,
+            Mode::All(ring) => ring.len(),
+            Mode::Only { rx, .. } => rx.len(),
         }
     }
 

@@ -5,6 +5,8 @@
 //! - [`server`]: accept, HTTP upgrade with refusals, shutdown.
 //! - [`connection`]: one task per client.
 //! - [`bus`]: in-memory or Redis pub/sub, feeding a broadcast ring of encoded frames.
+//! - [`ops`]: `/health`, `/metrics`, `/stats` and the dashboard, on the same port; [`metrics`]:
+//!   the counters behind them; [`drain`]: graceful drain; [`logger`]: structured logs.
 //! - [`event`], [`auth`], [`config`], [`http`], [`error`]: the pieces.
 //!
 //! The engine is plain Rust: `cargo test --no-default-features` tests it without Node.
@@ -13,12 +15,15 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod connection;
+pub mod drain;
 pub mod error;
 pub mod event;
 pub mod history;
 pub mod http;
 pub mod hub;
 pub mod logger;
+pub mod metrics;
+pub mod ops;
 pub mod server;
 
 #[cfg(feature = "node")]
@@ -28,4 +33,5 @@ pub use bus::{Bus, Mode};
 pub use config::{BusConfig, ServerConfig};
 pub use error::{Error, Result};
 pub use event::Event;
+pub use metrics::{Health, Snapshot};
 pub use server::{Server, UserValidator};

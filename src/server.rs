@@ -4,13 +4,16 @@
 //! so that any client (browser, curl, a load balancer) can read why:
 //! 404 other path · 426 plain GET on the WebSocket path · 400/431 bad request ·
 //! 401 missing or invalid token · 403 `validateUser` said no (or threw) · 408 the handshake
-//! (including `validateUser`) took longer than `handshake_timeout`.
+//! (including `validateUser`) took longer than `handshake_timeout` · 503 the server is draining.
+//!
+//! The operations endpoints (`/health`, `/metrics`, and the dashboard's `/` and `/stats`) are
+//! answered on the same port before the WebSocket path check (see `ops.rs`).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,11 +28,13 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, Authenticator, Claims};
 use crate::bus::Bus;
 use crate::config::ServerConfig;
-use crate::connection;
+use crate::connection::{self, Ended};
 use crate::error::{codes, Error, Result};
 use crate::event::Offset;
 use crate::http::{self, HeadError, RequestHead};
 use crate::hub::Feed;
+use crate::metrics::{self, CloseReason, ServerMetrics, Snapshot};
+use crate::ops;
 
 /// Decides whether an authenticated user may connect (e.g. "the user exists in the database").
 pub trait UserValidator: Send + Sync + 'static {
@@ -40,32 +45,26 @@ pub trait UserValidator: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
 }
 
-/// Live counters of one server.
-#[derive(Debug, Default)]
-pub struct Stats {
-    clients: AtomicUsize,
-    connections_total: AtomicU64,
-    refused_total: AtomicU64,
-}
+/// Live counters of one server (see `metrics.rs`).
+pub type Stats = ServerMetrics;
 
-impl Stats {
-    pub fn clients(&self) -> usize {
-        self.clients.load(Ordering::Relaxed)
-    }
-    pub fn connections_total(&self) -> u64 {
-        self.connections_total.load(Ordering::Relaxed)
-    }
-    pub fn refused_total(&self) -> u64 {
-        self.refused_total.load(Ordering::Relaxed)
+/// Counts a connection as closed however it ends: [`ClientGuard::ended`] with the reason, or
+/// as `client` if the task is dropped.
+struct ClientGuard(Option<Arc<Shared>>);
+
+impl ClientGuard {
+    fn ended(mut self, reason: CloseReason, dropped: u64) {
+        if let Some(shared) = self.0.take() {
+            shared.ops.metrics.connection_closed(reason, dropped);
+        }
     }
 }
-
-/// Decrements the client count however a connection ends.
-struct ClientGuard(Arc<Shared>);
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        self.0.stats.clients.fetch_sub(1, Ordering::Relaxed);
+        if let Some(shared) = self.0.take() {
+            shared.ops.metrics.connection_closed(CloseReason::Client, 0);
+        }
     }
 }
 
@@ -76,18 +75,43 @@ struct Shared {
     bus: Arc<Bus>,
     validator: Option<Arc<dyn UserValidator>>,
     ws_config: WebSocketConfig,
-    stats: Stats,
+    /// The counters and the drain state, which connections also see.
+    ops: connection::Ops,
     /// Open connections per client address (only kept when that limit is on).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Connections admitted or being admitted (only kept when `max_connections` is on).
     slots: AtomicUsize,
 }
 
+impl Shared {
+    fn snapshot(&self) -> Snapshot {
+        let bus = &self.bus;
+        let config = bus.config();
+        let state = metrics::State {
+            draining: self.ops.drain.is_draining(),
+            ws_path: self.config.path.clone(),
+            bus_mode: match bus.mode() {
+                Some(mode) => mode.as_str(),
+                None if bus.has_failed() => "failed",
+                None => "starting",
+            },
+            redis_configured: config.redis_url.is_some(),
+            redis_required: config.redis_required,
+            redis_connected: bus.redis_connected(),
+            publish_queued: bus.queued() as u64,
+        };
+        Snapshot::collect(&self.ops.metrics, bus.hub().metrics(), state)
+    }
+}
+
 /// A running server. Dropping it without [`Server::close`] also stops it, without waiting.
 pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// Stops the accept loop and the handshakes in progress (releases the port).
     shutdown: CancellationToken,
+    /// Tells the connections to go: at once, or at their moment in the window while draining.
+    close_clients: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -151,12 +175,19 @@ impl Server {
             bus,
             validator,
             ws_config,
-            stats: Stats::default(),
+            ops: connection::Ops::default(),
         });
         let shutdown = CancellationToken::new();
+        let close_clients = CancellationToken::new();
         let tracker = TaskTracker::new();
-        tracker.spawn(accept_loop(listener, shared.clone(), shutdown.clone(), tracker.clone()));
-        Ok(Server { addr, shared, shutdown, tracker })
+        tracker.spawn(accept_loop(
+            listener,
+            shared.clone(),
+            shutdown.clone(),
+            close_clients.clone(),
+            tracker.clone(),
+        ));
+        Ok(Server { addr, shared, shutdown, close_clients, tracker })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -164,16 +195,67 @@ impl Server {
     }
 
     pub fn stats(&self) -> &Stats {
-        &self.shared.stats
+        &self.shared.ops.metrics
     }
 
     pub fn bus(&self) -> &Arc<Bus> {
         &self.shared.bus
     }
 
+    /// Every figure now: what `/metrics`, `/stats` and `/health` render.
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared.snapshot()
+    }
+
+    /// Whether a drain (or close) has started.
+    pub fn is_draining(&self) -> bool {
+        self.shared.ops.drain.is_draining()
+    }
+
     /// Stops accepting (the port is free when this returns), says goodbye to every client with
     /// close code 1001, and waits up to `grace` for the connections to finish.
     pub async fn close(&self, grace: Duration) {
+        self.drain_and_close(Duration::ZERO, grace).await
+    }
+
+    /// Graceful drain, then close (see `drain.rs`): from now on `/health` answers 503 and new
+    /// upgrades are refused with 503 `DRAINING`; the connected clients get the drain notice and
+    /// then close 1001 at moments spread over `window`; then the port is released and the
+    /// connections get up to `grace` to finish. Returns early once every client has gone.
+    /// Calling it again while it runs starts nothing new (the first window stands).
+    pub async fn drain_and_close(&self, window: Duration, grace: Duration) {
+        let end = self.start_drain(window);
+        self.finish_close(end, grace).await
+    }
+
+    /// The synchronous first step of [`Server::drain_and_close`]: from its return on, the server
+    /// reports `draining` and refuses upgrades. Returns the end of the window.
+    pub fn start_drain(&self, window: Duration) -> tokio::time::Instant {
+        let clients = self.shared.ops.metrics.clients();
+        let first = !self.shared.ops.drain.is_draining();
+        let end = self.shared.ops.drain.start(window, clients);
+        if first && !window.is_zero() {
+            log::info!(
+                window_ms = window.as_millis() as u64, clients;
+                "server: draining {clients} clients over {window:?}"
+            );
+        }
+        self.close_clients.cancel();
+        end
+    }
+
+    /// Waits until `end` or until every client has gone, then releases the port and waits up to
+    /// `grace` for the connections to finish.
+    pub async fn finish_close(&self, end: tokio::time::Instant, grace: Duration) {
+        let gone = async {
+            while self.shared.ops.metrics.clients() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(end) => {}
+            _ = gone => {}
+        }
         self.shutdown.cancel();
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
@@ -185,6 +267,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        self.close_clients.cancel();
     }
 }
 
@@ -213,6 +296,7 @@ async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    close_clients: CancellationToken,
     tracker: TaskTracker,
 ) {
     log::info!(
@@ -227,7 +311,13 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tracker.spawn(handle(stream, peer, shared.clone(), shutdown.clone()));
+                tracker.spawn(handle(
+                    stream,
+                    peer,
+                    shared.clone(),
+                    shutdown.clone(),
+                    close_clients.clone(),
+                ));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning; the listener stays open.
@@ -244,23 +334,64 @@ async fn handle(
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    close_clients: CancellationToken,
 ) {
     // The handshake runs boxed: its state is freed once it is done, and the long-lived part of
     // the task holds only what the connection needs.
     // The block ends the handshake's locals before the long await (their storage would otherwise
     // stay in the task for the connection's whole life).
-    let (serve, user, _slots) = {
+    let (serve, user, _slots, guard) = {
         let Some(session) = Box::pin(handshake(stream, peer, &shared, &shutdown)).await else {
             return;
         };
-        let Session { ws, feed, client, _slots, _client } = session;
+        let Session { ws, feed, client, _slots, guard } = session;
         let user = client.user.clone().unwrap_or_else(|| "-".into());
         let (hub, auth, settings) = (shared.bus.hub(), &shared.auth, &shared.settings);
-        (connection::run(ws, feed, hub, auth, settings, client, shutdown), user, (_slots, _client))
+        let ops = &shared.ops;
+        let serve = connection::run(ws, feed, hub, auth, settings, client, close_clients, ops);
+        (serve, user, _slots, guard)
     };
-    log::debug!("server: client {peer} (user {user}) connected");
-    let reason = serve.await;
-    log::debug!("server: client {peer} (user {user}) disconnected: {reason}");
+    log_open(peer, &user);
+    let opened = metrics::now_ms();
+    let ended = serve.await;
+    let (reason, dropped) = close_reason(&ended);
+    guard.ended(reason, dropped);
+    log_close(peer, &user, reason, &ended, metrics::now_ms().saturating_sub(opened));
+}
+
+// The connection lines are logged from plain functions: the logging machinery's temporaries then
+// never take room in the connection's task.
+#[inline(never)]
+fn log_open(peer: SocketAddr, user: &str) {
+    log::info!(
+        event = "connection_open", peer:% = peer, user;
+        "server: client {peer} (user {user}) connected"
+    );
+}
+
+#[inline(never)]
+fn log_close(peer: SocketAddr, user: &str, reason: CloseReason, ended: &Ended, duration_ms: u64) {
+    log::info!(
+        event = "connection_close", peer:% = peer, user, reason = reason.as_str(),
+        detail:% = ended, duration_ms;
+        "server: client {peer} (user {user}) disconnected: {ended}"
+    );
+}
+
+/// The metrics' reason for how a connection ended, and the events it never received.
+fn close_reason(ended: &Ended) -> (CloseReason, u64) {
+    match ended {
+        Ended::ClientClosed => (CloseReason::Client, 0),
+        Ended::ServerShutdown => (CloseReason::Shutdown, 0),
+        Ended::TooSlow(behind) => (CloseReason::TooSlow, *behind),
+        Ended::Stuck => (CloseReason::Stuck, 0),
+        Ended::TooLarge => (CloseReason::TooLarge, 0),
+        Ended::TokenExpired => (CloseReason::TokenExpired, 0),
+        Ended::RefreshRefused(_) => (CloseReason::RefreshRefused, 0),
+        Ended::HeartbeatTimeout => (CloseReason::HeartbeatTimeout, 0),
+        Ended::RateLimited => (CloseReason::RateLimited, 0),
+        Ended::ProtocolError(_) => (CloseReason::ProtocolError, 0),
+    }
 }
 
 /// An upgraded connection, ready to serve.
@@ -269,7 +400,7 @@ struct Session {
     feed: Feed,
     client: connection::Client,
     _slots: (Option<Slot>, Option<IpSlot>),
-    _client: ClientGuard,
+    guard: ClientGuard,
 }
 
 /// Reads the request, refuses it or upgrades it.
@@ -286,9 +417,16 @@ async fn handshake(
     };
     let admitted = match admitted {
         Ok(Ok(admitted)) => admitted,
-        Ok(Err(Refusal { status, code, message, headers })) => {
-            shared.stats.refused_total.fetch_add(1, Ordering::Relaxed);
-            log::debug!("server: refused {peer}: {status} {code}");
+        Ok(Err(Refusal { answer: Some(answer), .. })) => {
+            // An operations endpoint: not a refusal.
+            let _ = stream.write_all(&answer).await;
+            let _ = stream.shutdown().await;
+            return None;
+        }
+        Ok(Err(Refusal { status: 0, .. })) => return None, // the peer left before asking anything
+        Ok(Err(Refusal { status, code, message, headers, .. })) => {
+            shared.ops.metrics.refused(code);
+            log::debug!(peer:% = peer, status, code; "server: refused {peer}: {status} {code}");
             if status != 0 {
                 let _ =
                     stream.write_all(&http::json_response(status, code, message, headers)).await;
@@ -297,7 +435,11 @@ async fn handshake(
             return None;
         }
         Err(_) => {
-            shared.stats.refused_total.fetch_add(1, Ordering::Relaxed);
+            shared.ops.metrics.refused("HANDSHAKE_TIMEOUT");
+            log::debug!(
+                peer:% = peer, status = 408, code = "HANDSHAKE_TIMEOUT";
+                "server: refused {peer}: 408 HANDSHAKE_TIMEOUT"
+            );
             let response =
                 http::json_response(408, "HANDSHAKE_TIMEOUT", "handshake took too long", &[]);
             let _ = stream.write_all(&response).await;
@@ -325,29 +467,36 @@ async fn handshake(
         Some(shared.ws_config),
     )
     .await;
-    shared.stats.clients.fetch_add(1, Ordering::Relaxed);
-    shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    shared.ops.metrics.connection_opened();
     let client = connection::Client::from_claims(&claims, shared.config.jwt_leeway, parcels, since);
     Some(Session {
         ws,
         feed,
         client,
         _slots: (slot, ip_slot),
-        _client: ClientGuard(shared.clone()),
+        guard: ClientGuard(Some(shared.clone())),
     })
 }
 
+/// A request that is not upgraded: a refusal, or the answer of an operations endpoint.
 struct Refusal {
     /// 0: the peer is gone, write nothing.
     status: u16,
     code: &'static str,
     message: &'static str,
     headers: &'static [(&'static str, &'static str)],
+    /// A complete response from an operations endpoint (`/health`, `/metrics`, ...), which is
+    /// written as is and not counted as a refusal.
+    answer: Option<Vec<u8>>,
 }
 
 impl Refusal {
     const fn new(status: u16, code: &'static str, message: &'static str) -> Self {
-        Self { status, code, message, headers: &[] }
+        Self { status, code, message, headers: &[], answer: None }
+    }
+
+    fn answered(response: Vec<u8>) -> Self {
+        Self { answer: Some(response), ..Self::new(200, "", "") }
     }
 }
 
@@ -424,6 +573,16 @@ async fn admit(
         HeadError::Malformed => Refusal::new(400, "BAD_REQUEST", "Malformed HTTP request"),
         HeadError::TooLarge => Refusal::new(431, "HEADERS_TOO_LARGE", "Request head too large"),
     })?;
+    if let Some(response) = ops::answer(&head, config, || shared.snapshot()) {
+        return Err(Refusal::answered(response));
+    }
+    if shared.ops.drain.is_draining() {
+        return Err(Refusal::new(
+            503,
+            "DRAINING",
+            "This server is shutting down; connect to another instance",
+        ));
+    }
     if head.path != config.path {
         return Err(Refusal::new(
             404,
@@ -561,7 +720,13 @@ mod tests {
         config.host = "127.0.0.1".into();
         config.port = 0;
         let server = super::Server::start(config, bus, None).await.unwrap();
-        let task = super::handle(stream, peer, server.shared.clone(), server.shutdown.clone());
+        let task = super::handle(
+            stream,
+            peer,
+            server.shared.clone(),
+            server.shutdown.clone(),
+            server.close_clients.clone(),
+        );
         let size = std::mem::size_of_val(&task);
         assert!(size <= 2560, "a connection task grew to {size} bytes");
     }

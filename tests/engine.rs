@@ -194,6 +194,13 @@ async fn a_client_that_never_reads_is_cut_and_others_are_unharmed() {
     })
     .await
     .expect("the stalled client is cut");
+    // The metrics say why: one client cut for slowness (1013) or stuck, and what it missed.
+    let snap = server.snapshot();
+    let closed = |reason: &str| snap.closed.iter().find(|(r, _)| *r == reason).unwrap().1;
+    assert_eq!(closed("too_slow") + closed("stuck"), 1, "{:?}", snap.closed);
+    if closed("too_slow") == 1 {
+        assert!(snap.dropped > 0, "a client cut with 1013 missed events");
+    }
     drop(stalled);
     server.close(Duration::from_secs(5)).await;
 }
@@ -284,4 +291,105 @@ async fn resume_replays_exactly_what_was_missed() {
     let err = tokio_tungstenite::connect_async(url).await.unwrap_err().to_string();
     assert!(err.contains("400"), "{err}");
     server.close(Duration::from_secs(5)).await;
+}
+/// Sends one raw HTTP request and returns the whole answer.
+async fn ask(server: &Server, request: &str) -> String {
+    let mut s = TcpStream::connect(server.local_addr()).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_dashboard_share_the_port() {
+    let (server, bus) = start(BusConfig::default()).await;
+    let health = ask(&server, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+    assert!(health.contains(r#"{"status":"ok","bus":"memory""#), "{health}");
+
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(connect(&server).await);
+    }
+    for i in 0..50 {
+        bus.publish(&format!("m{i}")).unwrap();
+    }
+    for ws in &mut clients {
+        for i in 0..50 {
+            assert_eq!(next_text(ws).await, frame(&format!("m{i}")));
+        }
+    }
+    let metrics = ask(&server, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(metrics.contains("Content-Type: text/plain; version=0.0.4"), "{metrics}");
+    assert!(metrics.contains("\nrealtime_connections_open 3\n"), "{metrics}");
+    assert!(metrics.contains("\nrealtime_deliveries_total 150\n"), "{metrics}");
+    assert!(metrics.contains("\nrealtime_events_received_total 50\n"), "{metrics}");
+    let snap = server.snapshot();
+    assert_eq!(snap.delivered, 150);
+    assert!(snap.latency.count() >= 3 && snap.latency.count() <= 150);
+
+    let page = ask(&server, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(page.contains("Content-Type: text/html"), "{page}");
+    assert!(page.contains("<canvas id=\"chart\""));
+    server.close(Duration::from_secs(5)).await;
+}
+
+/// A drain: health 503 and upgrades refused at once; every client gets the notice, then 1001,
+/// at moments spread over the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_spreads_notices_and_closes_over_the_window() {
+    let (server, _bus) = start(BusConfig::default()).await;
+    let server = Arc::new(server);
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(connect(&server).await);
+    }
+    let window = Duration::from_millis(1200);
+    let started = std::time::Instant::now();
+    let closing = tokio::spawn({
+        let server = server.clone();
+        async move { server.drain_and_close(window, Duration::from_secs(5)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let health = ask(&server, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(health.starts_with("HTTP/1.1 503 "), "{health}");
+    assert!(health.contains(r#""status":"draining""#), "{health}");
+    let upgrade = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        token("late")
+    );
+    let refused = ask(&server, &upgrade).await;
+    assert!(refused.starts_with("HTTP/1.1 503 ") && refused.contains("DRAINING"), "{refused}");
+
+    let watchers: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let notice = next_text(&mut ws).await;
+                assert!(notice.starts_with(r#"{"type":"reconnect""#), "{notice}");
+                let noticed = started.elapsed();
+                match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
+                    Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
+                    other => panic!("expected close 1001, got {other:?}"),
+                }
+                (noticed, started.elapsed())
+            })
+        })
+        .collect();
+    let mut closes = Vec::new();
+    for watcher in watchers {
+        let (noticed, closed) = watcher.await.unwrap();
+        assert!(closed >= noticed + Duration::from_millis(250), "served through the overlap");
+        closes.push(closed);
+    }
+    closing.await.unwrap();
+    closes.sort();
+    assert!(closes[0] >= window / 4 - Duration::from_millis(20), "{closes:?}");
+    assert!(closes[5] - closes[0] >= Duration::from_millis(500), "spread: {closes:?}");
+    assert!(closes[5] <= window + Duration::from_millis(400), "{closes:?}");
 }

@@ -214,6 +214,12 @@ impl Bus {
         done.await.unwrap_or_else(|_| Err(Error::new(codes::BUS_CLOSED, "the bus has stopped")))
     }
 
+    /// Publishes accepted by [`Bus::publish`] that the bus has not taken yet (in Redis mode, what
+    /// is held while Redis is unreachable).
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity() + self.hub.metrics().held() as usize
+    }
+
     /// Routes every event to `sink` (replacing any previous one), or stops routing with `None`.
     pub fn set_sink(&self, sink: Option<Sink>) {
         self.hub.set_sink(sink);
@@ -290,6 +296,7 @@ async fn pump(
     while queue.recv_many(&mut batch, BATCH).await > 0 {
         match backend.as_mut() {
             None => {
+                let n = batch.len() as u64;
                 for p in batch.iter_mut() {
                     // The event moves into the history; the batch keeps an empty shell to settle.
                     let event = std::mem::replace(&mut p.event, Event::placeholder());
@@ -299,6 +306,7 @@ async fn pump(
                     };
                     hub.dispatch(&event).await;
                 }
+                hub.metrics().published(n);
                 settle(&mut batch, &Ok(()), &ack_sink);
             }
             Some(redis) => {
@@ -312,6 +320,7 @@ async fn pump(
                         Err(e) => {
                             if attempt == 0 {
                                 log::warn!("bus: {e}; holding publishes until Redis is back");
+                                hub.metrics().set_held(batch.len() as u64);
                             }
                             tokio::time::sleep(backoff(attempt)).await;
                             attempt = attempt.saturating_add(1);
@@ -320,6 +329,11 @@ async fn pump(
                 };
                 if attempt > 0 && result.is_ok() {
                     log::info!("bus: Redis is back; held publishes sent");
+                }
+                hub.metrics().set_held(0);
+                match &result {
+                    Ok(()) => hub.metrics().published(batch.len() as u64),
+                    Err(_) => hub.metrics().publish_failed(batch.len() as u64),
                 }
                 settle(&mut batch, &result, &ack_sink);
             }

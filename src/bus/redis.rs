@@ -305,7 +305,11 @@ impl Receiver {
                             log::debug!("bus: catch-up after reconnect failed: {e}");
                             continue;
                         }
-                        log::info!("bus: Redis subscription restored on {}", self.channel);
+                        log::info!(
+                            channel = self.channel.as_str(), attempt;
+                            "bus: Redis subscription restored on {}", self.channel
+                        );
+                        self.hub.metrics().redis_reconnected();
                         self.connected.send_replace(true);
                         attempt = 0;
                         pubsub = Some(conn);

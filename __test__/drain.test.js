@@ -1,0 +1,260 @@
+// Graceful drain (memory bus): health and upgrades answer 503 from the first instant, clients get
+// the reconnect notice and close 1001 at moments spread over the window, a client that moves to
+// another server on the same bus on the notice misses no event, and the CLI drains on SIGTERM.
+'use strict';
+
+const { test, describe, after } = require('node:test');
+const assert = require('node:assert/strict');
+const path = require('node:path');
+
+const rt = require('..');
+const h = require('./helpers');
+const prom = require('./prometheus');
+
+const BASE = { host: '127.0.0.1', jwtSecret: h.SECRET, redisUrl: null };
+
+/** A ready client that also records when its drain notice and its close arrived. */
+async function timedClient(url, clock) {
+  const c = await h.connectReady(url);
+  c.notices = [];
+  c.ws.on('message', (data) => {
+    const text = data.toString('utf8');
+    if (text.startsWith('{"type":"reconnect"')) c.notices.push({ at: clock(), frame: JSON.parse(text) });
+  });
+  c.closedAt = c.closed.then((info) => ({ at: clock(), ...info }));
+  return c;
+}
+
+/** The offset of the last frame a client received that carried one (the welcome included). */
+function lastOffset(client) {
+  for (let i = client.raw.length - 1; i >= 0; i--) {
+    const m = /"offset":"(\d+-\d+)"/.exec(client.raw[i]);
+    if (m) return m[1];
+  }
+  return null;
+}
+
+/**
+ * Clients that ignore the drain notice: on 1001 they reconnect to `url()` with
+ * `?since=<last offset>`, as the README's "Never missing an event" says. Resolves with the new
+ * connections, in order.
+ */
+function resumeOnClose(group, url) {
+  return Promise.all(group.map(async (c) => {
+    assert.equal((await c.closed).code, 1001);
+    const since = lastOffset(c);
+    assert.ok(since, 'the old connection carried offsets');
+    return h.connectReady(`${url()}&since=${encodeURIComponent(since)}`);
+  }));
+}
+
+/** The parcel ids of the parcel_updated frames a client received, in order. */
+function ids(client) {
+  return client.messages
+    .filter((m) => typeof m === 'string' && m.startsWith('{"type":"parcel_updated"'))
+    .map((m) => JSON.parse(m).parcel_id);
+}
+
+describe('graceful drain', () => {
+  const servers = [];
+  const clients = [];
+
+  after(async () => {
+    await Promise.all(clients.map((c) => c.close()));
+    await Promise.all(servers.map((s) => s.close()));
+  });
+
+  test('health and upgrades answer 503 at once; 20 clients get the notice, then 1001 spread over the window', async () => {
+    const port = await h.freePort();
+    const WINDOW = 2000;
+    const server = await rt.startServer({ ...BASE, port, drainMs: WINDOW });
+    servers.push(server);
+    let t0 = 0;
+    const clock = () => performance.now() - t0;
+    const group = await Promise.all(Array.from({ length: 20 }, (_, i) =>
+      timedClient(h.wsUrl(server, { token: h.sign({ sub: `drain-${i}` }) }), clock)));
+    clients.push(...group);
+    assert.equal((await h.httpGet(port, '/health')).status, 200);
+
+    t0 = performance.now();
+    const closing = server.close(); // drainMs from the server's option
+    let closedAt = null;
+    closing.then(() => { closedAt = clock(); });
+    assert.equal(server.draining, true);
+
+    const health = await h.httpGet(port, '/health');
+    assert.equal(health.status, 503);
+    assert.equal(health.body.status, 'draining');
+    assert.equal(health.body.draining, true);
+    await h.expectRefusal(h.wsUrl(server, { token: h.sign({ sub: 'late' }) }), {}, 503, 'DRAINING');
+    const families = prom.parse((await h.httpGet(port, '/metrics')).raw);
+    assert.equal(prom.value(families, 'realtime_draining'), 1);
+    assert.equal(prom.value(families, 'realtime_ready'), 0);
+    assert.equal(prom.value(families, 'realtime_refusals_total', { reason: 'DRAINING' }), 1);
+    assert.equal(server.stats().status, 'draining');
+
+    const closes = await Promise.all(group.map((c) => c.closedAt));
+    await closing;
+    for (const [i, c] of group.entries()) {
+      assert.equal(closes[i].code, 1001, `client ${i} closed with 1001`);
+      assert.equal(c.notices.length, 1, `client ${i} got one notice`);
+      const { frame, at } = c.notices[0];
+      assert.equal(frame.type, 'reconnect');
+      assert.equal(frame.close_in_ms, WINDOW / 4);
+      assert.equal(typeof frame.message, 'string');
+      assert.ok(at <= closes[i].at, 'the notice comes before the close');
+      assert.ok(closes[i].at - at >= WINDOW / 4 - 50, `the client is served for the overlap after its notice (${closes[i].at - at} ms)`);
+    }
+    const times = closes.map((c) => c.at).sort((a, b) => a - b);
+    const notices = group.map((c) => c.notices[0].at).sort((a, b) => a - b);
+    const early = times.filter((t) => t < WINDOW * 0.1).length;
+    assert.ok(early < group.length, `not all closes within the first 10% of the window: ${times.map(Math.round)}`);
+    assert.equal(early, 0, 'no close before the first overlap ends');
+    assert.ok(times.at(-1) - times[0] >= (WINDOW * 3) / 4 * 0.6, `closes are spread: ${times.map(Math.round)}`);
+    assert.ok(notices.at(-1) - notices[0] >= (WINDOW * 3) / 4 * 0.6, `notices (and so reconnects) are spread: ${notices.map(Math.round)}`);
+    assert.ok(times.at(-1) <= WINDOW + 500, `every client is gone by the end of the window: ${Math.round(times.at(-1))} ms`);
+    assert.ok(closedAt >= times.at(-1) - 5 && closedAt <= WINDOW + 1500, `close() resolved after the last client, near the window's end: ${closedAt}`);
+    // The port is free again.
+    const again = await rt.startServer({ ...BASE, port });
+    await again.close();
+  });
+
+  test('a client that moves to another server on the same bus misses no event (on the notice, or resuming after 1001)', async () => {
+    const a = await rt.startServer({ ...BASE, port: 0 });
+    const b = await rt.startServer({ ...BASE, port: 0 });
+    servers.push(a, b);
+    const clock = () => performance.now();
+    const movers = await Promise.all(Array.from({ length: 10 }, (_, i) =>
+      timedClient(h.wsUrl(a, { token: h.sign({ sub: `mover-${i}` }) }), clock)));
+    clients.push(...movers);
+    // Three more that ignore the notice and resume with ?since= after the 1001.
+    const resumers = await Promise.all(Array.from({ length: 3 }, (_, i) =>
+      timedClient(h.wsUrl(a, { token: h.sign({ sub: `resumer-${i}` }) }), clock)));
+    clients.push(...resumers);
+    const resumed = resumeOnClose(resumers, () => h.wsUrl(b, { token: h.sign({ sub: 'resumed' }) }));
+    const next = movers.map((c) => new Promise((resolve, reject) => {
+      c.ws.on('message', (data) => {
+        if (data.toString('utf8').startsWith('{"type":"reconnect"')) {
+          // What the README tells clients to do: connect elsewhere now, keep reading this one.
+          h.connectReady(h.wsUrl(b, { token: h.sign({ sub: 'moved' }) })).then((n) => {
+            clients.push(n);
+            resolve(n);
+          }, reject);
+        }
+      });
+    }));
+
+    let published = 0;
+    let publishing = true;
+    const publisher = (async () => {
+      while (publishing) {
+        await Promise.all(Array.from({ length: 5 }, () => rt.publishParcelUpdate(`seq-${published++}`)));
+        await h.delay(2);
+      }
+    })();
+    await h.delay(100);
+    await a.close({ drainMs: 1500 });
+    const moved = await Promise.all(next);
+    const back = await resumed;
+    clients.push(...back);
+    await h.delay(100);
+    publishing = false;
+    await publisher;
+    await rt.publishParcelUpdate('end');
+    await Promise.all([...moved, ...back].map((n) => h.waitUntil(() => ids(n).includes('end'), 'the moved client sees the end')));
+
+    const all = Array.from({ length: published }, (_, i) => `seq-${i}`);
+    for (const [i, c] of movers.entries()) {
+      assert.equal((await c.closed).code, 1001);
+      const fromA = ids(c);
+      const fromB = ids(moved[i]).filter((id) => id !== 'end');
+      const first = Number(fromA[0].slice(4));
+      assert.equal(first, 0, 'connected before the first publish');
+      const seqA = fromA.map((id) => Number(id.slice(4)));
+      const seqB = fromB.map((id) => Number(id.slice(4)));
+      seqA.forEach((n, k) => assert.equal(n, k, `server A's stream is gap-free (client ${i})`));
+      seqB.forEach((n, k) => assert.equal(n, seqB[0] + k, `server B's stream is gap-free (client ${i})`));
+      assert.ok(seqB[0] <= seqA.at(-1) + 1, `no gap between the two connections (A ends at ${seqA.at(-1)}, B starts at ${seqB[0]})`);
+      assert.equal(seqB.at(-1), published - 1, 'B delivered up to the last event');
+      const union = new Set([...fromA, ...fromB]);
+      assert.deepEqual(all.filter((id) => !union.has(id)), [], `client ${i} missed nothing`);
+      assert.ok(seqA.at(-1) >= seqB[0], `the connections overlapped (A to ${seqA.at(-1)}, B from ${seqB[0]})`);
+    }
+    for (const [i, c] of resumers.entries()) {
+      const seq = [...ids(c), ...ids(back[i])].filter((id) => id !== 'end').map((id) => Number(id.slice(4)));
+      assert.ok(back[i].messages.some((m) => m.startsWith('{"type":"resumed"')), 'the resume was answered');
+      seq.forEach((n, k) => assert.equal(n, k, `resumer ${i}: every event exactly once, in order`));
+      assert.equal(seq.length, published, `resumer ${i} missed nothing`);
+    }
+    assert.ok(published > 200, `published continuously during the drain (${published})`);
+  });
+
+  test('the drain ends early once every client has left', async () => {
+    const server = await rt.startServer({ ...BASE, port: 0 });
+    servers.push(server);
+    const group = await Promise.all(Array.from({ length: 3 }, () => h.connectReady(h.wsUrl(server))));
+    clients.push(...group);
+    for (const c of group) {
+      c.ws.on('message', (data) => {
+        if (data.toString('utf8').startsWith('{"type":"reconnect"')) c.ws.close(1000, 'moving on');
+      });
+    }
+    const t0 = performance.now();
+    await server.close({ drainMs: 6000 });
+    const took = performance.now() - t0;
+    // Notices at 0, 1.5 s and 3 s (6 s minus a 1.5 s overlap, over 3 clients).
+    assert.ok(took >= 2900 && took < 4500, `close() resolved once the last client left: ${Math.round(took)} ms`);
+    for (const c of group) assert.equal((await c.closed).code, 1000);
+  });
+
+  test('drainMs: 0 closes every client at once with 1001 and no notice', async () => {
+    const server = await rt.startServer({ ...BASE, port: 0 });
+    servers.push(server);
+    const group = await Promise.all(Array.from({ length: 5 }, () => h.connectReady(h.wsUrl(server))));
+    clients.push(...group);
+    const t0 = performance.now();
+    await server.close({ drainMs: 0 });
+    assert.ok(performance.now() - t0 < 1500);
+    for (const c of group) {
+      assert.equal((await c.closed).code, 1001);
+      assert.equal(c.messages.length, 1, 'only the welcome');
+    }
+  });
+});
+
+describe('CLI drain on SIGTERM', () => {
+  const procs = [];
+  const clients = [];
+
+  after(async () => {
+    await Promise.all(clients.map((c) => c.close()));
+    await Promise.all(procs.map((p) => p.stop()));
+  });
+
+  test('SIGTERM: /health 503 at once, clients closed with 1001 spread over REALTIME_DRAIN_MS, exit 0', async () => {
+    const port = await h.freePort();
+    const p = h.spawnProcess(process.execPath, [path.join(h.PKG, 'bin', 'realtime-events.js')], {
+      env: h.cleanEnv({ REALTIME_PORT: port, JWT_SECRET: h.SECRET, REALTIME_DRAIN_MS: 1600, LOG_LEVEL: 'warn' }),
+      cwd: require('node:os').tmpdir(),
+    });
+    procs.push(p);
+    await p.waitForOutput(new RegExp(`health: http://localhost:${port}/health`), { ms: 10_000 });
+    let t0 = 0;
+    const clock = () => performance.now() - t0;
+    const group = await Promise.all(Array.from({ length: 8 }, () => timedClient(h.wsUrl(port), clock)));
+    clients.push(...group);
+    t0 = performance.now();
+    p.child.kill('SIGTERM');
+    await p.waitForOutput(/SIGTERM: closing \(draining 8 clients over up to 1600 ms/);
+    const health = await h.httpGet(port, '/health');
+    assert.equal(health.status, 503);
+    assert.equal(health.body.status, 'draining');
+    const closes = await Promise.all(group.map((c) => c.closedAt));
+    for (const c of closes) assert.equal(c.code, 1001);
+    const times = closes.map((c) => c.at).sort((a, b) => a - b);
+    assert.ok(times.filter((t) => t < 160).length === 0, `not all within the first 10%: ${times.map(Math.round)}`);
+    assert.ok(times.at(-1) - times[0] >= 500, `spread: ${times.map(Math.round)}`);
+    assert.deepEqual(await p.waitForExit(8000), { code: 0, signal: null }, p.err());
+    assert.match(p.out(), /\] closed\n/);
+  });
+});
