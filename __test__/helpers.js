@@ -169,8 +169,8 @@ class Client {
 }
 
 /** Opens a ws connection; rejects with the HTTP status if the server refuses. */
-function connect(url, options = {}, ms = DEFAULT_TIMEOUT) {
-  const ws = new WebSocket(url, options);
+function connect(url, options = {}, ms = DEFAULT_TIMEOUT, protocols = undefined) {
+  const ws = protocols === undefined ? new WebSocket(url, options) : new WebSocket(url, protocols, options);
   const client = new Client(ws);
   const opened = new Promise((resolve, reject) => {
     ws.once('open', () => resolve(client));
@@ -203,8 +203,8 @@ function wsUrl(server, { token = sign(), path: p = '/ws', host = '127.0.0.1' } =
  * Attempts a WebSocket upgrade that the server is expected to refuse; resolves with
  * {status, headers, body} (body parsed as JSON; `raw` is the text).
  */
-function refusal(url, options = {}, ms = DEFAULT_TIMEOUT) {
-  const ws = new WebSocket(url, options);
+function refusal(url, options = {}, ms = DEFAULT_TIMEOUT, protocols = undefined) {
+  const ws = protocols === undefined ? new WebSocket(url, options) : new WebSocket(url, protocols, options);
   const result = new Promise((resolve, reject) => {
     ws.on('error', (err) => reject(new Error(`expected an HTTP refusal from ${url}, got: ${err.message}`)));
     ws.once('open', () => {
@@ -572,50 +572,12 @@ function nowSeconds() {
  * does). Resolves with the Client (its `ws.protocol` is the one the server picked).
  */
 function connectProtocols(url, protocols, options = {}, ms = DEFAULT_TIMEOUT) {
-  const ws = new WebSocket(url, protocols, options);
-  const client = new Client(ws);
-  const opened = new Promise((resolve, reject) => {
-    ws.once('open', () => resolve(client));
-    ws.once('unexpected-response', (req, res) => {
-      res.resume();
-      req.destroy();
-      reject(new Error(`server refused the upgrade with HTTP ${res.statusCode}`));
-    });
-    ws.once('error', reject);
-  });
-  return withTimeout(opened, ms, `a WebSocket connection to ${url}`).catch((err) => {
-    ws.terminate();
-    throw err;
-  });
+  return connect(url, options, ms, protocols);
 }
 
 /** Like `refusal`, offering WebSocket subprotocols. */
 function refusalProtocols(url, protocols, options = {}, ms = DEFAULT_TIMEOUT) {
-  const ws = new WebSocket(url, protocols, options);
-  const result = new Promise((resolve, reject) => {
-    ws.on('error', (err) => reject(new Error(`expected an HTTP refusal from ${url}, got: ${err.message}`)));
-    ws.once('open', () => {
-      ws.terminate();
-      reject(new Error(`expected a refusal, but the upgrade succeeded (${url})`));
-    });
-    ws.once('unexpected-response', (req, res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => {
-        const raw = Buffer.concat(chunks).toString('utf8');
-        let body;
-        try {
-          body = JSON.parse(raw);
-        } catch {
-          body = undefined;
-        }
-        req.destroy();
-        resolve({ status: res.statusCode, headers: res.headers, body, raw });
-      });
-      res.on('error', reject);
-    });
-  });
-  return withTimeout(result, ms, `an HTTP refusal from ${url}`);
+  return refusal(url, options, ms, protocols);
 }
 
 /** Asserts a refusal's status and JSON body {error, code}; `r` from refusal/refusalProtocols. */
