@@ -109,8 +109,10 @@ pub struct BusOptions {
 
 impl From<&BusOptions> for BusConfig {
     fn from(o: &BusOptions) -> Self {
-        let mut config = BusConfig::default();
-        config.redis_url = o.redis_url.clone().filter(|u| !u.is_empty());
+        let mut config = BusConfig {
+            redis_url: o.redis_url.clone().filter(|u| !u.is_empty()),
+            ..BusConfig::default()
+        };
         if let Some(channel) = &o.channel {
             config.channel = channel.clone();
         }

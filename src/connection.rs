@@ -86,6 +86,9 @@ pub(crate) struct Client {
     pub parcels: Option<Vec<String>>,
     /// Where to resume from (`?since=`).
     pub since: Option<Offset>,
+    /// The offset the welcome frame announces: the last event before its feed began, so every
+    /// later event reaches this client live (`None` when the bus keeps no history).
+    pub start: Option<Offset>,
 }
 
 impl Client {
@@ -94,8 +97,10 @@ impl Client {
         leeway: Duration,
         parcels: Option<Vec<String>>,
         since: Option<Offset>,
+        start: Option<Offset>,
     ) -> Self {
-        Self { user: auth::user_id(claims), expires_at: expiry(claims, leeway), parcels, since }
+        let user = auth::user_id(claims);
+        Self { user, expires_at: expiry(claims, leeway), parcels, since, start }
     }
 }
 
@@ -103,6 +108,8 @@ impl Client {
 fn expiry(claims: &Claims, leeway: Duration) -> Option<Instant> {
     let exp = claims.get("exp")?.as_f64()?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    // Not `clamp`: it passes NaN through, and `from_secs_f64(NaN)` panics; `max` drops it.
+    #[allow(clippy::manual_clamp)]
     let left = Duration::from_secs_f64((exp - now).max(0.0).min(1e9));
     Some(Instant::now() + left + leeway)
 }
@@ -154,8 +161,6 @@ struct Conn<'a> {
     /// When the unanswered ping was sent.
     ping_sent: Option<Instant>,
     bucket: TokenBucket,
-    /// The offset the welcome frame announced: every later event reaches this client live.
-    welcome_head: Option<Offset>,
     /// Live frames at or before this offset were already replayed: skip them.
     skip_through: Option<Offset>,
     /// The offset of the first event sent on this connection.
@@ -195,7 +200,6 @@ pub(crate) fn run<'a>(
         last_seen: now,
         ping_sent: None,
         bucket: TokenBucket::new(settings.messages_per_second, settings.message_burst),
-        welcome_head: hub.head(),
         skip_through: None,
         first_sent: None,
         ops,
@@ -217,7 +221,7 @@ impl Conn<'_> {
     /// The welcome frame (with the current offset), then the acknowledgement of `?parcels=`,
     /// then the replay of `?since=`.
     async fn start(&mut self) -> Result<(), Ended> {
-        let welcome = match self.welcome_head {
+        let welcome = match self.client.start {
             None => Message::text(WELCOME_FRAME),
             Some(head) => Message::text(format!(
                 "{},\"offset\":\"{head}\"}}",
@@ -247,8 +251,8 @@ impl Conn<'_> {
     /// `resumed`; or `resync_required` when the history cannot tell.
     async fn resume(&mut self, since: Offset) -> Result<(), Ended> {
         let history = self.hub.history();
-        let mut skip_through = self.welcome_head;
-        let replay = match (history, self.welcome_head) {
+        let mut skip_through = self.client.start;
+        let replay = match (history, self.client.start) {
             // The client is ahead of this server (it saw an event on another instance that has
             // not reached this one yet): nothing to replay if the shared history has it; what
             // arrives live up to `since` it already has.
@@ -267,7 +271,7 @@ impl Conn<'_> {
             Replay::Frames(frames) => frames,
             Replay::ResyncRequired => {
                 // The current offset: where this client stands now.
-                let current = self.hub.head().or(self.welcome_head);
+                let current = self.hub.head().or(self.client.start);
                 let offset = current.map_or("null".to_string(), |h| format!("\"{h}\""));
                 let reply =
                     format!(r#"{{"type":"resync_required","since":"{since}","offset":{offset}}}"#);

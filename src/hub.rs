@@ -82,12 +82,14 @@ impl Hub {
     pub(crate) async fn dispatch(&self, event: &Event) {
         self.wait_for_room().await;
         self.metrics.received();
-        if let Some(offset) = event.offset() {
-            self.set_head(offset);
-        }
         let frame = Frame::of(event);
         {
             let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            // Inside the read lock: a feed opening (under the write lock) sees the head and the
+            // ring agree, so its starting offset is exactly the last event it will not receive.
+            if let Some(offset) = event.offset() {
+                self.set_head(offset);
+            }
             if let Some(targets) = index.get(event.parcel_id()) {
                 for target in targets {
                     if target.tx.try_send(frame.clone()).is_err() {
@@ -169,14 +171,37 @@ impl Hub {
         *self.sink.write().unwrap_or_else(|e| e.into_inner()) = sink;
     }
 
+    /// A feed starting with the next event, of every event or only of `ids` (deduplicated), and
+    /// the offset of the last event before it: the client's starting offset. Both are taken
+    /// under the index's write lock, which no dispatch holds, so no event falls between them
+    /// (none is both "before the start" and delivered, nor neither).
+    pub fn open(self: &Arc<Self>, ids: Option<&[String]>) -> (Feed, Option<Offset>) {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let head = self.head();
+        let mode = match ids {
+            None => Mode::All(self.frames.subscribe()),
+            Some(ids) => {
+                let (tx, rx) = mpsc::channel(FILTERED_QUEUE);
+                let lost = Arc::new(AtomicBool::new(false));
+                let mut current = HashSet::new();
+                for id in ids {
+                    let id: Arc<str> = id.as_str().into();
+                    if current.insert(id.clone()) {
+                        let target = Target { conn, tx: tx.clone(), lost: lost.clone() };
+                        index.entry(id).or_default().push(target);
+                    }
+                }
+                Mode::Only { rx, tx, lost, ids: current }
+            }
+        };
+        drop(index);
+        (Feed { hub: self.clone(), conn, mode, counted: (0, 0) }, head)
+    }
+
     /// A feed of every event, starting with the next one.
     pub fn feed(self: &Arc<Self>) -> Feed {
-        Feed {
-            hub: self.clone(),
-            conn: self.next_conn.fetch_add(1, Ordering::Relaxed),
-            mode: Mode::All(self.frames.subscribe()),
-            counted: (0, 0),
-        }
+        self.open(None).0
     }
 }
 
@@ -490,6 +515,37 @@ mod tests {
         publish(&hub, "b").await;
         assert_eq!(drain(&mut feed), ["b"]);
         assert!(feed.parcel_ids().is_none());
+    }
+
+    /// A feed opened while events stream in starts exactly after the offset it was given: the
+    /// first event it receives is the next one, never one at or before it, none skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_feed_opens_exactly_at_its_starting_offset() {
+        let hub = Arc::new(Hub::new(4096));
+        let at = |seq| Offset { ms: 1, seq };
+        let publisher = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                for seq in 1..=20_000 {
+                    hub.dispatch(&Event::new("p").unwrap().at(at(seq))).await;
+                }
+            })
+        };
+        let only = ids(&["p"]);
+        let mut opened = 0;
+        for round in 0.. {
+            let filter = (round % 2 == 1).then_some(only.as_slice());
+            let (mut feed, start) = hub.open(filter);
+            if start == Some(at(20_000)) {
+                break;
+            }
+            let frame = feed.recv().await.unwrap();
+            let expected = at(start.map_or(1, |o| o.seq + 1));
+            assert_eq!(frame.offset, Some(expected), "round {round}: started at {start:?}");
+            opened += 1;
+        }
+        publisher.await.unwrap();
+        assert!(opened > 10, "only {opened} feeds opened while events flowed");
     }
 
     #[tokio::test]

@@ -453,13 +453,8 @@ async fn handshake(
         return None;
     }
     // Subscribe before the welcome frame: an event published after the client saw the welcome
-    // is never missed.
-    let mut feed = shared.bus.hub().feed();
-    if let Some(ids) = &parcels {
-        // Narrowed before the welcome: what the feed held before this instant happened before
-        // the client's starting offset, so it is dropped rather than sent out of order.
-        let _ = feed.subscribe(ids);
-    }
+    // is never missed. The welcome's offset is taken at the same instant (see `Hub::open`).
+    let (feed, start) = shared.bus.hub().open(parcels.as_deref());
     let ws = WebSocketStream::from_partially_read(
         stream,
         head.rest,
@@ -468,7 +463,8 @@ async fn handshake(
     )
     .await;
     shared.ops.metrics.connection_opened();
-    let client = connection::Client::from_claims(&claims, shared.config.jwt_leeway, parcels, since);
+    let client =
+        connection::Client::from_claims(&claims, shared.config.jwt_leeway, parcels, since, start);
     Some(Session {
         ws,
         feed,
