@@ -120,7 +120,10 @@ export interface ServerStats {
   connections: {
     open: number;
     total: number;
-    /** Ended connections by reason: client, shutdown, too_slow, stuck, too_large, protocol_error. */
+    /**
+     * Ended connections by reason: client, shutdown, too_slow, stuck, too_large, protocol_error,
+     * token_expired, refresh_refused, heartbeat_timeout, rate_limited.
+     */
     closed: Record<string, number>;
   };
   /** Refused upgrades by code (TOKEN_EXPIRED, DRAINING, ...). */
@@ -129,6 +132,8 @@ export interface ServerStats {
     /** Published by this process and accepted by the bus. */
     published: number;
     publishFailed: number;
+    /** Publishes accepted and not yet taken by the bus (held while Redis is unreachable). */
+    publishQueued: number;
     /** Entered this process's fan-out (memory: own publishes; Redis: what the subscription delivered). */
     received: number;
     /** Event frames written to clients. */

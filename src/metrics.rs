@@ -4,7 +4,9 @@
 //! Every figure is a relaxed atomic updated on the tokio workers where the thing happens; the
 //! JS thread never counts anything. Nothing is counted per delivery: a connection adds the frame
 //! count and bytes of a whole batch once per flush, and records one latency observation per
-//! flush. Rendering reads the atomics on demand (a scrape costs a few microseconds).
+//! flush. Those per-flush counters are sharded by worker thread (one cache line each), so that
+//! workers never fight over a line; rendering sums the shards on demand (a scrape costs a few
+//! microseconds).
 //!
 //! Two scopes: [`ServerMetrics`] belong to one server (its connections), [`BusMetrics`] to the
 //! process-wide bus (publishes, events entering the process, Redis). A server's endpoints show
@@ -66,6 +68,18 @@ pub struct HistogramSnapshot {
 }
 
 impl HistogramSnapshot {
+    /// The histogram of all observations of `parts` (shards of one histogram).
+    pub fn sum(parts: impl Iterator<Item = HistogramSnapshot>) -> HistogramSnapshot {
+        let mut out = HistogramSnapshot { cumulative: vec![0; 17], sum_seconds: 0.0 };
+        for part in parts {
+            for (total, n) in out.cumulative.iter_mut().zip(&part.cumulative) {
+                *total += n;
+            }
+            out.sum_seconds += part.sum_seconds;
+        }
+        out
+    }
+
     pub fn count(&self) -> u64 {
         self.cumulative.last().copied().unwrap_or(0)
     }
@@ -185,10 +199,31 @@ pub struct ServerMetrics {
     refused_total: AtomicU64,
     refusals: [AtomicU64; REFUSAL_CODES.len()],
     other_refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// The per-flush counters, one shard per worker thread.
+    flushes: [Shard; SHARDS],
+    dropped: AtomicU64,
+}
+
+/// Shards of the per-flush counters: more than the engine's worker threads on the machines it
+/// runs on (threads beyond share a shard, which stays correct).
+const SHARDS: usize = 8;
+
+/// The counters one worker thread updates on every flush, alone on its cache lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard {
     deliveries: AtomicU64,
     bytes_sent: AtomicU64,
-    dropped: AtomicU64,
     latency: Histogram,
+}
+
+/// This thread's shard: threads take shards round-robin the first time they count.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
 }
 
 impl Default for ServerMetrics {
@@ -201,10 +236,8 @@ impl Default for ServerMetrics {
             refused_total: AtomicU64::new(0),
             refusals: Default::default(),
             other_refusals: Mutex::new(BTreeMap::new()),
-            deliveries: AtomicU64::new(0),
-            bytes_sent: AtomicU64::new(0),
+            flushes: Default::default(),
             dropped: AtomicU64::new(0),
-            latency: Histogram::default(),
         }
     }
 }
@@ -265,21 +298,23 @@ impl ServerMetrics {
     /// One flushed batch: `frames` event frames, `bytes` on the wire, the oldest of which entered
     /// the process at `oldest` (a [`now_us`] stamp).
     pub(crate) fn batch_sent(&self, frames: u64, bytes: u64, oldest: u32) {
-        self.deliveries.fetch_add(frames, Ordering::Relaxed);
-        self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
-        self.latency.observe(elapsed_us(oldest));
+        let shard = &self.flushes[shard_index()];
+        shard.deliveries.fetch_add(frames, Ordering::Relaxed);
+        shard.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        shard.latency.observe(elapsed_us(oldest));
     }
 
     /// Event frames sent outside a batch (replays after `resume`, a filter change's seam):
     /// counted as deliveries, with no latency observation.
     pub(crate) fn frames_sent(&self, frames: u64, bytes: u64) {
-        self.deliveries.fetch_add(frames, Ordering::Relaxed);
-        self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        let shard = &self.flushes[shard_index()];
+        shard.deliveries.fetch_add(frames, Ordering::Relaxed);
+        shard.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Frames other than events (welcome, replies, notices): bytes only.
     pub(crate) fn control_sent(&self, bytes: u64) {
-        self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        self.flushes[shard_index()].bytes_sent.fetch_add(bytes, Ordering::Relaxed);
     }
 
     fn refusal_counts(&self) -> Vec<(&'static str, u64)> {
@@ -448,11 +483,11 @@ impl Snapshot {
             published: load(&bus.published),
             publish_failed: load(&bus.publish_failed),
             received: load(&bus.received),
-            delivered: load(&server.deliveries),
+            delivered: server.flushes.iter().map(|s| load(&s.deliveries)).sum(),
             dropped: load(&server.dropped),
-            bytes_sent: load(&server.bytes_sent),
+            bytes_sent: server.flushes.iter().map(|s| load(&s.bytes_sent)).sum(),
             paced_seconds: load(&bus.paced_ns) as f64 / 1e9,
-            latency: server.latency.snapshot(),
+            latency: HistogramSnapshot::sum(server.flushes.iter().map(|s| s.latency.snapshot())),
             log_records_dropped: crate::logger::dropped_records(),
         }
     }
@@ -791,6 +826,47 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// What counting costs a connection per flush, with two threads hammering the same counters
+    /// (the worst case of the 2-core machine): `cargo test --release --no-default-features --lib
+    /// -- --ignored --nocapture cost_per_flush`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn cost_per_flush() {
+        let m = std::sync::Arc::new(ServerMetrics::default());
+        let n = 5_000_000u32;
+        let started = Instant::now();
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    let stamp = now_us();
+                    for i in 0..n {
+                        m.batch_sent(1 + u64::from(i % 8), 60, stamp);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let per = started.elapsed().as_nanos() as f64 / f64::from(n);
+        eprintln!("batch_sent: {per:.1} ns per flush per thread (2 threads contending)");
+        let single = Instant::now();
+        let stamp = now_us();
+        for i in 0..n {
+            m.batch_sent(1 + u64::from(i % 8), 60, stamp);
+        }
+        let per1 = single.elapsed().as_nanos() as f64 / f64::from(n);
+        eprintln!("batch_sent: {per1:.1} ns per flush (one thread)");
+        let clock = Instant::now();
+        let mut x = 0u32;
+        for _ in 0..n {
+            x = x.wrapping_add(now_us());
+        }
+        let per_clock = clock.elapsed().as_nanos() as f64 / f64::from(n);
+        eprintln!("now_us: {per_clock:.1} ns (of which the clock read) [{x}]");
     }
 
     #[test]
