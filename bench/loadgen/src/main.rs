@@ -43,10 +43,7 @@ const WELCOME: &str = r#"{"type":"connected","message":"WebSocket connection est
 const WINDOW: u64 = 1024;
 
 fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -132,10 +129,8 @@ fn parse_opts() -> Opts {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let addr: SocketAddr = hostport
-        .replace("localhost", "127.0.0.1")
-        .parse()
-        .unwrap_or_else(|_| usage());
+    let addr: SocketAddr =
+        hostport.replace("localhost", "127.0.0.1").parse().unwrap_or_else(|_| usage());
     let sep = if path.contains('?') { '&' } else { '?' };
     Opts {
         addr,
@@ -154,18 +149,12 @@ fn parse_opts() -> Opts {
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) after.
 fn raise_nofile() -> (u64, u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: plain syscalls on a struct we own.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
             // Try for a lot first (works with CAP_SYS_RESOURCE), then settle for the hard limit.
-            let want = libc::rlimit {
-                rlim_cur: 1 << 20,
-                rlim_max: (1 << 20).max(lim.rlim_max),
-            };
+            let want = libc::rlimit { rlim_cur: 1 << 20, rlim_max: (1 << 20).max(lim.rlim_max) };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
                 lim.rlim_cur = lim.rlim_max;
                 libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
@@ -274,11 +263,7 @@ fn parse_event(text: &str) -> Option<(u64, u64)> {
     // Both servers send exactly this prefix; anything else takes the slow path.
     const PREFIX: &str = "{\"type\":\"parcel_updated\",\"parcel_id\":\"b";
     const KEY: &str = "\"parcel_id\":\"b";
-    let at = if text.starts_with(PREFIX) {
-        PREFIX.len()
-    } else {
-        text.find(KEY)? + KEY.len()
-    };
+    let at = if text.starts_with(PREFIX) { PREFIX.len() } else { text.find(KEY)? + KEY.len() };
     let rest = &text.as_bytes()[at..];
     let mut seq = 0u64;
     let mut i = 0;
@@ -424,10 +409,7 @@ async fn open_client(
             .bind(SocketAddr::V4(SocketAddrV4::new(ip, 0)))
             .map_err(|e| format!("bind {ip}: {e}"))?;
     }
-    let stream = socket
-        .connect(opts.addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let stream = socket.connect(opts.addr).await.map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let request = tokio_tungstenite::tungstenite::handshake::client::Request::builder()
         .uri(format!("ws://{}{}", opts.host_header, opts.path_and_query))
@@ -489,10 +471,7 @@ async fn client_task(
             return;
         }
     };
-    let _ = w
-        .handshake_hist
-        .borrow_mut()
-        .record(started.elapsed().as_nanos().max(1) as u64);
+    let _ = w.handshake_hist.borrow_mut().record(started.elapsed().as_nanos().max(1) as u64);
     drop(permit);
     w.clients.borrow_mut()[idx].live = true;
     let _ = ready.send(true);
@@ -514,20 +493,14 @@ async fn client_task(
 }
 
 fn worker_main(opts: Arc<Opts>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let w = Rc::new(Worker::new());
         while let Some(cmd) = rx.recv().await {
             match cmd {
-                Cmd::Connect {
-                    clients,
-                    concurrency,
-                    reply,
-                } => {
+                Cmd::Connect { clients, concurrency, reply } => {
                     let sem = Rc::new(Semaphore::new(concurrency.max(1)));
                     let mut waits = Vec::with_capacity(clients.len());
                     for (_global, src) in clients {
@@ -674,11 +647,7 @@ impl Controller {
         let mut replies = Vec::new();
         for (w, clients) in self.workers.iter().zip(per) {
             let (tx, rx) = oneshot::channel();
-            let _ = w.send(Cmd::Connect {
-                clients,
-                concurrency: conc,
-                reply: tx,
-            });
+            let _ = w.send(Cmd::Connect { clients, concurrency: conc, reply: tx });
             replies.push(rx);
         }
         let (mut ok, mut failed) = (0, 0);
@@ -720,9 +689,7 @@ impl Controller {
         let mut last_unique = u64::MAX;
         let mut last_progress = Instant::now();
         loop {
-            let ps = self
-                .broadcast(|reply| Cmd::Progress { end, reply })
-                .await;
+            let ps = self.broadcast(|reply| Cmd::Progress { end, reply }).await;
             let missing: u64 = ps.iter().map(|p| p.0).sum();
             let unique: u64 = ps.iter().map(|p| p.1).sum();
             if unique != last_unique {
@@ -765,12 +732,7 @@ impl Controller {
         let lost = sum(|r| r.lost);
         let incomplete = sum(|r| r.incomplete_clients);
         let other = sum(|r| r.other_frames);
-        let first = rs
-            .iter()
-            .map(|r| r.first_recv_ns)
-            .filter(|&v| v > 0)
-            .min()
-            .unwrap_or(0);
+        let first = rs.iter().map(|r| r.first_recv_ns).filter(|&v| v > 0).min().unwrap_or(0);
         let last = rs.iter().map(|r| r.last_recv_ns).max().unwrap_or(0);
         for r in &rs {
             let _ = hist.add(&r.hist);
@@ -832,16 +794,10 @@ fn main() {
             .expect("spawn worker");
         workers.push(tx);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async move {
-        let mut ctl = Controller {
-            opts: opts.clone(),
-            workers,
-            opened: 0,
-        };
+        let mut ctl = Controller { opts: opts.clone(), workers, opened: 0 };
         emit(&json!({
             "event": "started",
             "pid": std::process::id(),
@@ -896,22 +852,13 @@ mod tests {
         assert!(is_welcome(r#"{"type":"connected","message":"x","offset":"1-0"}"#));
         assert!(is_welcome(r#"{"message":"x","type":"connected"}"#));
         assert!(!is_welcome(r#"{"type":"parcel_updated","parcel_id":"b1-2"}"#));
-        assert_eq!(
-            parse_event(r#"{"parcel_id":"b7-8","type":"parcel_updated"}"#),
-            Some((7, 8))
-        );
-        assert_eq!(
-            parse_event(r#"{"type":"parcel_updated","parcel_id":"x"}"#),
-            None
-        );
+        assert_eq!(parse_event(r#"{"parcel_id":"b7-8","type":"parcel_updated"}"#), Some((7, 8)));
+        assert_eq!(parse_event(r#"{"type":"parcel_updated","parcel_id":"x"}"#), None);
     }
 
     #[test]
     fn counts_dups_reorders_and_loss() {
-        let mut c = Client {
-            live: true,
-            ..Default::default()
-        };
+        let mut c = Client { live: true, ..Default::default() };
         c.reset(10);
         for s in [10, 11, 13, 12, 12, 15, 9] {
             c.on_seq(s);
