@@ -809,33 +809,7 @@ describe('RealtimeClient against a scripted server', () => {
 
 /** A child process running a server on a given port; commands on stdin. */
 function serverProcess({ port, redisUrl = null, extra = {} }) {
-  const proc = h.spawnNodeScript(`
-    const rt = require(${PKG});
-    const readline = require('node:readline');
-    (async () => {
-      const server = await rt.startServer({
-        port: ${port}, host: '127.0.0.1', jwtSecret: ${JSON.stringify(h.SECRET)},
-        redisUrl: ${JSON.stringify(redisUrl)}, redisRequired: ${redisUrl ? 'true' : 'false'},
-        ...${JSON.stringify(extra)},
-      });
-      console.log('ready ' + server.port + ' ' + server.busMode);
-      const rl = readline.createInterface({ input: process.stdin });
-      rl.on('line', async (line) => {
-        const [cmd, arg] = line.split(' ');
-        if (cmd === 'publish') {
-          try {
-            await rt.publishParcelUpdate(arg);
-            console.log('published ' + arg);
-          } catch (err) {
-            console.log('failed ' + arg + ' ' + err.code);
-          }
-        } else if (cmd === 'close') {
-          await server.close();
-          console.log('closed');
-        }
-      });
-    })().catch((err) => { console.error(err); process.exit(2); });
-  `);
+  const proc = h.spawnServer({ port, redisUrl, redisRequired: Boolean(redisUrl), ...extra });
   cleanups.push(() => proc.stop());
   return {
     proc,

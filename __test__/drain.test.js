@@ -25,36 +25,6 @@ async function timedClient(url, clock) {
   return c;
 }
 
-/** The offset of the last frame a client received that carried one (the welcome included). */
-function lastOffset(client) {
-  for (let i = client.raw.length - 1; i >= 0; i--) {
-    const m = /"offset":"(\d+-\d+)"/.exec(client.raw[i]);
-    if (m) return m[1];
-  }
-  return null;
-}
-
-/**
- * Clients that ignore the drain notice: on 1001 they reconnect to `url()` with
- * `?since=<last offset>`, as the README's "Never missing an event" says. Resolves with the new
- * connections, in order.
- */
-function resumeOnClose(group, url) {
-  return Promise.all(group.map(async (c) => {
-    assert.equal((await c.closed).code, 1001);
-    const since = lastOffset(c);
-    assert.ok(since, 'the old connection carried offsets');
-    return h.connectReady(`${url()}&since=${encodeURIComponent(since)}`);
-  }));
-}
-
-/** The parcel ids of the parcel_updated frames a client received, in order. */
-function ids(client) {
-  return client.messages
-    .filter((m) => typeof m === 'string' && m.startsWith('{"type":"parcel_updated"'))
-    .map((m) => JSON.parse(m).parcel_id);
-}
-
 describe('graceful drain', () => {
   const servers = [];
   const clients = [];
@@ -131,60 +101,22 @@ describe('graceful drain', () => {
     const resumers = await Promise.all(Array.from({ length: 3 }, (_, i) =>
       timedClient(h.wsUrl(a, { token: h.sign({ sub: `resumer-${i}` }) }), clock)));
     clients.push(...resumers);
-    const resumed = resumeOnClose(resumers, () => h.wsUrl(b, { token: h.sign({ sub: 'resumed' }) }));
-    const next = movers.map((c) => new Promise((resolve, reject) => {
-      c.ws.on('message', (data) => {
-        if (data.toString('utf8').startsWith('{"type":"reconnect"')) {
-          // What the README tells clients to do: connect elsewhere now, keep reading this one.
-          h.connectReady(h.wsUrl(b, { token: h.sign({ sub: 'moved' }) })).then((n) => {
-            clients.push(n);
-            resolve(n);
-          }, reject);
-        }
-      });
-    }));
-
-    let published = 0;
-    let publishing = true;
-    const publisher = (async () => {
-      while (publishing) {
-        await Promise.all(Array.from({ length: 5 }, () => rt.publishParcelUpdate(`seq-${published++}`)));
-        await h.delay(2);
-      }
-    })();
+    const resumed = h.resumeOnClose(resumers, () => h.wsUrl(b, { token: h.sign({ sub: 'resumed' }) }));
+    const next = h.moveOnNotice(movers, () => h.wsUrl(b, { token: h.sign({ sub: 'moved' }) }));
+    const publisher = h.publishContinuously(rt, 'seq', 2);
     await h.delay(100);
     await a.close({ drainMs: 1500 });
-    const moved = await Promise.all(next);
-    const back = await resumed;
-    clients.push(...back);
+    const [moved, back] = await Promise.all([next, resumed]);
+    clients.push(...moved, ...back);
     await h.delay(100);
-    publishing = false;
-    await publisher;
+    const published = await publisher.stop();
     await rt.publishParcelUpdate('end');
-    await Promise.all([...moved, ...back].map((n) => h.waitUntil(() => ids(n).includes('end'), 'the moved client sees the end')));
+    await Promise.all([...moved, ...back].map((n) => h.waitUntil(() => h.eventIds(n).includes('end'), 'the moved client sees the end')));
 
-    const all = Array.from({ length: published }, (_, i) => `seq-${i}`);
-    for (const [i, c] of movers.entries()) {
-      assert.equal((await c.closed).code, 1001);
-      const fromA = ids(c);
-      const fromB = ids(moved[i]).filter((id) => id !== 'end');
-      const first = Number(fromA[0].slice(4));
-      assert.equal(first, 0, 'connected before the first publish');
-      const seqA = fromA.map((id) => Number(id.slice(4)));
-      const seqB = fromB.map((id) => Number(id.slice(4)));
-      seqA.forEach((n, k) => assert.equal(n, k, `server A's stream is gap-free (client ${i})`));
-      seqB.forEach((n, k) => assert.equal(n, seqB[0] + k, `server B's stream is gap-free (client ${i})`));
-      assert.ok(seqB[0] <= seqA.at(-1) + 1, `no gap between the two connections (A ends at ${seqA.at(-1)}, B starts at ${seqB[0]})`);
-      assert.equal(seqB.at(-1), published - 1, 'B delivered up to the last event');
-      const union = new Set([...fromA, ...fromB]);
-      assert.deepEqual(all.filter((id) => !union.has(id)), [], `client ${i} missed nothing`);
-      assert.ok(seqA.at(-1) >= seqB[0], `the connections overlapped (A to ${seqA.at(-1)}, B from ${seqB[0]})`);
-    }
-    for (const [i, c] of resumers.entries()) {
-      const seq = [...ids(c), ...ids(back[i])].filter((id) => id !== 'end').map((id) => Number(id.slice(4)));
-      assert.ok(back[i].messages.some((m) => m.startsWith('{"type":"resumed"')), 'the resume was answered');
-      seq.forEach((n, k) => assert.equal(n, k, `resumer ${i}: every event exactly once, in order`));
-      assert.equal(seq.length, published, `resumer ${i} missed nothing`);
+    for (const c of movers) assert.equal((await c.closed).code, 1001);
+    const seams = h.assertMovedWithoutLoss({ prefix: 'seq', published, movers, moved, resumers, back });
+    for (const [i, { lastOld, firstNew }] of seams.entries()) {
+      assert.ok(lastOld >= firstNew, `client ${i}: the connections overlapped (old to ${lastOld}, new from ${firstNew})`);
     }
     assert.ok(published > 200, `published continuously during the drain (${published})`);
   });

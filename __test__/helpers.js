@@ -231,17 +231,9 @@ function refusal(url, options = {}, ms = DEFAULT_TIMEOUT, protocols = undefined)
   return withTimeout(result, ms, `an HTTP refusal from ${url}`);
 }
 
-/** Asserts a refusal's status and JSON body {error, code} exactly in shape. */
+/** Asserts the refusal of `url` has `status` and a JSON body {error, code} exactly in shape. */
 async function expectRefusal(url, options, status, code) {
-  const r = await refusal(url, options);
-  assert.equal(r.status, status, `status for ${code}: body ${r.raw}`);
-  assert.match(r.headers['content-type'] ?? '', /^application\/json/);
-  assert.ok(r.body, `body is JSON: ${r.raw}`);
-  assert.deepEqual(Object.keys(r.body).sort(), ['code', 'error']);
-  assert.equal(r.body.code, code);
-  assert.equal(typeof r.body.error, 'string');
-  assert.ok(r.body.error.length > 0);
-  return r;
+  return assertRefusal(await refusal(url, options), status, code);
 }
 
 /** A plain HTTP request (no upgrade); resolves with {status, headers, body, raw}. */
@@ -434,6 +426,43 @@ function spawnNodeScript(script, options) {
   return spawnProcess(process.execPath, ['-e', script], options);
 }
 
+/**
+ * A child process running a server with `options` (port 0 on 127.0.0.1 with the test secret
+ * unless given). It prints `ready PORT BUSMODE`, then obeys lines on stdin:
+ * - `publish ID` publishes ID; `publish PREFIX N` publishes PREFIX-1 .. PREFIX-N at once, in
+ *   order; either answers `published ID|PREFIX` or `failed ID|PREFIX CODE`;
+ * - `close [DRAIN_MS]` closes the server (draining for DRAIN_MS) and answers `closed`.
+ */
+function spawnServer(options = {}, spawnOptions) {
+  const all = { port: 0, host: '127.0.0.1', jwtSecret: SECRET, ...options };
+  return spawnNodeScript(`
+    const rt = require(${JSON.stringify(PKG)});
+    const readline = require('node:readline');
+    (async () => {
+      const server = await rt.startServer(${JSON.stringify(all)});
+      console.log('ready ' + server.port + ' ' + server.busMode);
+      const rl = readline.createInterface({ input: process.stdin });
+      rl.on('line', async (line) => {
+        const [cmd, arg, n] = line.split(' ');
+        if (cmd === 'publish') {
+          const ids = n === undefined ? [arg] : Array.from({ length: Number(n) }, (_, i) => arg + '-' + (i + 1));
+          try {
+            await Promise.all(ids.map((id) => rt.publishParcelUpdate(id)));
+            console.log('published ' + arg);
+          } catch (err) {
+            console.log('failed ' + arg + ' ' + err.code);
+          }
+        } else if (cmd === 'close') {
+          rl.close();
+          process.stdin.destroy(); // readline alone keeps an open stdin pipe alive
+          await server.close(arg === undefined ? undefined : { drainMs: Number(arg) });
+          console.log('closed');
+        }
+      });
+    })().catch((err) => { console.error(err); process.exit(2); });
+  `, spawnOptions);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Redis
 
@@ -522,6 +551,7 @@ module.exports = {
   cleanEnv,
   spawnProcess,
   spawnNodeScript,
+  spawnServer,
   redisInstalled,
   redisSkipReason,
   redisCli,
@@ -592,6 +622,101 @@ function assertRefusal(r, status, code) {
   return r;
 }
 
+/** The offset of the last frame a client received that carried one (the welcome included). */
+function lastOffset(client) {
+  for (let i = client.raw.length - 1; i >= 0; i--) {
+    const m = /"offset":"(\d+-\d+)"/.exec(client.raw[i]);
+    if (m) return m[1];
+  }
+  return null;
+}
+
+/**
+ * Clients that ignore the drain notice: on 1001 they reconnect to `url()` with
+ * `?since=<last offset>`, as the README's "Never missing an event" says. Resolves with the new
+ * connections, in order.
+ */
+function resumeOnClose(group, url) {
+  return Promise.all(group.map(async (c) => {
+    assert.equal((await c.closed).code, 1001);
+    const since = lastOffset(c);
+    assert.ok(since, 'the old connection carried offsets');
+    return connectReady(`${url()}&since=${encodeURIComponent(since)}`);
+  }));
+}
+
+/** The parcel ids of the parcel_updated frames a client received, in order. */
+function eventIds(client) {
+  return client.messages
+    .filter((m) => typeof m === 'string' && m.startsWith('{"type":"parcel_updated"'))
+    .map((m) => JSON.parse(m).parcel_id);
+}
+
+/**
+ * Clients that follow the drain notice: on `{"type":"reconnect"}` each connects to `url()` at
+ * once and keeps reading the old connection, as the README says. Resolves with the new
+ * connections, in order.
+ */
+function moveOnNotice(group, url) {
+  return Promise.all(group.map((c) => new Promise((resolve, reject) => {
+    c.ws.on('message', (data) => {
+      if (data.toString('utf8').startsWith('{"type":"reconnect"')) connectReady(url()).then(resolve, reject);
+    });
+  })));
+}
+
+/**
+ * Publishes `PREFIX-0`, `PREFIX-1`, ... in bursts of 5 with `pauseMs` between them, until
+ * `stop()`, which resolves with how many were published.
+ */
+function publishContinuously(rt, prefix, pauseMs) {
+  let published = 0;
+  let publishing = true;
+  const done = (async () => {
+    while (publishing) {
+      await Promise.all(Array.from({ length: 5 }, () => rt.publishParcelUpdate(`${prefix}-${published++}`)));
+      await delay(pauseMs);
+    }
+  })();
+  return {
+    async stop() {
+      publishing = false;
+      await done;
+      return published;
+    },
+  };
+}
+
+/**
+ * After a drain moved clients from one server to another while `PREFIX-0..published-1` were
+ * published: each of `movers` (moved on the notice to `moved[i]`) got a gap-free stream from
+ * the first event on the old server, a gap-free stream to the last on the new one, and nothing
+ * in between was missed; each of `resumers` (resumed after the 1001 as `back[i]`) got every
+ * event exactly once, in order. Returns, per mover, where each connection's events ended and
+ * began: [{ lastOld, firstNew }].
+ */
+function assertMovedWithoutLoss({ prefix, published, movers, moved, resumers, back }) {
+  const seq = (client) => eventIds(client).filter((id) => id.startsWith(`${prefix}-`)).map((id) => Number(id.slice(prefix.length + 1)));
+  const seams = movers.map((c, i) => {
+    const fromOld = seq(c);
+    const fromNew = seq(moved[i]);
+    assert.equal(fromOld[0], 0, `client ${i} connected before the first publish`);
+    fromOld.forEach((n, k) => assert.equal(n, k, `the old server's stream is gap-free (client ${i})`));
+    fromNew.forEach((n, k) => assert.equal(n, fromNew[0] + k, `the new server's stream is gap-free (client ${i})`));
+    assert.ok(fromNew[0] <= fromOld.at(-1) + 1, `no gap between the old (to ${fromOld.at(-1)}) and the new connection (from ${fromNew[0]})`);
+    assert.equal(fromNew.at(-1), published - 1, 'the new server delivered up to the last event');
+    return { lastOld: fromOld.at(-1), firstNew: fromNew[0] };
+  });
+  for (const [i, c] of resumers.entries()) {
+    const all = [...seq(c), ...seq(back[i])];
+    assert.ok(back[i].messages.some((m) => m.startsWith('{"type":"resumed"')), 'the resume was answered');
+    all.forEach((n, k) => assert.equal(n, k, `resumer ${i}: every event exactly once, in order`));
+    assert.equal(all.length, published, `resumer ${i} missed nothing`);
+  }
+  return seams;
+}
+
 Object.assign(module.exports, {
+  lastOffset, resumeOnClose, eventIds, moveOnNotice, publishContinuously, assertMovedWithoutLoss,
   dataFrame, expectClose, withEnv, nowSeconds, connectProtocols, refusalProtocols, assertRefusal,
 });

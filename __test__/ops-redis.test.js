@@ -10,65 +10,11 @@ const rt = require('..');
 const h = require('./helpers');
 const prom = require('./prometheus');
 
-const PKG = JSON.stringify(h.PKG);
 const skip = h.redisSkipReason();
-
-/** A server on Redis in a child process; "close <drainMs>" drains it and prints "closed". */
-function childServer(redisUrl) {
-  return h.spawnNodeScript(`
-    const rt = require(${PKG});
-    const readline = require('node:readline');
-    (async () => {
-      const server = await rt.startServer({
-        port: 0, host: '127.0.0.1', jwtSecret: ${JSON.stringify(h.SECRET)}, redisUrl: ${JSON.stringify(redisUrl)},
-      });
-      console.log('ready ' + server.port + ' ' + server.busMode);
-      const rl = readline.createInterface({ input: process.stdin });
-      rl.on('line', async (line) => {
-        const [cmd, arg] = line.split(' ');
-        if (cmd === 'close') {
-          rl.close();
-          process.stdin.destroy();
-          await server.close({ drainMs: Number(arg) });
-          console.log('closed');
-        }
-      });
-    })().catch((err) => { console.error(err); process.exit(2); });
-  `, { env: h.cleanEnv({ LOG_LEVEL: 'warn' }) });
-}
 
 async function metrics(port) {
   const r = await h.httpGet(port, '/metrics');
   return prom.parse(r.raw);
-}
-
-/** The offset of the last frame a client received that carried one (the welcome included). */
-function lastOffset(client) {
-  for (let i = client.raw.length - 1; i >= 0; i--) {
-    const m = /"offset":"(\d+-\d+)"/.exec(client.raw[i]);
-    if (m) return m[1];
-  }
-  return null;
-}
-
-/**
- * Clients that ignore the drain notice: on 1001 they reconnect to `url()` with
- * `?since=<last offset>`, as the README's "Never missing an event" says. Resolves with the new
- * connections, in order.
- */
-function resumeOnClose(group, url) {
-  return Promise.all(group.map(async (c) => {
-    assert.equal((await c.closed).code, 1001);
-    const since = lastOffset(c);
-    assert.ok(since, 'the old connection carried offsets');
-    return h.connectReady(`${url()}&since=${encodeURIComponent(since)}`);
-  }));
-}
-
-function ids(client) {
-  return client.messages
-    .filter((m) => typeof m === 'string' && m.startsWith('{"type":"parcel_updated"'))
-    .map((m) => JSON.parse(m).parcel_id);
 }
 
 describe('operations with Redis', { skip }, () => {
@@ -102,7 +48,7 @@ describe('operations with Redis', { skip }, () => {
   });
 
   test('Redis killed: 503 redis_unavailable in strict mode, 200 degraded otherwise; back to 200 once it returns', async () => {
-    const child = childServer(redis.url);
+    const child = h.spawnServer({ redisUrl: redis.url }, { env: h.cleanEnv({ LOG_LEVEL: 'warn' }) });
     procs.push(child);
     const [, childPort, mode] = await child.waitForOutput(/^ready (\d+) (\w+)$/m, { ms: 10_000 });
     assert.equal(mode, 'redis');
@@ -159,7 +105,7 @@ describe('operations with Redis', { skip }, () => {
         return false;
       }
     }, 'publishing works', 15_000, 200);
-    const a = childServer(redis.url);
+    const a = h.spawnServer({ redisUrl: redis.url }, { env: h.cleanEnv({ LOG_LEVEL: 'warn' }) });
     procs.push(a);
     const [, aPort] = await a.waitForOutput(/^ready (\d+) redis$/m, { ms: 10_000 });
     const movers = await Promise.all(Array.from({ length: 5 }, (_, i) =>
@@ -168,54 +114,22 @@ describe('operations with Redis', { skip }, () => {
     const resumers = await Promise.all(Array.from({ length: 3 }, (_, i) =>
       h.connectReady(h.wsUrl(Number(aPort), { token: h.sign({ sub: `resumer-${i}` }) }))));
     clients.push(...resumers);
-    const resumed = resumeOnClose(resumers, () => h.wsUrl(server));
-    const moved = movers.map((c) => new Promise((resolve, reject) => {
-      c.ws.on('message', (data) => {
-        if (data.toString('utf8').startsWith('{"type":"reconnect"')) {
-          h.connectReady(h.wsUrl(server)).then((n) => {
-            clients.push(n);
-            resolve(n);
-          }, reject);
-        }
-      });
-    }));
-    let published = 0;
-    let publishing = true;
-    const publisher = (async () => {
-      while (publishing) {
-        await Promise.all(Array.from({ length: 5 }, () => rt.publishParcelUpdate(`r-${published++}`)));
-        await h.delay(3);
-      }
-    })();
+    const resumed = h.resumeOnClose(resumers, () => h.wsUrl(server));
+    const moved = h.moveOnNotice(movers, () => h.wsUrl(server));
+    const publisher = h.publishContinuously(rt, 'r', 3);
     await h.delay(150);
     a.write('close 1500');
     await a.waitForOutput(/closed/, { ms: 10_000 });
-    const next = await Promise.all(moved);
-    const back = await resumed;
-    clients.push(...back);
+    const [next, back] = await Promise.all([moved, resumed]);
+    clients.push(...next, ...back);
     await h.delay(100);
-    publishing = false;
-    await publisher;
+    const published = await publisher.stop();
     await rt.publishParcelUpdate('end');
-    await Promise.all([...next, ...back].map((n) => h.waitUntil(() => ids(n).includes('end'), 'the moved client sees the end')));
+    await Promise.all([...next, ...back].map((n) => h.waitUntil(() => h.eventIds(n).includes('end'), 'the moved client sees the end')));
     assert.deepEqual(await a.waitForExit(8000), { code: 0, signal: null }, a.err());
 
-    for (const [i, c] of movers.entries()) {
-      assert.equal((await c.closed).code, 1001);
-      const fromA = ids(c).filter((id) => id.startsWith('r-')).map((id) => Number(id.slice(2)));
-      const fromB = ids(next[i]).filter((id) => id.startsWith('r-')).map((id) => Number(id.slice(2)));
-      assert.equal(fromA[0], 0);
-      fromA.forEach((n, k) => assert.equal(n, k, `A's stream is gap-free (client ${i})`));
-      fromB.forEach((n, k) => assert.equal(n, fromB[0] + k, `B's stream is gap-free (client ${i})`));
-      assert.ok(fromB[0] <= fromA.at(-1) + 1, `no gap between A (to ${fromA.at(-1)}) and B (from ${fromB[0]})`);
-      assert.equal(fromB.at(-1), published - 1);
-    }
-    for (const [i, c] of resumers.entries()) {
-      const seq = [...ids(c), ...ids(back[i])].filter((id) => id.startsWith('r-')).map((id) => Number(id.slice(2)));
-      assert.ok(back[i].messages.some((m) => m.startsWith('{"type":"resumed"')), 'the resume was answered');
-      seq.forEach((n, k) => assert.equal(n, k, `resumer ${i}: every event exactly once, in order`));
-      assert.equal(seq.length, published, `resumer ${i} missed nothing`);
-    }
+    for (const c of movers) assert.equal((await c.closed).code, 1001);
+    h.assertMovedWithoutLoss({ prefix: 'r', published, movers, moved: next, resumers, back });
     assert.ok(published > 100, `published during the drain: ${published}`);
   });
 });

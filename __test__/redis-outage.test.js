@@ -9,77 +9,20 @@ const { test, describe, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 
 const h = require('./helpers');
+const {
+  offsetOf, cmpOffset, welcomeWith, resumedFrame, isEvent, eventsOf, welcomeOffset, waitForRaw,
+  waitForEvent, since,
+} = require('./offsets');
 
 const PKG = JSON.stringify(h.PKG);
 const CHANNEL = 'parcel_events';
-const OFFSET_RE = /,"offset":"(\d+-\d+)"\}$/;
 
 // ---------------------------------------------------------------------------------------------
 // Small tools
 
-function offsetOf(raw) {
-  const m = OFFSET_RE.exec(raw);
-  return m ? m[1] : null;
-}
-
-function cmpOffset(a, b) {
-  const [am, as] = a.split('-').map(BigInt);
-  const [bm, bs] = b.split('-').map(BigInt);
-  if (am !== bm) return am < bm ? -1 : 1;
-  if (as !== bs) return as < bs ? -1 : 1;
-  return 0;
-}
-
-function isEvent(raw) {
-  return typeof raw === 'string' && raw.startsWith('{"type":"parcel_updated"');
-}
-
-function eventsOf(client) {
-  return client.raw.filter(isEvent).map((raw) => ({ id: JSON.parse(raw).parcel_id, offset: offsetOf(raw), raw }));
-}
-
-function welcomeOffset(client) {
-  const w = JSON.parse(client.raw[0]);
-  assert.equal(w.type, 'connected');
-  return w.offset;
-}
-
-function welcomeWith(offset) {
-  return `{"type":"connected","message":"WebSocket connection established","offset":"${offset}"}`;
-}
-
-function resumedFrame(since, replayed) {
-  return `{"type":"resumed","since":"${since}","replayed":${replayed}}`;
-}
-
-async function waitForRaw(client, pred, what, ms = h.DEFAULT_TIMEOUT) {
-  const i = await h.waitUntil(() => {
-    const k = client.raw.findIndex(pred);
-    return k >= 0 ? k + 1 : 0;
-  }, `${what}; last frames ${JSON.stringify(client.raw.slice(-3))}`, ms, 5);
-  return i - 1;
-}
-
-function waitForEvent(client, id, ms = h.DEFAULT_TIMEOUT) {
-  return waitForRaw(client, (r) => isEvent(r) && JSON.parse(r).parcel_id === id, `event ${id}`, ms).then((i) => client.raw[i]);
-}
-
-function since(url, offset) {
-  return `${url}&since=${encodeURIComponent(offset)}`;
-}
-
 /** A child process running a server on the Redis bus (redisRequired, so never a silent fallback). */
 async function serverProcess(redisUrl) {
-  const p = h.spawnNodeScript(`
-    const rt = require(${PKG});
-    (async () => {
-      const server = await rt.startServer({
-        port: 0, host: '127.0.0.1', jwtSecret: ${JSON.stringify(h.SECRET)}, redisUrl: ${JSON.stringify(redisUrl)},
-        redisRequired: true, pingIntervalMs: 0,
-      });
-      console.log('ready ' + server.port + ' ' + server.busMode);
-    })().catch((err) => { console.error(err); process.exit(2); });
-  `, { env: h.cleanEnv({ LOG_LEVEL: 'info' }) });
+  const p = h.spawnServer({ redisUrl, redisRequired: true, pingIntervalMs: 0 }, { env: h.cleanEnv({ LOG_LEVEL: 'info' }) });
   const [, port, mode] = await p.waitForOutput(/^ready (\d+) (\w+)\n/m, { ms: 10_000 });
   assert.equal(mode, 'redis');
   return { proc: p, port: Number(port), url: h.wsUrl(Number(port)) };

@@ -11,37 +11,6 @@ const h = require('./helpers');
 const PKG = JSON.stringify(h.PKG);
 const CHANNEL = 'parcel_events';
 
-/** A child process running a server on the Redis bus; it publishes on "publish ID" lines. */
-function serverProcess(redisUrl) {
-  return h.spawnNodeScript(`
-    const rt = require(${PKG});
-    const readline = require('node:readline');
-    (async () => {
-      const server = await rt.startServer({
-        port: 0, host: '127.0.0.1', jwtSecret: ${JSON.stringify(h.SECRET)}, redisUrl: ${JSON.stringify(redisUrl)},
-      });
-      console.log('ready ' + server.port + ' ' + server.busMode);
-      const rl = readline.createInterface({ input: process.stdin });
-      rl.on('line', async (line) => {
-        const [cmd, arg] = line.split(' ');
-        if (cmd === 'publish') {
-          try {
-            await rt.publishParcelUpdate(arg);
-            console.log('published ' + arg);
-          } catch (err) {
-            console.log('failed ' + arg + ' ' + err.code);
-          }
-        } else if (cmd === 'close') {
-          rl.close();
-          process.stdin.destroy(); // readline alone keeps an open stdin pipe alive
-          await server.close();
-          console.log('closed');
-        }
-      });
-    })().catch((err) => { console.error(err); process.exit(2); });
-  `);
-}
-
 /** A `redis-cli SUBSCRIBE` process; resolves once the subscription is confirmed. */
 async function redisSubscriber(port, channel = CHANNEL) {
   const p = h.spawnProcess('redis-cli', ['-h', '127.0.0.1', '-p', String(port), 'SUBSCRIBE', channel]);
@@ -131,8 +100,8 @@ describe('redis bus', { skip }, () => {
   });
 
   test('two server processes share events, each client gets each event exactly once', async () => {
-    const a = serverProcess(redis.url);
-    const b = serverProcess(redis.url);
+    const a = h.spawnServer({ redisUrl: redis.url });
+    const b = h.spawnServer({ redisUrl: redis.url });
     procs.push(a, b);
     const [, portA, modeA] = await a.waitForOutput(/^ready (\d+) (\w+)\n/m, { ms: 10_000 });
     const [, portB, modeB] = await b.waitForOutput(/^ready (\d+) (\w+)\n/m, { ms: 10_000 });

@@ -10,89 +10,18 @@ const assert = require('node:assert/strict');
 
 const rt = require('..');
 const h = require('./helpers');
-
-const PKG = JSON.stringify(h.PKG);
-const OFFSET_RE = /,"offset":"(\d+-\d+)"\}$/;
+const {
+  offsetOf, parseOffset, cmpOffset, plus, welcomeWith, resumedFrame, isEvent, eventsOf,
+  welcomeOffset, waitForRaw, waitForEvent, since,
+} = require('./offsets');
 
 // ---------------------------------------------------------------------------------------------
 // Small tools
-
-/** The offset a raw frame carries as its last field, or null. */
-function offsetOf(raw) {
-  const m = OFFSET_RE.exec(raw);
-  return m ? m[1] : null;
-}
-
-function parseOffset(o) {
-  const [ms, seq] = o.split('-').map(BigInt);
-  return { ms, seq };
-}
-
-/** -1, 0, 1 as offsets compare (pairs of integers). */
-function cmpOffset(a, b) {
-  const x = parseOffset(a);
-  const y = parseOffset(b);
-  if (x.ms !== y.ms) return x.ms < y.ms ? -1 : 1;
-  if (x.seq !== y.seq) return x.seq < y.seq ? -1 : 1;
-  return 0;
-}
-
-/** The offset `n` events after `o` in a dense memory history. */
-function plus(o, n) {
-  const { ms, seq } = parseOffset(o);
-  return `${ms}-${seq + BigInt(n)}`;
-}
-
-function welcomeWith(offset) {
-  return `{"type":"connected","message":"WebSocket connection established","offset":"${offset}"}`;
-}
-
-function resumedFrame(since, replayed) {
-  return `{"type":"resumed","since":"${since}","replayed":${replayed}}`;
-}
-
-function isEvent(raw) {
-  return typeof raw === 'string' && raw.startsWith('{"type":"parcel_updated"');
-}
-
-/** The parcel_updated frames a client received: [{id, offset, raw, index}]. */
-function eventsOf(client) {
-  const out = [];
-  client.raw.forEach((raw, index) => {
-    if (isEvent(raw)) out.push({ id: JSON.parse(raw).parcel_id, offset: offsetOf(raw), raw, index });
-  });
-  return out;
-}
-
-/** Waits until a raw frame satisfies `pred`; returns its index. */
-async function waitForRaw(client, pred, what, ms = h.DEFAULT_TIMEOUT) {
-  return h.waitUntil(() => {
-    const i = client.raw.findIndex(pred);
-    return i >= 0 ? i + 1 : 0;
-  }, `${what}; got ${JSON.stringify(client.raw.slice(-4))}`, ms, 5).then((i) => i - 1);
-}
-
-/** Waits until the client received the event `id`; returns its raw frame. */
-async function waitForEvent(client, id, ms = h.DEFAULT_TIMEOUT) {
-  const i = await waitForRaw(client, (r) => isEvent(r) && JSON.parse(r).parcel_id === id, `event ${id}`, ms);
-  return client.raw[i];
-}
 
 /** The next frame not consumed by next(), as received (offset included). */
 async function nextRaw(client, ms) {
   await client.next(ms);
   return client.raw[client.cursor - 1];
-}
-
-function since(url, offset) {
-  return `${url}&since=${encodeURIComponent(offset)}`;
-}
-
-/** The client's welcome offset (its first raw frame). */
-function welcomeOffset(client) {
-  const w = JSON.parse(client.raw[0]);
-  assert.equal(w.type, 'connected');
-  return w.offset;
 }
 
 /**
@@ -125,36 +54,7 @@ function assertResumedStream(client, from, expectedIds, { dense = true } = {}) {
 
 /** A child process running a memory-mode server with `options`; publishes on stdin lines. */
 async function childServer(options = {}) {
-  const p = h.spawnNodeScript(`
-    const rt = require(${PKG});
-    const readline = require('node:readline');
-    (async () => {
-      const server = await rt.startServer({
-        port: 0, host: '127.0.0.1', jwtSecret: ${JSON.stringify(h.SECRET)}, redisUrl: null,
-        ...${JSON.stringify(options)},
-      });
-      console.log('ready ' + server.port + ' ' + server.busMode);
-      const rl = readline.createInterface({ input: process.stdin });
-      rl.on('line', async (line) => {
-        const [cmd, arg, n] = line.split(' ');
-        if (cmd === 'publish') {
-          // "publish PREFIX N": PREFIX-1 .. PREFIX-N in order, then one line.
-          const ids = Array.from({ length: Number(n) }, (_, i) => arg + '-' + (i + 1));
-          try {
-            await Promise.all(ids.map((id) => rt.publishParcelUpdate(id)));
-            console.log('published ' + arg);
-          } catch (err) {
-            console.log('failed ' + arg + ' ' + err.code);
-          }
-        } else if (cmd === 'close') {
-          rl.close();
-          process.stdin.destroy();
-          await server.close();
-          console.log('closed');
-        }
-      });
-    })().catch((err) => { console.error(err); process.exit(2); });
-  `);
+  const p = h.spawnServer({ redisUrl: null, ...options });
   const [, port, mode] = await p.waitForOutput(/^ready (\d+) (\w+)\n/m, { ms: 10_000 });
   assert.equal(mode, 'memory');
   return {

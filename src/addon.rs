@@ -4,6 +4,10 @@
 //! Errors cross as `"<CODE>: <message>"` (napi's async rejections carry no custom code); the JS
 //! glue in `index.js` turns that into an `Error` with a `code` property.
 
+// In a `cargo test` build napi's macros leave the exported functions out, and with them the only
+// users of the aliases below.
+#![cfg_attr(test, allow(dead_code))]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

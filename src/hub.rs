@@ -31,6 +31,9 @@ pub type Sink = Arc<dyn Fn(&Event) + Send + Sync>;
 /// Frames a filtered connection may have waiting before it is considered too slow.
 const FILTERED_QUEUE: usize = 1024;
 
+/// Parcel id → the filtered feeds that follow it.
+type Index = HashMap<Arc<str>, Vec<Target>>;
+
 struct Target {
     conn: u64,
     tx: mpsc::Sender<Frame>,
@@ -45,7 +48,7 @@ pub struct Hub {
     progress: Notify,
     /// Parcel id → connections that asked for it. Held for reading across the whole of a
     /// dispatch, so a connection changing its filter (a write) sees a clean seam.
-    index: RwLock<HashMap<Arc<str>, Vec<Target>>>,
+    index: RwLock<Index>,
     next_conn: AtomicU64,
     sink: RwLock<Option<Sink>>,
     /// The newest offset dispatched (or known at start): what a new client is told it starts at.
@@ -181,19 +184,7 @@ impl Hub {
         let head = self.head();
         let mode = match ids {
             None => Mode::All(self.frames.subscribe()),
-            Some(ids) => {
-                let (tx, rx) = mpsc::channel(FILTERED_QUEUE);
-                let lost = Arc::new(AtomicBool::new(false));
-                let mut current = HashSet::new();
-                for id in ids {
-                    let id: Arc<str> = id.as_str().into();
-                    if current.insert(id.clone()) {
-                        let target = Target { conn, tx: tx.clone(), lost: lost.clone() };
-                        index.entry(id).or_default().push(target);
-                    }
-                }
-                Mode::Only { rx, tx, lost, ids: current }
-            }
+            Some(ids) => Mode::only(&mut index, conn, ids),
         };
         drop(index);
         (Feed { hub: self.clone(), conn, mode, counted: (0, 0) }, head)
@@ -215,6 +206,35 @@ enum Mode {
         lost: Arc<AtomicBool>,
         ids: HashSet<Arc<str>>,
     },
+}
+
+impl Mode {
+    /// A feed of only `ids`, entered in `index` for connection `conn`.
+    fn only(index: &mut Index, conn: u64, ids: &[String]) -> Mode {
+        let (tx, rx) = mpsc::channel(FILTERED_QUEUE);
+        let mut mode = Mode::Only { rx, tx, lost: Arc::default(), ids: HashSet::new() };
+        mode.follow(index, conn, ids);
+        mode
+    }
+
+    /// Enters a filtered feed in `index` for each of `ids` it does not follow yet.
+    fn follow(&mut self, index: &mut Index, conn: u64, ids: &[String]) {
+        let Mode::Only { tx, lost, ids: current, .. } = self else {
+            return;
+        };
+        for id in ids {
+            if current.contains(id.as_str()) {
+                continue;
+            }
+            let id: Arc<str> = id.as_str().into();
+            index.entry(id.clone()).or_default().push(Target {
+                conn,
+                tx: tx.clone(),
+                lost: lost.clone(),
+            });
+            current.insert(id);
+        }
+    }
 }
 
 /// Why a feed stopped.
@@ -349,62 +369,34 @@ impl Feed {
     /// seam has neither gap nor duplicate.
     pub fn subscribe(&mut self, ids: &[String]) -> Result<Vec<Frame>, FeedError> {
         let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
-        match &mut self.mode {
-            Mode::Only { tx, lost, ids: current, .. } => {
-                for id in ids {
-                    if current.contains(id.as_str()) {
-                        continue;
-                    }
-                    let id: Arc<str> = id.as_str().into();
-                    index.entry(id.clone()).or_default().push(Target {
-                        conn: self.conn,
-                        tx: tx.clone(),
-                        lost: lost.clone(),
-                    });
-                    current.insert(id);
-                }
-                Ok(Vec::new())
-            }
-            Mode::Detached => Ok(Vec::new()),
-            Mode::All(ring) => {
-                let (tx, rx) = mpsc::channel(FILTERED_QUEUE);
-                let lost = Arc::new(AtomicBool::new(false));
-                let mut current = HashSet::new();
-                for id in ids {
-                    let id: Arc<str> = id.as_str().into();
-                    if current.insert(id.clone()) {
-                        index.entry(id).or_default().push(Target {
-                            conn: self.conn,
-                            tx: tx.clone(),
-                            lost: lost.clone(),
-                        });
+        let Mode::All(ring) = &mut self.mode else {
+            self.mode.follow(&mut index, self.conn, ids);
+            return Ok(Vec::new());
+        };
+        let only = Mode::only(&mut index, self.conn, ids);
+        // No dispatch runs while we hold the write lock: exactly `pending` frames were sent
+        // before the switch, and every later one goes to the new queue.
+        let pending = ring.len();
+        drop(index);
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let mut seam = Vec::new();
+        let mut result = Ok(());
+        for _ in 0..pending {
+            match ring.try_recv() {
+                Ok(frame) => {
+                    if parcel_id_of(&frame.bytes).is_some_and(|id| wanted.contains(id.as_str())) {
+                        seam.push(frame);
                     }
                 }
-                // No dispatch runs while we hold the write lock: exactly `pending` frames were
-                // sent before the switch, and every later one goes to the new queue.
-                let pending = ring.len();
-                drop(index);
-                let mut seam = Vec::new();
-                for _ in 0..pending {
-                    match ring.try_recv() {
-                        Ok(frame) => {
-                            if parcel_id_of(&frame.bytes)
-                                .is_some_and(|id| current.contains(id.as_str()))
-                            {
-                                seam.push(frame);
-                            }
-                        }
-                        Err(TryRecvError::Lagged(n)) => {
-                            self.mode = Mode::Only { rx, tx, lost, ids: current };
-                            return Err(FeedError::Lagged(n));
-                        }
-                        Err(_) => break,
-                    }
+                Err(TryRecvError::Lagged(n)) => {
+                    result = Err(FeedError::Lagged(n));
+                    break;
                 }
-                self.mode = Mode::Only { rx, tx, lost, ids: current };
-                Ok(seam)
+                Err(_) => break,
             }
         }
+        self.mode = only;
+        result.map(|()| seam)
     }
 
     /// Removes `ids` from a filtered feed (a feed of every event is left as it is).
@@ -443,7 +435,7 @@ impl Feed {
     }
 }
 
-fn remove_target(index: &mut HashMap<Arc<str>, Vec<Target>>, id: &str, conn: u64) {
+fn remove_target(index: &mut Index, id: &str, conn: u64) {
     if let Some(targets) = index.get_mut(id) {
         targets.retain(|t| t.conn != conn);
         if targets.is_empty() {
