@@ -260,16 +260,21 @@ describe('per-parcel subscriptions', () => {
     for (const i of [0, 2, 3]) assert.equal(filtered[i].messages.length, filtered[i].cursor, `client ${i} got extra frames`);
   });
 
-  test('narrowing while events stream in: no gap, no duplicate, no stray event after the ack', async () => {
-    const c = await client();
+  /** Publishes 400 events in bursts of 20 (every third for parcel 'a'); `frames` as clients get them. */
+  function streamMixed() {
     const events = Array.from({ length: 400 }, (_, n) => ({ id: n % 3 === 0 ? 'a' : `o${n % 3}`, data: { n } }));
-    const frames = events.map((e) => h.dataFrame(e.id, e.data));
     const publishing = (async () => {
       for (let i = 0; i < events.length; i += 20) {
         await Promise.all(events.slice(i, i + 20).map((e) => rt.publishParcelUpdate(e.id, e.data)));
         await h.delay(1);
       }
     })();
+    return { frames: events.map((e) => h.dataFrame(e.id, e.data)), publishing };
+  }
+
+  test('narrowing while events stream in: no gap, no duplicate, no stray event after the ack', async () => {
+    const c = await client();
+    const { frames, publishing } = streamMixed();
     await c.waitFor(30); // some events arrived unfiltered
     await send(c, { type: 'subscribe', parcel_ids: ['a'] });
     await publishing;
@@ -294,14 +299,7 @@ describe('per-parcel subscriptions', () => {
     const c = await client();
     await request(c, { type: 'subscribe', parcel_ids: ['a'] }, ack('subscribed', ['a']));
     const start = c.cursor;
-    const events = Array.from({ length: 400 }, (_, n) => ({ id: n % 3 === 0 ? 'a' : `o${n % 3}`, data: { n } }));
-    const frames = events.map((e) => h.dataFrame(e.id, e.data));
-    const publishing = (async () => {
-      for (let i = 0; i < events.length; i += 20) {
-        await Promise.all(events.slice(i, i + 20).map((e) => rt.publishParcelUpdate(e.id, e.data)));
-        await h.delay(1);
-      }
-    })();
+    const { frames, publishing } = streamMixed();
     await c.waitFor(start + 10);
     await send(c, { type: 'subscribe', all: true });
     await publishing;

@@ -568,29 +568,37 @@ impl Snapshot {
         let mut w = Writer { out: &mut out };
         w.family("realtime_build_info", "gauge", "Version of realtime-events serving; always 1.");
         w.sample("realtime_build_info", &[("version", self.version)], 1.0);
-        w.family("realtime_uptime_seconds", "gauge", "Seconds since this server started.");
-        w.sample("realtime_uptime_seconds", &[], round3(self.uptime.as_secs_f64()));
-        w.family(
+        w.single(
+            "realtime_uptime_seconds",
+            "gauge",
+            "Seconds since this server started.",
+            round3(self.uptime.as_secs_f64()),
+        );
+        w.single(
             "realtime_ready",
             "gauge",
             "1 when /health answers 200 (the server takes clients), else 0.",
+            f(self.health.http_status() == 200),
         );
-        w.sample("realtime_ready", &[], f(self.health.http_status() == 200));
-        w.family(
+        w.single(
             "realtime_draining",
             "gauge",
             "1 while the server drains (no new clients; the connected ones are being moved away).",
+            f(self.draining),
         );
-        w.sample("realtime_draining", &[], f(self.draining));
 
-        w.family("realtime_connections_open", "gauge", "WebSocket clients connected now.");
-        w.sample("realtime_connections_open", &[], self.clients as f64);
-        w.family(
+        w.single(
+            "realtime_connections_open",
+            "gauge",
+            "WebSocket clients connected now.",
+            self.clients as f64,
+        );
+        w.single(
             "realtime_connections_total",
             "counter",
             "WebSocket connections admitted (upgraded) since the start.",
+            self.connections_total as f64,
         );
-        w.sample("realtime_connections_total", &[], self.connections_total as f64);
         w.family("realtime_connections_closed_total", "counter", "WebSocket connections ended, by reason: client, shutdown (1001), too_slow (1013), stuck (write timeout), too_large (1009), protocol_error, token_expired (4401), refresh_refused (4403), heartbeat_timeout (4408), rate_limited (4429).");
         for (reason, n) in &self.closed {
             w.sample("realtime_connections_closed_total", &[("reason", reason)], *n as f64);
@@ -604,30 +612,19 @@ impl Snapshot {
             w.sample("realtime_refusals_total", &[("reason", code)], *n as f64);
         }
 
-        w.family("realtime_events_published_total", "counter", "Events this process published that the bus accepted (memory: queued for every connection; Redis: PUBLISH acknowledged). Shared by the servers of one process.");
-        w.sample("realtime_events_published_total", &[], self.published as f64);
-        w.family(
-            "realtime_events_publish_failed_total",
-            "counter",
-            "Events this process published that the bus could not take (the bus stopped while Redis was unreachable).",
-        );
-        w.sample("realtime_events_publish_failed_total", &[], self.publish_failed as f64);
-        w.family("realtime_publish_queue", "gauge", "Publishes accepted and not yet taken by the bus (in Redis mode: held while Redis is unreachable, sent in order once it is back).");
-        w.sample("realtime_publish_queue", &[], self.publish_queued as f64);
-        w.family("realtime_events_received_total", "counter", "Events that entered this process's fan-out (its own publishes in memory mode; everything the Redis subscription delivered in Redis mode).");
-        w.sample("realtime_events_received_total", &[], self.received as f64);
-        w.family("realtime_deliveries_total", "counter", "Event frames written to WebSocket clients (one event to 100 clients is 100 deliveries).");
-        w.sample("realtime_deliveries_total", &[], self.delivered as f64);
-        w.family(
+        w.single("realtime_events_published_total", "counter", "Events this process published that the bus accepted (memory: queued for every connection; Redis: PUBLISH acknowledged). Shared by the servers of one process.", self.published as f64);
+        w.single("realtime_events_publish_failed_total", "counter", "Events this process published that the bus could not take (the bus stopped while Redis was unreachable).", self.publish_failed as f64);
+        w.single("realtime_publish_queue", "gauge", "Publishes accepted and not yet taken by the bus (in Redis mode: held while Redis is unreachable, sent in order once it is back).", self.publish_queued as f64);
+        w.single("realtime_events_received_total", "counter", "Events that entered this process's fan-out (its own publishes in memory mode; everything the Redis subscription delivered in Redis mode).", self.received as f64);
+        w.single("realtime_deliveries_total", "counter", "Event frames written to WebSocket clients (one event to 100 clients is 100 deliveries).", self.delivered as f64);
+        w.single(
             "realtime_deliveries_dropped_total",
             "counter",
             "Events that clients cut for slowness (1013) had fallen behind by and never received.",
+            self.dropped as f64,
         );
-        w.sample("realtime_deliveries_dropped_total", &[], self.dropped as f64);
-        w.family("realtime_bytes_sent_total", "counter", "Bytes of WebSocket frames written to clients (events, welcome, replies; framing included).");
-        w.sample("realtime_bytes_sent_total", &[], self.bytes_sent as f64);
-        w.family("realtime_publish_paced_seconds_total", "counter", "Time the bus held publishes back because the slowest client was half the ring behind (flow control).");
-        w.sample("realtime_publish_paced_seconds_total", &[], self.paced_seconds);
+        w.single("realtime_bytes_sent_total", "counter", "Bytes of WebSocket frames written to clients (events, welcome, replies; framing included).", self.bytes_sent as f64);
+        w.single("realtime_publish_paced_seconds_total", "counter", "Time the bus held publishes back because the slowest client was half the ring behind (flow control).", self.paced_seconds);
 
         w.family(
             "realtime_bus_info",
@@ -642,18 +639,18 @@ impl Snapshot {
             ],
             1.0,
         );
-        w.family(
+        w.single(
             "realtime_redis_connected",
             "gauge",
             "1 while the Redis subscription is up (0 in memory mode).",
+            f(self.redis_connected),
         );
-        w.sample("realtime_redis_connected", &[], f(self.redis_connected));
-        w.family(
+        w.single(
             "realtime_redis_reconnects_total",
             "counter",
             "Times the Redis subscription was restored after a loss.",
+            self.redis_reconnects as f64,
         );
-        w.sample("realtime_redis_reconnects_total", &[], self.redis_reconnects as f64);
 
         let name = "realtime_publish_to_send_seconds";
         w.family(name, "histogram", "Age of the oldest event in each batch a connection flushed to its socket, from the moment the event entered this process (publish call, or arrival from Redis) to the moment the flush completed. One observation per flushed batch.");
@@ -665,12 +662,12 @@ impl Snapshot {
         w.sample(&format!("{name}_sum"), &[], self.latency.sum_seconds);
         w.sample(&format!("{name}_count"), &[], self.latency.count() as f64);
 
-        w.family(
+        w.single(
             "realtime_log_records_dropped_total",
             "counter",
             "Log records not delivered to the JS logger hook because its queue was full.",
+            self.log_records_dropped as f64,
         );
-        w.sample("realtime_log_records_dropped_total", &[], self.log_records_dropped as f64);
         out
     }
 }
@@ -684,6 +681,12 @@ impl Writer<'_> {
         let _ =
             writeln!(self.out, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// A family of one unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {

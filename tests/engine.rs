@@ -208,16 +208,6 @@ async fn a_client_that_never_reads_is_cut_and_others_are_unharmed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_http_with_a_json_code() {
     let (server, _bus) = start(BusConfig::default()).await;
-    async fn ask(server: &Server, request: &str) -> String {
-        let mut s = TcpStream::connect(server.local_addr()).await.unwrap();
-        s.write_all(request.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
-        out
-    }
     let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
     let cases = [
         (format!("GET /other HTTP/1.1\r\n{upgrade}\r\n"), "404", "NOT_FOUND"),
@@ -292,6 +282,7 @@ async fn resume_replays_exactly_what_was_missed() {
     assert!(err.contains("400"), "{err}");
     server.close(Duration::from_secs(5)).await;
 }
+
 /// Sends one raw HTTP request and returns the whole answer.
 async fn ask(server: &Server, request: &str) -> String {
     let mut s = TcpStream::connect(server.local_addr()).await.unwrap();
