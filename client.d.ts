@@ -117,7 +117,7 @@ export interface RealtimeClientOptions {
  * every reconnect, application-level heartbeats. Never throws from its callbacks.
  */
 export declare class RealtimeClient {
-  /** Starts connecting on the next turn of the event loop (attach listeners first). Throws a TypeError for invalid options. */
+  /** Starts connecting on the next turn of the event loop (attach listeners first). Throws a TypeError with code `ERR_INVALID_OPTION` for invalid options. */
   constructor(options: RealtimeClientOptions);
   /** The current state. */
   readonly state: ConnectionState;
@@ -131,7 +131,7 @@ export declare class RealtimeClient {
   readonly subscriptions: { all: boolean; parcelIds: string[] };
   on<K extends keyof RealtimeClientEvents>(event: K, listener: (payload: RealtimeClientEvents[K]) => unknown): this;
   off<K extends keyof RealtimeClientEvents>(event: K, listener: (payload: RealtimeClientEvents[K]) => unknown): this;
-  /** Follows these parcels too (the first call narrows from every event to these). Sent now if open; remembered for reconnects. Throws a TypeError for invalid ids. */
+  /** Follows these parcels too (the first call narrows from every event to these). Sent now if open; remembered for reconnects. Throws a TypeError with code `ERR_INVALID_PARCEL_ID` for invalid ids. */
   subscribe(parcelIds: string[]): void;
   /** Stops following these parcels (a client following every event stays so). */
   unsubscribe(parcelIds: string[]): void;

@@ -39,7 +39,10 @@
   'use strict';
   /* global define */
   if (typeof module === 'object' && module && module.exports) {
-    module.exports = factory();
+    var api = factory();
+    // One by one, so that Node's ESM loader finds the names: import { RealtimeClient } from ...
+    module.exports.RealtimeClient = api.RealtimeClient;
+    module.exports.compareOffsets = api.compareOffsets;
   } else if (typeof define === 'function' && define.amd) {
     define([], factory);
   } else {
@@ -69,6 +72,13 @@
 
   function now() {
     return Date.now();
+  }
+
+  /** A TypeError with a `code`, for a programming error in the caller. */
+  function typeError(code, message) {
+    var err = new TypeError(message);
+    err.code = code;
+    return err;
   }
 
   function makeError(code, message, extra) {
@@ -105,15 +115,15 @@
 
   /** Throws a TypeError unless `ids` is an array of valid parcel ids; returns a copy. */
   function checkParcelIds(ids, what) {
-    if (!Array.isArray(ids)) throw new TypeError(what + ' must be an array of parcel ids');
+    if (!Array.isArray(ids)) throw typeError('ERR_INVALID_PARCEL_ID', what + ' must be an array of parcel ids');
     var out = [];
     for (var i = 0; i < ids.length; i++) {
       var id = ids[i];
       if (typeof id !== 'string' || id === '') {
-        throw new TypeError(what + ': parcel ids must be non-empty strings (got ' + JSON.stringify(id) + ')');
+        throw typeError('ERR_INVALID_PARCEL_ID', what + ': parcel ids must be non-empty strings (got ' + JSON.stringify(id) + ')');
       }
       if (utf8Length(id) > MAX_PARCEL_ID_BYTES || LONE_SURROGATE.test(id)) {
-        throw new TypeError(what + ': parcel id ' + JSON.stringify(id.slice(0, 40)) +
+        throw typeError('ERR_INVALID_PARCEL_ID', what + ': parcel id ' + JSON.stringify(id.slice(0, 40)) +
           ' is longer than ' + MAX_PARCEL_ID_BYTES + ' UTF-8 bytes or not valid Unicode');
       }
       out.push(id);
@@ -151,19 +161,19 @@
 
   /** An absolute ws:// or wss:// URL from what the caller gave (http(s):// and, in a page, relative URLs too). */
   function resolveUrl(url) {
-    if (typeof url !== 'string' || url === '') throw new TypeError('options.url must be a ws:// or wss:// URL');
+    if (typeof url !== 'string' || url === '') throw typeError('ERR_INVALID_OPTION', 'options.url must be a ws:// or wss:// URL');
     var parsed;
     try {
       if (/^[a-z][a-z0-9+.-]*:/i.test(url)) parsed = new URL(url);
       else if (typeof location !== 'undefined' && location && location.href) parsed = new URL(url, location.href);
       else throw new Error('relative');
     } catch (e) {
-      throw new TypeError('options.url must be a ws:// or wss:// URL (got ' + JSON.stringify(url) + ')');
+      throw typeError('ERR_INVALID_OPTION', 'options.url must be a ws:// or wss:// URL (got ' + JSON.stringify(url) + ')');
     }
     if (parsed.protocol === 'http:') parsed.protocol = 'ws:';
     else if (parsed.protocol === 'https:') parsed.protocol = 'wss:';
     if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:') {
-      throw new TypeError('options.url must be a ws:// or wss:// URL (got ' + JSON.stringify(url) + ')');
+      throw typeError('ERR_INVALID_OPTION', 'options.url must be a ws:// or wss:// URL (got ' + JSON.stringify(url) + ')');
     }
     parsed.hash = '';
     return parsed.toString();
@@ -172,7 +182,7 @@
   function checkDelay(value, name, fallback, min) {
     if (value === undefined || value === null) return fallback;
     if (typeof value !== 'number' || !isFinite(value) || value < min) {
-      throw new TypeError('options.' + name + ' must be a number >= ' + min);
+      throw typeError('ERR_INVALID_OPTION', 'options.' + name + ' must be a number >= ' + min);
     }
     return value;
   }
@@ -241,15 +251,15 @@
    * - 'message': every frame as it arrived (parsed JSON), before deduplication and filtering.
    */
   function RealtimeClient(options) {
-    if (!(this instanceof RealtimeClient)) throw new TypeError("Class constructor RealtimeClient cannot be invoked without 'new'");
-    if (!options || typeof options !== 'object') throw new TypeError('RealtimeClient needs an options object');
-    if (typeof options.getToken !== 'function') throw new TypeError('options.getToken must be a function returning a token (or a Promise of one)');
+    if (!(this instanceof RealtimeClient)) throw typeError('ERR_INVALID_ARGUMENT', "Class constructor RealtimeClient cannot be invoked without 'new'");
+    if (!options || typeof options !== 'object') throw typeError('ERR_INVALID_OPTION', 'RealtimeClient needs an options object');
+    if (typeof options.getToken !== 'function') throw typeError('ERR_INVALID_OPTION', 'options.getToken must be a function returning a token (or a Promise of one)');
     var WS = options.WebSocket || (typeof globalThis !== 'undefined' ? globalThis.WebSocket : undefined);
     if (typeof WS !== 'function') {
-      throw new TypeError('no WebSocket implementation: pass options.WebSocket (in Node: require("ws"))');
+      throw typeError('ERR_INVALID_OPTION', 'no WebSocket implementation: pass options.WebSocket (in Node: require("ws"))');
     }
     if (options.since !== undefined && options.since !== null && (typeof options.since !== 'string' || options.since === '')) {
-      throw new TypeError('options.since must be an offset string');
+      throw typeError('ERR_INVALID_OPTION', 'options.since must be an offset string');
     }
 
     this._url = resolveUrl(options.url);
@@ -257,7 +267,7 @@
     this._WebSocket = WS;
     this._minDelay = checkDelay(options.minDelayMs, 'minDelayMs', 250, 1);
     this._maxDelay = checkDelay(options.maxDelayMs, 'maxDelayMs', Math.max(10000, this._minDelay), 1);
-    if (this._maxDelay < this._minDelay) throw new TypeError('options.maxDelayMs must be >= minDelayMs');
+    if (this._maxDelay < this._minDelay) throw typeError('ERR_INVALID_OPTION', 'options.maxDelayMs must be >= minDelayMs');
     this._pingInterval = checkDelay(options.pingIntervalMs, 'pingIntervalMs', 20000, 0);
     this._connectTimeout = checkDelay(options.connectTimeoutMs, 'connectTimeoutMs', 10000, 1);
 
@@ -331,8 +341,8 @@
 
   /** Adds a listener; returns the client. */
   RealtimeClient.prototype.on = function (event, listener) {
-    if (EVENTS.indexOf(event) < 0) throw new TypeError('unknown event ' + JSON.stringify(event) + ' (one of ' + EVENTS.join(', ') + ')');
-    if (typeof listener !== 'function') throw new TypeError('listener must be a function');
+    if (EVENTS.indexOf(event) < 0) throw typeError('ERR_INVALID_ARGUMENT', 'unknown event ' + JSON.stringify(event) + ' (one of ' + EVENTS.join(', ') + ')');
+    if (typeof listener !== 'function') throw typeError('ERR_INVALID_ARGUMENT', 'listener must be a function');
     var list = this._listeners[event] || (this._listeners[event] = []);
     list.push(listener);
     return this;

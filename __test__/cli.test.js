@@ -64,6 +64,21 @@ describe('realtime-events CLI', () => {
     assert.match(p.out(), /SIGTERM: closing/);
   });
 
+  test('outside production each line on stdin publishes that parcel id; a bad one is reported, not fatal', async () => {
+    const port = await h.freePort();
+    const p = cli({ REALTIME_PORT: port });
+    const [, url] = await p.waitForOutput(/try it:\s+(ws:\/\/\S+)\n/, { ms: 10_000 });
+    const c = await h.connectReady(url);
+    clients.push(c);
+    p.write('x'.repeat(300));
+    await p.waitForOutput(/could not publish "x+": .* \(ERR_INVALID_PARCEL_ID\)\n/);
+    p.write('  parcel-typed  ');
+    await p.waitForOutput(/published parcel-typed\n/);
+    assert.equal(h.withoutOffset(await c.next()), h.frame('parcel-typed'));
+    p.child.kill('SIGTERM');
+    assert.deepEqual(await p.waitForExit(8000), { code: 0, signal: null }, p.err());
+  });
+
   test('SIGINT closes clients with 1001 and exits 0', async () => {
     const port = await h.freePort();
     const p = cli({ REALTIME_PORT: port, JWT_SECRET: 'sigint-secret' });

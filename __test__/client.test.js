@@ -345,25 +345,30 @@ describe('RealtimeClient against the real server', () => {
     assert.equal(rec.errors.filter((e) => e.code === 'SUBSCRIPTION_LIMIT').length, 1);
   });
 
-  test('invalid parcel ids throw a TypeError at the call; nothing is sent', async () => {
+  test('invalid parcel ids and options throw a TypeError with a code at the call; nothing is sent', async () => {
     const server = await startServer();
     const rec = newClient(server.port);
     await rec.waitOpen();
-    assert.throws(() => rec.client.subscribe('p1'), TypeError);
-    assert.throws(() => rec.client.subscribe([1]), TypeError);
-    assert.throws(() => rec.client.subscribe(['']), TypeError);
-    assert.throws(() => rec.client.unsubscribe(['x'.repeat(257)]), TypeError);
-    assert.throws(() => rec.client.subscribe(['\ud800']), TypeError);
+    const badId = { name: 'TypeError', code: 'ERR_INVALID_PARCEL_ID' };
+    assert.throws(() => rec.client.subscribe('p1'), badId);
+    assert.throws(() => rec.client.subscribe([1]), badId);
+    assert.throws(() => rec.client.subscribe(['']), badId);
+    assert.throws(() => rec.client.unsubscribe(['x'.repeat(257)]), badId);
+    assert.throws(() => rec.client.subscribe(['\ud800']), badId);
     rec.client.subscribe(['é'.repeat(128)]); // 256 UTF-8 bytes: allowed
     rec.client.subscribe([]); // nothing to add: no change
     await rec.waitFrame('subscribed');
     assert.deepEqual(rec.framesOf('subscribed')[0].parcel_ids, ['é'.repeat(128)]);
     assert.deepEqual(rec.errors, []);
-    assert.throws(() => new RealtimeClient({ url: 'http//nope', getToken: () => 't', WebSocket }), TypeError);
-    assert.throws(() => new RealtimeClient({ url: 'ws://x/ws', WebSocket }), TypeError);
-    assert.throws(() => new RealtimeClient({ url: 'ws://x/ws', getToken: () => 't' }), /pass options.WebSocket/);
-    assert.throws(() => new RealtimeClient({ url: 'ws://x/ws', getToken: () => 't', WebSocket, minDelayMs: 500, maxDelayMs: 100 }), TypeError);
-    assert.throws(() => rec.client.on('nope', () => {}), TypeError);
+    const badOption = { name: 'TypeError', code: 'ERR_INVALID_OPTION' };
+    assert.throws(() => new RealtimeClient(), badOption);
+    assert.throws(() => new RealtimeClient({ url: 'http//nope', getToken: () => 't', WebSocket }), badOption);
+    assert.throws(() => new RealtimeClient({ url: 'ws://x/ws', WebSocket }), badOption);
+    assert.throws(() => new RealtimeClient({ url: 'ws://x/ws', getToken: () => 't' }), { ...badOption, message: /pass options.WebSocket/ });
+    assert.throws(() => new RealtimeClient({ url: 'ws://x/ws', getToken: () => 't', WebSocket, minDelayMs: 500, maxDelayMs: 100 }), badOption);
+    assert.throws(() => new RealtimeClient({ url: 'ws://x/ws', getToken: () => 't', WebSocket, since: 5 }), badOption);
+    assert.throws(() => rec.client.on('nope', () => {}), { name: 'TypeError', code: 'ERR_INVALID_ARGUMENT' });
+    assert.throws(() => rec.client.on('state', 'not a function'), { name: 'TypeError', code: 'ERR_INVALID_ARGUMENT' });
   });
 
   test('refreshToken() sends a fresh token from getToken; a refused one (4403) reconnects with a new token', async () => {

@@ -12,7 +12,7 @@ const path = require('node:path');
 
 const { PKG, connectReady, cleanEnv, sign, SECRET, spawnNodeScript } = require('./helpers');
 
-test('npm install <path> from a sibling package builds it and require() works there', { timeout: 600_000 }, async (t) => {
+test('npm install <path> from a sibling package builds it; require() and import work there', { timeout: 600_000 }, async (t) => {
   const mono = fs.mkdtempSync(path.join(os.tmpdir(), 'rt-monorepo-'));
   t.after(() => fs.rmSync(mono, { recursive: true, force: true }));
   const api = path.join(mono, 'api');
@@ -41,4 +41,13 @@ test('npm install <path> from a sibling package builds it and require() works th
   const [, port] = await child.waitForOutput(/PORT (\d+)/, { ms: 20_000 });
   const client = await connectReady(`ws://127.0.0.1:${port}/ws?token=${encodeURIComponent(sign())}`);
   client.close();
+
+  // The same from an ES module: named imports of the package and of its client.
+  const esm = spawnSync(process.execPath, ['--input-type=module', '-e', `
+    import rt, { startServer, publishParcelUpdate } from 'realtime-events';
+    import { RealtimeClient, compareOffsets } from 'realtime-events/client';
+    console.log([rt.startServer === startServer, typeof publishParcelUpdate, typeof RealtimeClient, compareOffsets('1-1', '1-2')].join(' '));
+  `], { cwd: api, encoding: 'utf8', env: cleanEnv() });
+  assert.equal(esm.status, 0, esm.stderr);
+  assert.equal(esm.stdout, 'true function function -1\n');
 });

@@ -5,6 +5,8 @@
 //   REDIS_REQUIRED  REALTIME_DRAIN_MS (5000 here)  REALTIME_DASHBOARD  LOG_LEVEL  LOG_FORMAT
 //   NODE_ENV
 //
+// Outside production, each line typed on stdin publishes that parcel id (to try it out).
+//
 // SIGTERM or SIGINT drains: /health turns 503, clients are moved away with 1001 spread over
 // REALTIME_DRAIN_MS, then the process exits 0. A second signal exits at once.
 //
@@ -121,6 +123,25 @@ async function main() {
   } else if (dashboardOn) {
     log(`dashboard: ${base}`);
   }
+  if (process.env.NODE_ENV !== 'production') publishTypedLines(rt, log);
+}
+
+/**
+ * Development only: every line on stdin is a parcel id to publish, so a newcomer can watch an
+ * event reach a client without writing a publisher (the in-memory bus serves this process only).
+ * `terminal: false` leaves the terminal as it is, so Ctrl-C still raises SIGINT.
+ */
+function publishTypedLines(rt, log) {
+  const readline = require('node:readline');
+  readline.createInterface({ input: process.stdin, terminal: false }).on('line', (line) => {
+    const id = line.trim();
+    if (!id) return;
+    rt.publishParcelUpdate(id).then(
+      () => log(`published ${id}`),
+      (err) => log(`could not publish ${JSON.stringify(id)}: ${err.message} (${err.code})`),
+    );
+  });
+  if (process.stdin.isTTY) log('type a parcel id and press Enter to publish it to every client');
 }
 
 main().catch((err) => {

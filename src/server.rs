@@ -237,7 +237,8 @@ impl Server {
         if first && !window.is_zero() {
             log::info!(
                 window_ms = window.as_millis() as u64, clients;
-                "server: draining {clients} clients over {window:?}"
+                "server: draining {clients} client{} over {window:?}",
+                if clients == 1 { "" } else { "s" }
             );
         }
         self.close_clients.cancel();
