@@ -286,10 +286,12 @@ function deliveryFigures(pub, rep, cpu) {
 }
 
 /** Publishes from `publisher` while `loadgens` count, then collects and merges their reports. */
-async function publishAndCollect(publisher, loadgens, servers, publishCmd, drainMs, base = 0) {
+async function publishAndCollect(publisher, loadgens, servers, publishCmd, drainMs, base = 0, probe = null) {
   for (const lg of loadgens) await lg.request(`reset ${base}`);
   const cpu0 = [...servers, ...loadgens, publisher].map((c) => c.cpuSeconds());
+  if (probe) await probe.request('start');
   const pub = await publisher.request({ cmd: 'publish', ...publishCmd, base }, ((publishCmd.duration ?? 10) + 120) * 1000);
+  const idle = probe ? (await probe.request('stop')).event_loop_delay : undefined;
   const end = base + pub.published;
   const waits = await Promise.all(loadgens.map((lg) => lg.request(`wait ${end} ${drainMs}`, drainMs + 30_000)));
   const cpu1 = [...servers, ...loadgens, publisher].map((c) => c.cpuSeconds());
@@ -302,6 +304,7 @@ async function publishAndCollect(publisher, loadgens, servers, publishCmd, drain
   };
   if (!servers.includes(publisher)) cpu.publisher = d(servers.length + loadgens.length);
   const fig = deliveryFigures(pub, rep, cpu);
+  if (idle) fig.idle_event_loop_delay = idle;
   fig.drain = waits.map((w) => w.reason);
   fig.drain_cap_s = drainMs / 1000;
   if (waits.some((w) => w.reason === 'timeout')) {
@@ -345,6 +348,8 @@ function mergeReports(reps) {
 /** 1 (and 5): fan-out as fast as the API accepts; event-loop delay measured meanwhile. */
 async function fanout(impl, o) {
   const server = await startServer(impl);
+  // An idle Node process beside the run: the event-loop delay the machine alone imposes.
+  const probe = new Child('idle-probe', process.execPath, [path.join(__dirname, 'lib', 'probe.js')]);
   let lg;
   try {
     lg = await startLoadgen(server.port, o.clients);
@@ -352,10 +357,11 @@ async function fanout(impl, o) {
     if (c.ok !== o.clients) throw new Error(`connected ${c.ok}/${o.clients}: ${JSON.stringify(c)}`);
     const cmd = { rate: 0, duration: o.duration, chunk: impl === 'rt' ? 100 : 1, window: 1000 };
     if (o.fanoutCount) cmd.count = o.fanoutCount;
-    const fig = await publishAndCollect(server, [lg], [server], cmd, 60_000);
+    const fig = await publishAndCollect(server, [lg], [server], cmd, 60_000, 0, probe);
     fig.server_rss_after = server.rssBytes();
     return fig;
   } finally {
+    await probe.stop('quit');
     if (lg) await lg.stop('quit');
     await stopServer(server);
   }
@@ -657,7 +663,10 @@ const SCENARIOS = {
       }
       results.fanout = out;
       // Scenario 5 is measured during scenario 1.
-      if (o.scenarios.includes('eventloop')) results.eventloop = { source: 'fanout', ...pick(out, (f) => f.event_loop_delay) };
+      if (o.scenarios.includes('eventloop')) {
+        results.eventloop = { source: 'fanout', ...pick(out, (f) => f.event_loop_delay) };
+        results.eventloop.idle = pick(out, (f) => f.idle_event_loop_delay);
+      }
     },
   },
   latency: {

@@ -240,4 +240,4 @@ function parseArgs(argv) {
   return out;
 }
 
-module.exports = { serve, parseArgs, send };
+module.exports = { serve, parseArgs, send, eldSummary, ELD_RESOLUTION_MS };
