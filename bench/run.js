@@ -348,8 +348,7 @@ function mergeReports(reps) {
 /** 1 (and 5): fan-out as fast as the API accepts; event-loop delay measured meanwhile. */
 async function fanout(impl, o) {
   const server = await startServer(impl);
-  // An idle Node process beside the run: the event-loop delay the machine alone imposes.
-  const probe = new Child('idle-probe', process.execPath, [path.join(__dirname, 'lib', 'probe.js')]);
+  const probe = idleProbe();
   let lg;
   try {
     lg = await startLoadgen(server.port, o.clients);
@@ -370,16 +369,23 @@ async function fanout(impl, o) {
 /** 2: latency at a fixed publish rate. */
 async function latency(impl, o, rate) {
   const server = await startServer(impl);
+  const probe = idleProbe();
   let lg;
   try {
     lg = await startLoadgen(server.port, o.clients);
     const c = await connectAll(lg, o.clients);
     if (c.ok !== o.clients) throw new Error(`connected ${c.ok}/${o.clients}: ${JSON.stringify(c)}`);
-    return await publishAndCollect(server, [lg], [server], { rate, duration: o.latencyDuration }, o.drainCapMs);
+    return await publishAndCollect(server, [lg], [server], { rate, duration: o.latencyDuration }, o.drainCapMs, 0, probe);
   } finally {
+    await probe.stop('quit');
     if (lg) await lg.stop('quit');
     await stopServer(server);
   }
+}
+
+/** An idle Node process beside a run: the event-loop delay the machine alone imposes. */
+function idleProbe() {
+  return new Child('idle-probe', process.execPath, [path.join(__dirname, 'lib', 'probe.js')]);
 }
 
 /** One event to every client of `loadgens` (all must have it): the sanity check of a hold. */
@@ -685,8 +691,11 @@ const SCENARIOS = {
           // Scenario 5's companion: the same probe while publishing at a steady rate.
           results.eventloop = results.eventloop || { source: 'fanout' };
           results.eventloop.paced = results.eventloop.paced || [];
-          const entry = { rate };
-          for (const impl of o.impls) entry[impl] = out[impl]?.event_loop_delay ?? null;
+          const entry = { rate, idle: {} };
+          for (const impl of o.impls) {
+            entry[impl] = out[impl]?.event_loop_delay ?? null;
+            entry.idle[impl] = out[impl]?.idle_event_loop_delay ?? null;
+          }
           results.eventloop.paced.push(entry);
         }
       }
@@ -832,8 +841,16 @@ async function main() {
     const file = path.join(RESULTS, 'latest.json');
     if (fs.existsSync(file)) {
       const prev = JSON.parse(fs.readFileSync(file, 'utf8'));
-      const kept = Object.fromEntries(Object.entries(prev.results).filter(([k]) => !(k in results) && !(k === 'eventloop' && o.scenarios.includes('fanout'))));
+      const kept = Object.fromEntries(Object.entries(prev.results).filter(([k]) => !(k in results)));
       Object.assign(results, kept);
+      // Scenario 5 has two halves: measured during fan-out (scenario 1) and at steady rates
+      // (scenario 2). Keep the half whose scenario did not run again.
+      const el = prev.results.eventloop;
+      if (el && results.eventloop && results.eventloop !== el) {
+        const fanoutPart = o.scenarios.includes('fanout') ? results.eventloop : el;
+        const pacedPart = o.scenarios.includes('latency') ? results.eventloop.paced : el.paced;
+        results.eventloop = { ...fanoutPart, paced: pacedPart };
+      }
       meta.merged_into = { date: prev.meta.machine.date, command: prev.meta.command, total_secs: prev.meta.total_secs, background: prev.meta.background };
       meta.background = [...(prev.meta.background || []).filter((b) => !o.scenarios.includes(b.run.split('/')[0])), ...meta.background];
       meta.max_background_cores = Math.max(0, ...meta.background.map((b) => b.busy_cores));

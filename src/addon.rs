@@ -39,8 +39,8 @@ fn to_js(e: EngineError) -> napi::Error {
     napi::Error::new(status, format!("{}: {}", e.code(), e.message()))
 }
 
-/// The engine's tokio runtime: `REALTIME_WORKER_THREADS` workers (default: one per CPU), named
-/// so they are easy to find in `top -H` and profiles. Installed when the addon loads, before any
+/// The engine's tokio runtime: `REALTIME_WORKER_THREADS` workers (default: one per CPU) at
+/// `REALTIME_WORKER_NICE` (default 0), named so they are easy to find in `top -H` and profiles. Installed when the addon loads, before any
 /// async call could start napi's default runtime.
 #[napi_derive::module_init]
 fn init_runtime() {
@@ -49,9 +49,27 @@ fn init_runtime() {
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    // Nice value of the engine's threads (0..=19, Linux): above 0 they yield the CPU to the
+    // application's JS thread when both want it (see the README's configuration table).
+    let nice = match std::env::var("REALTIME_WORKER_NICE") {
+        Err(_) => 0,
+        Ok(v) => match v.trim().parse::<i32>() {
+            Ok(n) if (0..=19).contains(&n) => n,
+            _ => {
+                eprintln!("[realtime-events] REALTIME_WORKER_NICE must be an integer from 0 to 19, got {v:?}; using 0");
+                0
+            }
+        },
+    };
     match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("realtime-events")
+        .on_thread_start(move || {
+            if nice != 0 {
+                // SAFETY: setpriority on the calling thread (Linux: a thread id is a process id).
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+            }
+        })
         .enable_all()
         .build()
     {

@@ -151,7 +151,7 @@ impl Hub {
     /// Records the newest offset known (dispatch does it for every event with one).
     pub(crate) fn set_head(&self, offset: Offset) {
         let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
-        if head.map_or(true, |h| offset > h) {
+        if head.is_none_or(|h| offset > h) {
             *head = Some(offset);
         }
     }

@@ -602,7 +602,7 @@ async fn admit(
             ..Refusal::new(426, "UNSUPPORTED_VERSION", "Only WebSocket version 13 is supported")
         });
     }
-    if head.header("sec-websocket-key").map_or(true, |k| k.trim().is_empty()) {
+    if head.header("sec-websocket-key").is_none_or(|k| k.trim().is_empty()) {
         return Err(Refusal::new(400, "BAD_REQUEST", "Missing Sec-WebSocket-Key"));
     }
     if let Some(origin) = head.header("origin") {
@@ -655,7 +655,7 @@ async fn admit(
 /// `scheme://host[:port]` compared case-insensitively; no list allows every origin.
 fn origin_allowed(allowed: Option<&[String]>, origin: &str) -> bool {
     let origin = origin.trim().trim_end_matches('/');
-    allowed.map_or(true, |list| {
+    allowed.is_none_or(|list| {
         list.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
     })
 }
