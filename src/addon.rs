@@ -64,12 +64,7 @@ fn init_runtime() {
     match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("realtime-events")
-        .on_thread_start(move || {
-            if nice != 0 {
-                // SAFETY: setpriority on the calling thread (Linux: a thread id is a process id).
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-            }
-        })
+        .on_thread_start(move || set_thread_nice(nice))
         .enable_all()
         .build()
     {
@@ -77,6 +72,18 @@ fn init_runtime() {
         // napi then starts its default runtime on first use; nothing is lost but the name.
         Err(e) => eprintln!("[realtime-events] could not build the tokio runtime: {e}"),
     }
+}
+
+/// Lowers the calling thread's priority to `nice`. On Linux, nice is per thread, so the JS
+/// thread keeps its own; elsewhere it would apply to the whole process, so it is not done.
+fn set_thread_nice(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if nice != 0 {
+        // SAFETY: a plain syscall; `who = 0` is the calling thread on Linux.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// The process-wide bus and the sink to attach to it.
