@@ -40,8 +40,8 @@ fn to_js(e: EngineError) -> napi::Error {
 }
 
 /// The engine's tokio runtime: `REALTIME_WORKER_THREADS` workers (default: one per CPU) at
-/// `REALTIME_WORKER_NICE` (default 0), named so they are easy to find in `top -H` and profiles. Installed when the addon loads, before any
-/// async call could start napi's default runtime.
+/// `REALTIME_WORKER_NICE` (default 0), named so they are easy to find in `top -H` and profiles.
+/// Installed when the addon loads, before any async call could start napi's default runtime.
 #[napi_derive::module_init]
 fn init_runtime() {
     let workers = std::env::var("REALTIME_WORKER_THREADS")
