@@ -212,23 +212,32 @@ function refusal(url, options = {}, ms = DEFAULT_TIMEOUT, protocols = undefined)
       reject(new Error(`expected a refusal, but the upgrade succeeded (${url})`));
     });
     ws.once('unexpected-response', (req, res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => {
-        const raw = Buffer.concat(chunks).toString('utf8');
-        let body;
-        try {
-          body = JSON.parse(raw);
-        } catch {
-          body = undefined;
-        }
+      readResponse(res).then((r) => {
         req.destroy();
-        resolve({ status: res.statusCode, headers: res.headers, body, raw });
-      });
-      res.on('error', reject);
+        resolve(r);
+      }, reject);
     });
   });
   return withTimeout(result, ms, `an HTTP refusal from ${url}`);
+}
+
+/** An HTTP response read whole: {status, headers, body (parsed JSON, or undefined), raw}. */
+function readResponse(res) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    res.on('data', (c) => chunks.push(c));
+    res.on('error', reject);
+    res.on('end', () => {
+      const raw = Buffer.concat(chunks).toString('utf8');
+      let body;
+      try {
+        body = JSON.parse(raw);
+      } catch {
+        body = undefined;
+      }
+      resolve({ status: res.statusCode, headers: res.headers, body, raw });
+    });
+  });
 }
 
 /** Asserts the refusal of `url` has `status` and a JSON body {error, code} exactly in shape. */
@@ -240,18 +249,7 @@ async function expectRefusal(url, options, status, code) {
 function httpGet(port, p, headers = {}, method = 'GET') {
   return withTimeout(new Promise((resolve, reject) => {
     const req = http.request({ host: '127.0.0.1', port, path: p, method, headers, agent: false }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => {
-        const raw = Buffer.concat(chunks).toString('utf8');
-        let body;
-        try {
-          body = JSON.parse(raw);
-        } catch {
-          body = undefined;
-        }
-        resolve({ status: res.statusCode, headers: res.headers, body, raw });
-      });
+      readResponse(res).then(resolve, reject);
     });
     req.on('error', reject);
     req.end();

@@ -345,8 +345,11 @@ function mergeReports(reps) {
 // ---------------------------------------------------------------------------------------------
 // Scenarios. Each returns { rt: {...}, baseline: {...} }.
 
-/** 1 (and 5): fan-out as fast as the API accepts; event-loop delay measured meanwhile. */
-async function fanout(impl, o) {
+/**
+ * A server of `impl` with `o.clients` clients of one load generator, and an idle probe beside
+ * them; runs `fn(server, lg, probe)`, then stops them all.
+ */
+async function withClients(impl, o, fn) {
   const server = await startServer(impl);
   const probe = idleProbe();
   let lg;
@@ -354,11 +357,7 @@ async function fanout(impl, o) {
     lg = await startLoadgen(server.port, o.clients);
     const c = await connectAll(lg, o.clients);
     if (c.ok !== o.clients) throw new Error(`connected ${c.ok}/${o.clients}: ${JSON.stringify(c)}`);
-    const cmd = { rate: 0, duration: o.duration, chunk: impl === 'rt' ? 100 : 1, window: 1000 };
-    if (o.fanoutCount) cmd.count = o.fanoutCount;
-    const fig = await publishAndCollect(server, [lg], [server], cmd, 60_000, 0, probe);
-    fig.server_rss_after = server.rssBytes();
-    return fig;
+    return await fn(server, lg, probe);
   } finally {
     await probe.stop('quit');
     if (lg) await lg.stop('quit');
@@ -366,21 +365,21 @@ async function fanout(impl, o) {
   }
 }
 
+/** 1 (and 5): fan-out as fast as the API accepts; event-loop delay measured meanwhile. */
+function fanout(impl, o) {
+  return withClients(impl, o, async (server, lg, probe) => {
+    const cmd = { rate: 0, duration: o.duration, chunk: impl === 'rt' ? 100 : 1, window: 1000 };
+    if (o.fanoutCount) cmd.count = o.fanoutCount;
+    const fig = await publishAndCollect(server, [lg], [server], cmd, 60_000, 0, probe);
+    fig.server_rss_after = server.rssBytes();
+    return fig;
+  });
+}
+
 /** 2: latency at a fixed publish rate. */
-async function latency(impl, o, rate) {
-  const server = await startServer(impl);
-  const probe = idleProbe();
-  let lg;
-  try {
-    lg = await startLoadgen(server.port, o.clients);
-    const c = await connectAll(lg, o.clients);
-    if (c.ok !== o.clients) throw new Error(`connected ${c.ok}/${o.clients}: ${JSON.stringify(c)}`);
-    return await publishAndCollect(server, [lg], [server], { rate, duration: o.latencyDuration }, o.drainCapMs, 0, probe);
-  } finally {
-    await probe.stop('quit');
-    if (lg) await lg.stop('quit');
-    await stopServer(server);
-  }
+function latency(impl, o, rate) {
+  return withClients(impl, o, (server, lg, probe) =>
+    publishAndCollect(server, [lg], [server], { rate, duration: o.latencyDuration }, o.drainCapMs, 0, probe));
 }
 
 /** An idle Node process beside a run: the event-loop delay the machine alone imposes. */

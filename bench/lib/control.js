@@ -103,27 +103,7 @@ async function publishRun(publishOne, opts) {
     const pending = [];
     const intervalNs = 1e9 / rate;
     const dueNs = (k) => startNs + BigInt(Math.round(k * intervalNs));
-    while (!done()) {
-      const due = Math.min(Math.floor(((performance.now() - t0) / 1000) * rate), maxCount);
-      while (seq - base < due && !done()) {
-        const id = `b${seq}-${dueNs(seq - base)}`;
-        seq += 1;
-        let p;
-        try {
-          p = publishOne(id);
-        } catch (err) {
-          onError(err);
-        }
-        if (p) pending.push(p.catch(onError));
-      }
-      if (pending.length > 10000) inflight.push(Promise.all(pending.splice(0, pending.length)));
-      await sleep(1);
-    }
-    // The loop ends on the clock between two ticks: publish what fell due up to the end of the
-    // duration (for at most 100 ms, so a publisher that is far behind stays behind).
-    scheduled = Math.min(Math.floor((durationMs / 1000) * rate), maxCount);
-    const catchUpEnd = performance.now() + 100;
-    while (seq - base < scheduled && performance.now() < catchUpEnd) {
+    const publishDue = () => {
       const id = `b${seq}-${dueNs(seq - base)}`;
       seq += 1;
       let p;
@@ -133,7 +113,18 @@ async function publishRun(publishOne, opts) {
         onError(err);
       }
       if (p) pending.push(p.catch(onError));
+    };
+    while (!done()) {
+      const due = Math.min(Math.floor(((performance.now() - t0) / 1000) * rate), maxCount);
+      while (seq - base < due && !done()) publishDue();
+      if (pending.length > 10000) inflight.push(Promise.all(pending.splice(0, pending.length)));
+      await sleep(1);
     }
+    // The loop ends on the clock between two ticks: publish what fell due up to the end of the
+    // duration (for at most 100 ms, so a publisher that is far behind stays behind).
+    scheduled = Math.min(Math.floor((durationMs / 1000) * rate), maxCount);
+    const catchUpEnd = performance.now() + 100;
+    while (seq - base < scheduled && performance.now() < catchUpEnd) publishDue();
     inflight.push(Promise.all(pending));
   }
   await Promise.all(inflight);
