@@ -587,6 +587,11 @@ function subscribeToParcelEvents(callback) {
   };
 }
 
+// Every export by name (no `a: b.c` values): Node's ESM loader finds the names of a CommonJS
+// module by scanning this literal, and stops at the first entry that is not a plain name.
+const { MAX_PARCEL_ID_BYTES } = native;
+const _busInfo = () => native.busInfo();
+
 module.exports = {
   startServer,
   publishParcelUpdate,
@@ -595,9 +600,9 @@ module.exports = {
   subscribeToParcelEvents,
   setLogger,
   Server,
-  MAX_PARCEL_ID_BYTES: native.MAX_PARCEL_ID_BYTES,
+  MAX_PARCEL_ID_BYTES,
   DEFAULT_PORT,
   DEFAULT_CHANNEL,
   /** @internal for tests and diagnostics */
-  _busInfo: () => native.busInfo(),
+  _busInfo,
 };

@@ -46,6 +46,7 @@ describe('realtime-events CLI', () => {
     assert.ok(parsed.searchParams.get('token'), 'the URL carries a token');
     assert.match(p.out(), new RegExp(`listening on ws://localhost:${port}/ws \\(bus: memory\\)`));
     assert.match(p.out(), /JWT_SECRET is not set: using a random secret/);
+    assert.doesNotMatch(p.out(), /type a parcel id/, 'stdin is not a terminal here: it is not read');
 
     const c = await h.connect(url);
     clients.push(c);
@@ -64,9 +65,10 @@ describe('realtime-events CLI', () => {
     assert.match(p.out(), /SIGTERM: closing/);
   });
 
-  test('outside production each line on stdin publishes that parcel id; a bad one is reported, not fatal', async () => {
+  test('REALTIME_PUBLISH_STDIN=1: each line on stdin publishes that parcel id; a bad one is reported, not fatal', async () => {
     const port = await h.freePort();
-    const p = cli({ REALTIME_PORT: port });
+    // Without a terminal on stdin (as here) it is off unless asked for.
+    const p = cli({ REALTIME_PORT: port, REALTIME_PUBLISH_STDIN: '1' });
     const [, url] = await p.waitForOutput(/try it:\s+(ws:\/\/\S+)\n/, { ms: 10_000 });
     const c = await h.connectReady(url);
     clients.push(c);
@@ -75,6 +77,7 @@ describe('realtime-events CLI', () => {
     p.write('  parcel-typed  ');
     await p.waitForOutput(/published parcel-typed\n/);
     assert.equal(h.withoutOffset(await c.next()), h.frame('parcel-typed'));
+    assert.match(p.out(), /type a parcel id and press Enter to publish it/);
     p.child.kill('SIGTERM');
     assert.deepEqual(await p.waitForExit(8000), { code: 0, signal: null }, p.err());
   });

@@ -42,12 +42,21 @@ test('npm install <path> from a sibling package builds it; require() and import 
   const client = await connectReady(`ws://127.0.0.1:${port}/ws?token=${encodeURIComponent(sign())}`);
   client.close();
 
-  // The same from an ES module: named imports of the package and of its client.
+  // The same from an ES module: every export of the package and of its client by name.
   const esm = spawnSync(process.execPath, ['--input-type=module', '-e', `
-    import rt, { startServer, publishParcelUpdate } from 'realtime-events';
-    import { RealtimeClient, compareOffsets } from 'realtime-events/client';
-    console.log([rt.startServer === startServer, typeof publishParcelUpdate, typeof RealtimeClient, compareOffsets('1-1', '1-2')].join(' '));
+    import { createRequire } from 'node:module';
+    import * as rt from 'realtime-events';
+    import * as client from 'realtime-events/client';
+    import { startServer, DEFAULT_PORT } from 'realtime-events';
+    import { RealtimeClient } from 'realtime-events/client';
+    const require = createRequire(process.cwd() + '/');
+    const missing = (ns, cjs) => Object.keys(cjs).filter((k) => ns[k] !== cjs[k]);
+    console.log(JSON.stringify({
+      rt: missing(rt, require('realtime-events')),
+      client: missing(client, require('realtime-events/client')),
+      named: [typeof startServer, DEFAULT_PORT, typeof RealtimeClient],
+    }));
   `], { cwd: api, encoding: 'utf8', env: cleanEnv() });
   assert.equal(esm.status, 0, esm.stderr);
-  assert.equal(esm.stdout, 'true function function -1\n');
+  assert.deepEqual(JSON.parse(esm.stdout), { rt: [], client: [], named: ['function', 3006, 'function'] });
 });

@@ -5,6 +5,7 @@
 
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
+const os = require('node:os');
 
 const h = require('./helpers');
 
@@ -39,17 +40,19 @@ test('REALTIME_WORKER_THREADS sets how many engine threads run; they are named r
 test('REALTIME_WORKER_NICE lowers the engine threads\' priority only; the JS thread keeps its own', async () => {
   const { threads } = await threadsWith({ REALTIME_WORKER_THREADS: '2', REALTIME_WORKER_NICE: '7' });
   assert.equal(engine(threads).length, 2, JSON.stringify(threads));
-  assert.deepEqual(engine(threads).map((t) => t.nice), [7, 7]);
-  assert.equal(threads[0].nice, 0, `the main (JS) thread: ${JSON.stringify(threads[0])}`);
+  // threads[0] is the main (JS) thread; the test run may itself be niced.
+  const js = threads[0].nice;
+  assert.deepEqual(engine(threads).map((t) => t.nice), [Math.min(19, js + 7), Math.min(19, js + 7)], JSON.stringify(threads));
+  assert.equal(js, os.getPriority(), 'the JS thread keeps the priority it started with');
 });
 
-test('the engine threads run at nice 0 by default; an invalid REALTIME_WORKER_NICE warns and is ignored', async () => {
+test('the engine threads run at the JS thread\'s priority by default; an invalid REALTIME_WORKER_NICE warns and is ignored', async () => {
+  const same = ({ threads }) => engine(threads).length >= 1 && engine(threads).every((t) => t.nice === threads[0].nice);
   const plain = await threadsWith({});
-  assert.ok(engine(plain.threads).length >= 1);
-  assert.ok(engine(plain.threads).every((t) => t.nice === 0), JSON.stringify(plain.threads));
+  assert.ok(same(plain), JSON.stringify(plain.threads));
   for (const bad of ['-5', '20', 'low']) {
     const { threads, stderr } = await threadsWith({ REALTIME_WORKER_NICE: bad });
-    assert.ok(engine(threads).every((t) => t.nice === 0), JSON.stringify(threads));
+    assert.ok(same({ threads }), JSON.stringify(threads));
     assert.match(stderr, new RegExp(`REALTIME_WORKER_NICE must be an integer from 0 to 19, got "${bad}"; using 0`));
   }
 });

@@ -5,7 +5,8 @@
 //   REDIS_REQUIRED  REALTIME_DRAIN_MS (5000 here)  REALTIME_DASHBOARD  LOG_LEVEL  LOG_FORMAT
 //   NODE_ENV
 //
-// Outside production, each line typed on stdin publishes that parcel id (to try it out).
+// Run in the foreground of a terminal (not in production), each line typed publishes that parcel
+// id, to try it out; REALTIME_PUBLISH_STDIN=1 or 0 forces it on or off.
 //
 // SIGTERM or SIGINT drains: /health turns 503, clients are moved away with 1001 spread over
 // REALTIME_DRAIN_MS, then the process exits 0. A second signal exits at once.
@@ -123,17 +124,45 @@ async function main() {
   } else if (dashboardOn) {
     log(`dashboard: ${base}`);
   }
-  if (process.env.NODE_ENV !== 'production') publishTypedLines(rt, log);
+  if (publishesStdin()) publishTypedLines(rt, log);
 }
 
 /**
- * Development only: every line on stdin is a parcel id to publish, so a newcomer can watch an
- * event reach a client without writing a publisher (the in-memory bus serves this process only).
- * `terminal: false` leaves the terminal as it is, so Ctrl-C still raises SIGINT.
+ * Whether lines typed on stdin are published: `REALTIME_PUBLISH_STDIN=1` or `0` decides; else
+ * only outside production, when stdin is a terminal and this process is in its foreground (a
+ * background job that reads its terminal is stopped by the shell; nohup and process managers
+ * give no terminal).
+ */
+function publishesStdin() {
+  const forced = (process.env.REALTIME_PUBLISH_STDIN ?? '').trim();
+  if (forced) return !['0', 'false', 'no', 'off'].includes(forced.toLowerCase());
+  return process.env.NODE_ENV !== 'production' && Boolean(process.stdin.isTTY) && inForeground();
+}
+
+/** Whether this process is in its terminal's foreground process group (Linux; elsewhere: yes). */
+function inForeground() {
+  try {
+    const stat = fs.readFileSync('/proc/self/stat', 'utf8');
+    // Fields after the command name (which may hold spaces): pgrp is field 5, tpgid field 8.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return rest[2] === rest[5];
+  } catch {
+    return true;
+  }
+}
+
+/**
+ * Every line on stdin is a parcel id to publish, so a newcomer can watch an event reach a client
+ * without writing a publisher (the in-memory bus serves this process only). `terminal: false`
+ * leaves the terminal as it is, so Ctrl-C still raises SIGINT. A stdin that cannot be read ends
+ * this, never the server.
  */
 function publishTypedLines(rt, log) {
   const readline = require('node:readline');
-  readline.createInterface({ input: process.stdin, terminal: false }).on('line', (line) => {
+  const rl = readline.createInterface({ input: process.stdin, terminal: false });
+  rl.on('error', () => rl.close());
+  process.stdin.on('error', () => rl.close());
+  rl.on('line', (line) => {
     const id = line.trim();
     if (!id) return;
     rt.publishParcelUpdate(id).then(
@@ -141,7 +170,7 @@ function publishTypedLines(rt, log) {
       (err) => log(`could not publish ${JSON.stringify(id)}: ${err.message} (${err.code})`),
     );
   });
-  if (process.stdin.isTTY) log('type a parcel id and press Enter to publish it to every client');
+  log('type a parcel id and press Enter to publish it to every client');
 }
 
 main().catch((err) => {

@@ -49,8 +49,8 @@ fn init_runtime() {
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    // Nice value of the engine's threads (0..=19, Linux): above 0 they yield the CPU to the
-    // application's JS thread when both want it (see the README's configuration table).
+    // How many nice levels below the JS thread the engine's threads run (0..=19, Linux): above 0
+    // they yield the CPU to the application's JS thread when both want it (see the README).
     let nice = match std::env::var("REALTIME_WORKER_NICE") {
         Err(_) => 0,
         Ok(v) => match v.trim().parse::<i32>() {
@@ -74,13 +74,23 @@ fn init_runtime() {
     }
 }
 
-/// Lowers the calling thread's priority to `nice`. On Linux, nice is per thread, so the JS
-/// thread keeps its own; elsewhere it would apply to the whole process, so it is not done.
+/// Lowers the calling thread's priority by `nice` levels (at most to 19). On Linux, nice is per
+/// thread, so the JS thread keeps its own; elsewhere it would apply to the whole process, so it
+/// is not done. Relative, so it works in a process that was itself started with `nice`.
 fn set_thread_nice(nice: i32) {
     #[cfg(target_os = "linux")]
     if nice != 0 {
-        // SAFETY: a plain syscall; `who = 0` is the calling thread on Linux.
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        // SAFETY: plain syscalls on the calling thread (`who = 0` is the calling thread on Linux).
+        let failed = unsafe {
+            let current = libc::getpriority(libc::PRIO_PROCESS, 0);
+            libc::setpriority(libc::PRIO_PROCESS, 0, (current + nice).min(19)) != 0
+        };
+        if failed {
+            eprintln!(
+                "[realtime-events] REALTIME_WORKER_NICE: could not lower an engine thread's priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
     #[cfg(not(target_os = "linux"))]
     let _ = nice;
