@@ -408,16 +408,9 @@ pub struct Snapshot {
     pub version: &'static str,
     pub uptime: Duration,
     pub health: Health,
-    pub draining: bool,
-    pub ws_path: String,
-    /// "memory", "redis", "starting" or "failed".
-    pub bus_mode: &'static str,
-    pub redis_configured: bool,
-    pub redis_required: bool,
-    pub redis_connected: bool,
+    /// What the server and the bus say of themselves (draining, bus mode, Redis, queue).
+    pub state: State,
     pub redis_reconnects: u64,
-    /// Publishes accepted and not yet taken by the bus (held while Redis is unreachable).
-    pub publish_queued: u64,
     pub clients: u64,
     pub connections_total: u64,
     pub closed: Vec<(&'static str, u64)>,
@@ -438,10 +431,12 @@ pub struct Snapshot {
 pub struct State {
     pub draining: bool,
     pub ws_path: String,
+    /// "memory", "redis", "starting" or "failed".
     pub bus_mode: &'static str,
     pub redis_configured: bool,
     pub redis_required: bool,
     pub redis_connected: bool,
+    /// Publishes accepted and not yet taken by the bus (held while Redis is unreachable).
     pub publish_queued: u64,
 }
 
@@ -465,14 +460,8 @@ impl Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             uptime: server.uptime(),
             health,
-            draining: state.draining,
-            ws_path: state.ws_path,
-            bus_mode: state.bus_mode,
-            redis_configured: state.redis_configured,
-            redis_required: state.redis_required,
-            redis_connected: state.redis_connected,
+            state,
             redis_reconnects: load(&bus.redis_reconnects),
-            publish_queued: state.publish_queued,
             clients: server.clients() as u64,
             connections_total: server.connections_total(),
             closed: CloseReason::ALL
@@ -497,14 +486,14 @@ impl Snapshot {
         format!(
             r#"{{"status":"{}","bus":"{}","redis":{{"configured":{},"required":{},"connected":{}}},"clients":{},"uptimeSeconds":{},"version":"{}","draining":{}}}"#,
             self.health.as_str(),
-            self.bus_mode,
-            self.redis_configured,
-            self.redis_required,
-            self.redis_connected,
+            self.state.bus_mode,
+            self.state.redis_configured,
+            self.state.redis_required,
+            self.state.redis_connected,
             self.clients,
             round3(self.uptime.as_secs_f64()),
             self.version,
-            self.draining,
+            self.state.draining,
         )
     }
 
@@ -526,14 +515,14 @@ impl Snapshot {
             "version": self.version,
             "status": self.health.as_str(),
             "ready": self.health.http_status() == 200,
-            "draining": self.draining,
+            "draining": self.state.draining,
             "uptimeSeconds": round3(self.uptime.as_secs_f64()),
-            "wsPath": self.ws_path,
+            "wsPath": self.state.ws_path,
             "bus": {
-                "mode": self.bus_mode,
-                "redisConfigured": self.redis_configured,
-                "redisRequired": self.redis_required,
-                "redisConnected": self.redis_connected,
+                "mode": self.state.bus_mode,
+                "redisConfigured": self.state.redis_configured,
+                "redisRequired": self.state.redis_required,
+                "redisConnected": self.state.redis_connected,
                 "redisReconnects": self.redis_reconnects,
             },
             "connections": {
@@ -545,7 +534,7 @@ impl Snapshot {
             "events": {
                 "published": self.published,
                 "publishFailed": self.publish_failed,
-                "publishQueued": self.publish_queued,
+                "publishQueued": self.state.publish_queued,
                 "received": self.received,
                 "delivered": self.delivered,
                 "dropped": self.dropped,
@@ -584,7 +573,7 @@ impl Snapshot {
             "realtime_draining",
             "gauge",
             "1 while the server drains (no new clients; the connected ones are being moved away).",
-            f(self.draining),
+            f(self.state.draining),
         );
 
         w.single(
@@ -614,7 +603,7 @@ impl Snapshot {
 
         w.single("realtime_events_published_total", "counter", "Events this process published that the bus accepted (memory: queued for every connection; Redis: PUBLISH acknowledged). Shared by the servers of one process.", self.published as f64);
         w.single("realtime_events_publish_failed_total", "counter", "Events this process published that the bus could not take (the bus stopped while Redis was unreachable).", self.publish_failed as f64);
-        w.single("realtime_publish_queue", "gauge", "Publishes accepted and not yet taken by the bus (in Redis mode: held while Redis is unreachable, sent in order once it is back).", self.publish_queued as f64);
+        w.single("realtime_publish_queue", "gauge", "Publishes accepted and not yet taken by the bus (in Redis mode: held while Redis is unreachable, sent in order once it is back).", self.state.publish_queued as f64);
         w.single("realtime_events_received_total", "counter", "Events that entered this process's fan-out (its own publishes in memory mode; everything the Redis subscription delivered in Redis mode).", self.received as f64);
         w.single("realtime_deliveries_total", "counter", "Event frames written to WebSocket clients (one event to 100 clients is 100 deliveries).", self.delivered as f64);
         w.single(
@@ -634,8 +623,8 @@ impl Snapshot {
         w.sample(
             "realtime_bus_info",
             &[
-                ("mode", self.bus_mode),
-                ("redis_required", if self.redis_required { "true" } else { "false" }),
+                ("mode", self.state.bus_mode),
+                ("redis_required", if self.state.redis_required { "true" } else { "false" }),
             ],
             1.0,
         );
@@ -643,7 +632,7 @@ impl Snapshot {
             "realtime_redis_connected",
             "gauge",
             "1 while the Redis subscription is up (0 in memory mode).",
-            f(self.redis_connected),
+            f(self.state.redis_connected),
         );
         w.single(
             "realtime_redis_reconnects_total",

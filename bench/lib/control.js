@@ -59,18 +59,18 @@ async function publishRun(publishOne, opts) {
     errors += 1;
     if (!firstError) firstError = `${err.code || ''} ${err.message}`;
   };
-  const one = () => {
-    const id = `b${seq}-${nowNs()}`;
+  /** Publishes the next id, stamped with `stampNs(k)` (k: its index in this run). */
+  const publishNext = (stampNs) => {
+    const id = `b${seq}-${stampNs(seq - base)}`;
     seq += 1;
-    let p;
     try {
-      p = publishOne(id);
+      return publishOne(id);
     } catch (err) {
       onError(err);
       return undefined;
     }
-    return p;
   };
+  const one = () => publishNext(nowNs);
 
   const eld = monitorEventLoopDelay({ resolution: ELD_RESOLUTION_MS });
   const elu0 = performance.eventLoopUtilization();
@@ -104,14 +104,7 @@ async function publishRun(publishOne, opts) {
     const intervalNs = 1e9 / rate;
     const dueNs = (k) => startNs + BigInt(Math.round(k * intervalNs));
     const publishDue = () => {
-      const id = `b${seq}-${dueNs(seq - base)}`;
-      seq += 1;
-      let p;
-      try {
-        p = publishOne(id);
-      } catch (err) {
-        onError(err);
-      }
+      const p = publishNext(dueNs);
       if (p) pending.push(p.catch(onError));
     };
     while (!done()) {
