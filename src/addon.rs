@@ -332,7 +332,7 @@ impl NativeServer {
 
     #[napi(getter)]
     pub fn client_count(&self) -> u32 {
-        self.server.stats().clients() as u32
+        self.server.metrics().clients() as u32
     }
 
     #[napi(getter)]

@@ -10,6 +10,8 @@ use std::time::Duration;
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use crate::protocol::{BEARER_PROTOCOL_PREFIX, SUBPROTOCOL};
+
 /// The verified payload of a token.
 pub type Claims = Map<String, Value>;
 
@@ -25,6 +27,15 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    pub const ALL: [AuthError; 6] = [
+        AuthError::Missing,
+        AuthError::Malformed,
+        AuthError::BadSignature,
+        AuthError::Expired,
+        AuthError::NotYetValid,
+        AuthError::AlgorithmNotAllowed,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             AuthError::Missing => "TOKEN_MISSING",
@@ -110,11 +121,6 @@ pub fn user_id(claims: &Claims) -> Option<String> {
         _ => None,
     })
 }
-
-/// The subprotocol a browser offers alongside its token, and the server echoes.
-pub const SUBPROTOCOL: &str = "realtime-events";
-/// Prefix of the subprotocol that carries the token: `bearer.<JWT>`.
-pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
 
 /// What a `Sec-WebSocket-Protocol` offer says: the token it carries (`bearer.<JWT>`) and the
 /// protocol to echo (`realtime-events` when offered; else the bearer one, since a browser fails

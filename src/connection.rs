@@ -8,7 +8,6 @@
 //! Metrics cost nothing per delivery: a batch's frame count and bytes are added once per flush,
 //! with one latency observation (see `metrics.rs`).
 
-use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +15,6 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,11 +24,13 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Authenticator, Claims};
-use crate::drain::{self, Drain};
-use crate::event::{parcel_id_of, validate_parcel_id, Offset, WELCOME_FRAME};
-use crate::history::{Frame, Replay};
+use crate::drain::Drain;
+use crate::event::{parcel_id_of, Frame, Offset};
+use crate::history::Replay;
 use crate::hub::{Feed, FeedError, Hub};
 use crate::metrics::{ws_frame_len, ServerMetrics};
+use crate::protocol::frame::{self, Ack};
+use crate::protocol::{check_parcel_ids, parse_request, Disconnect, MessageError, Request};
 
 /// Frames fed before one flush: bursts become few large writes instead of a syscall per event.
 const MAX_BATCH: usize = 64;
@@ -38,18 +38,6 @@ const MAX_BATCH: usize = 64;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a blocked write checks whether it should give up.
 const STALL_CHECK: Duration = Duration::from_millis(50);
-
-/// Application close codes (4000-4999), documented in the README's protocol table.
-pub mod close_codes {
-    /// The token expired (and was not refreshed in time).
-    pub const TOKEN_EXPIRED: u16 = 4401;
-    /// A `refresh` carried an invalid token or one for another user.
-    pub const REFRESH_REFUSED: u16 = 4403;
-    /// The client did not answer the server's ping in time.
-    pub const HEARTBEAT_TIMEOUT: u16 = 4408;
-    /// The client sent messages faster than allowed.
-    pub const RATE_LIMITED: u16 = 4429;
-}
 
 /// Per-connection rules, from the server's configuration.
 #[derive(Debug, Clone)]
@@ -72,7 +60,7 @@ pub(crate) struct Settings {
 
 /// What a connection reports to, and learns from, its server: its counters and its drain.
 #[derive(Debug, Default)]
-pub(crate) struct Ops {
+pub(crate) struct Context {
     pub metrics: ServerMetrics,
     pub drain: Drain,
 }
@@ -114,34 +102,40 @@ fn expiry(claims: &Claims, leeway: Duration) -> Option<Instant> {
     Some(Instant::now() + left + leeway)
 }
 
-/// Why a connection ended (for logs).
+/// How a connection ended: its entry in the [`Disconnect`] table, and what the log line adds.
 #[derive(Debug)]
-pub enum Ended {
-    ClientClosed,
-    ServerShutdown,
-    TooSlow(u64),
-    Stuck,
-    TooLarge,
-    TokenExpired,
-    RefreshRefused(&'static str),
-    HeartbeatTimeout,
-    RateLimited,
-    ProtocolError(String),
+pub(crate) struct Ended {
+    pub why: Disconnect,
+    /// Events it will never receive (a client cut for being too slow).
+    pub dropped: u64,
+    /// The error behind a protocol error, or the token code behind a refused refresh.
+    pub detail: Option<String>,
+}
+
+impl From<Disconnect> for Ended {
+    fn from(why: Disconnect) -> Self {
+        Ended { why, dropped: 0, detail: None }
+    }
+}
+
+impl Ended {
+    fn protocol(e: impl fmt::Display) -> Self {
+        Ended { detail: Some(e.to_string()), ..Disconnect::ProtocolError.into() }
+    }
 }
 
 impl fmt::Display for Ended {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Ended::ClientClosed => f.write_str("closed by client"),
-            Ended::ServerShutdown => f.write_str("server shutting down (1001)"),
-            Ended::TooSlow(n) => write!(f, "too slow, {n} events behind (1013)"),
-            Ended::Stuck => f.write_str("not reading; write timed out"),
-            Ended::TooLarge => f.write_str("message too large (1009)"),
-            Ended::TokenExpired => f.write_str("token expired (4401)"),
-            Ended::RefreshRefused(why) => write!(f, "refresh refused: {why} (4403)"),
-            Ended::HeartbeatTimeout => f.write_str("no answer to ping (4408)"),
-            Ended::RateLimited => f.write_str("too many messages (4429)"),
-            Ended::ProtocolError(e) => write!(f, "protocol error: {e}"),
+        f.write_str(self.why.log_text())?;
+        if self.dropped > 0 {
+            write!(f, ", {} events behind", self.dropped)?;
+        }
+        if let Some(detail) = &self.detail {
+            write!(f, ": {detail}")?;
+        }
+        match self.why.close_code() {
+            Some(code) => write!(f, " ({code})"),
+            None => Ok(()),
         }
     }
 }
@@ -165,7 +159,7 @@ struct Conn<'a> {
     skip_through: Option<Offset>,
     /// The offset of the first event sent on this connection.
     first_sent: Option<Offset>,
-    ops: &'a Ops,
+    ops: &'a Context,
     /// While draining: this connection's moment in the window (see `Drain::notice_at`).
     drain_slot: Option<u32>,
     /// Whether the drain notice went out.
@@ -187,7 +181,7 @@ pub(crate) fn run<'a>(
     settings: &'a Settings,
     client: Client,
     shutdown: CancellationToken,
-    ops: &'a Ops,
+    ops: &'a Context,
 ) -> impl Future<Output = Ended> + Send + 'a {
     let now = Instant::now();
     let conn = Conn {
@@ -221,25 +215,10 @@ impl Conn<'_> {
     /// The welcome frame (with the current offset), then the acknowledgement of `?parcels=`,
     /// then the replay of `?since=`.
     async fn start(&mut self) -> Result<(), Ended> {
-        let welcome = match self.client.start {
-            None => Message::text(WELCOME_FRAME),
-            Some(head) => Message::text(format!(
-                "{},\"offset\":\"{head}\"}}",
-                &WELCOME_FRAME[..WELCOME_FRAME.len() - 1]
-            )),
-        };
-        let welcome_len = match &welcome {
-            Message::Text(text) => text.len(),
-            _ => 0,
-        };
-        match tokio::time::timeout(self.settings.send_timeout, self.ws.send(welcome)).await {
-            Ok(Ok(())) => self.ops.metrics.control_sent(ws_frame_len(welcome_len)),
-            Ok(Err(e)) => return Err(Ended::ProtocolError(e.to_string())),
-            Err(_) => return Err(Ended::Stuck),
-        }
+        self.send(Message::text(frame::welcome(self.client.start))).await?;
         if self.client.parcels.take().is_some() {
             // The server narrowed the feed before the welcome (see `server::handshake`).
-            self.ack("subscribed").await?;
+            self.ack(Ack::Subscribed).await?;
         }
         if let Some(since) = self.client.since.take() {
             self.resume(since).await?;
@@ -272,10 +251,7 @@ impl Conn<'_> {
             Replay::ResyncRequired => {
                 // The current offset: where this client stands now.
                 let current = self.hub.head().or(self.client.start);
-                let offset = current.map_or("null".to_string(), |h| format!("\"{h}\""));
-                let reply =
-                    format!(r#"{{"type":"resync_required","since":"{since}","offset":{offset}}}"#);
-                return self.send(Message::text(reply)).await;
+                return self.send(Message::text(frame::resync_required(since, current))).await;
             }
         };
         // Events already sent live on this connection are not sent twice.
@@ -297,8 +273,7 @@ impl Conn<'_> {
         if self.first_sent.is_none() {
             self.skip_through = skip_through;
         }
-        let reply = format!(r#"{{"type":"resumed","since":"{since}","replayed":{replayed}}}"#);
-        self.send(Message::text(reply)).await
+        self.send(Message::text(frame::resumed(since, replayed))).await
     }
 
     /// When the timer must next look at the connection: a ping is due, a ping went
@@ -366,8 +341,7 @@ impl Conn<'_> {
                     Ok(())
                 }
                 Wake::Shutdown | Wake::Feed(Err(FeedError::Closed)) => {
-                    let ended = Ended::ServerShutdown;
-                    Err(Box::pin(self.close(CloseCode::Away, "server shutting down", ended)).await)
+                    Err(Box::pin(self.close(Disconnect::ServerShutdown)).await)
                 }
             };
             if let Err(ended) = step {
@@ -382,22 +356,18 @@ impl Conn<'_> {
             return self.drain_step().await;
         }
         if self.client.expires_at.is_some_and(|exp| now >= exp) {
-            let code = CloseCode::from(close_codes::TOKEN_EXPIRED);
-            return Err(self.close(code, "token expired", Ended::TokenExpired).await);
+            return Err(self.close(Disconnect::TokenExpired).await);
         }
         if let Some(sent) = self.ping_sent {
             if now >= sent + self.settings.pong_timeout {
-                let code = CloseCode::from(close_codes::HEARTBEAT_TIMEOUT);
                 // The client is probably gone: don't wait long for its answer.
+                let why = Disconnect::HeartbeatTimeout;
                 let _ = tokio::time::timeout(
                     Duration::from_millis(100),
-                    self.ws.send(Message::Close(Some(CloseFrame {
-                        code,
-                        reason: "no answer to ping".into(),
-                    }))),
+                    self.ws.send(Message::Close(Some(close_frame(why)))),
                 )
                 .await;
-                return Err(Ended::HeartbeatTimeout);
+                return Err(why.into());
             }
         } else if let Some(interval) = self.settings.ping_interval {
             if now >= self.last_seen + interval {
@@ -413,26 +383,24 @@ impl Conn<'_> {
     async fn drain_step(&mut self) -> Result<(), Ended> {
         let overlap = if self.noticed { None } else { self.ops.drain.overlap_now() };
         let Some(overlap) = overlap else {
-            let ended = Ended::ServerShutdown;
-            return Err(self.close(CloseCode::Away, "server shutting down", ended).await);
+            return Err(self.close(Disconnect::ServerShutdown).await);
         };
         self.noticed = true;
-        self.send(Message::text(drain::notice_frame(overlap))).await
+        self.send(Message::text(frame::reconnect(overlap))).await
     }
 
     async fn on_inbound(&mut self, inbound: Option<Result<Message, WsError>>) -> Result<(), Ended> {
         let message = match inbound {
-            None => return Err(Ended::ClientClosed),
+            None => return Err(Disconnect::ClientClosed.into()),
             Some(Ok(message)) => message,
-            Some(Err(WsError::Capacity(_))) => {
-                return Err(self.close(CloseCode::Size, "message too large", Ended::TooLarge).await)
-            }
+            Some(Err(WsError::Capacity(_))) => return Err(self.close(Disconnect::TooLarge).await),
             Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_))) => {
-                return Err(Ended::ClientClosed)
+                return Err(Disconnect::ClientClosed.into())
             }
             Some(Err(e)) => {
-                let ended = Ended::ProtocolError(e.to_string());
-                return Err(self.close(CloseCode::Protocol, "protocol error", ended).await);
+                let ended = Ended::protocol(e);
+                close_ws(&mut self.ws, Disconnect::ProtocolError, CLOSE_TIMEOUT).await;
+                return Err(ended);
             }
         };
         self.last_seen = Instant::now();
@@ -441,11 +409,10 @@ impl Conn<'_> {
             // tungstenite has queued the answering Close frame; send it, so the client sees a
             // clean close with its own code rather than 1006.
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
-            return Err(Ended::ClientClosed);
+            return Err(Disconnect::ClientClosed.into());
         }
         if !self.bucket.take(self.last_seen) {
-            let code = CloseCode::from(close_codes::RATE_LIMITED);
-            return Err(self.close(code, "too many messages", Ended::RateLimited).await);
+            return Err(self.close(Disconnect::RateLimited).await);
         }
         match message {
             Message::Text(text) => match parse_request(&text) {
@@ -453,8 +420,8 @@ impl Conn<'_> {
                 Err(reply) => self.send(Message::text(reply)).await,
             },
             Message::Binary(_) => {
-                let reply = error_frame(
-                    "UNSUPPORTED_MESSAGE",
+                let reply = frame::error(
+                    MessageError::UnsupportedMessage,
                     "binary messages are not supported; send JSON text",
                 );
                 self.send(Message::text(reply)).await
@@ -466,11 +433,11 @@ impl Conn<'_> {
 
     async fn handle(&mut self, request: Request) -> Result<(), Ended> {
         match request {
-            Request::Ping => self.send(Message::text(r#"{"type":"pong"}"#)).await,
+            Request::Ping => self.send(Message::text(frame::PONG)).await,
             Request::Subscribe { all: Some(true), .. } => {
                 let seam = self.feed.subscribe_all();
                 self.write_frames(seam).await?;
-                self.ack("subscribed").await
+                self.ack(Ack::Subscribed).await
             }
             Request::Subscribe { parcel_ids, .. } => {
                 let ids = match check_parcel_ids(parcel_ids) {
@@ -478,8 +445,8 @@ impl Conn<'_> {
                     Err(reply) => return self.send(Message::text(reply)).await,
                 };
                 if self.feed.count_after_adding(&ids) > self.settings.max_subscriptions {
-                    let reply = error_frame(
-                        "SUBSCRIPTION_LIMIT",
+                    let reply = frame::error(
+                        MessageError::SubscriptionLimit,
                         &format!(
                             "a connection may follow at most {} parcels; nothing was changed",
                             self.settings.max_subscriptions
@@ -491,7 +458,7 @@ impl Conn<'_> {
                     Ok(seam) => self.write_frames(seam).await?,
                     Err(_) => return Err(self.too_slow(0).await),
                 }
-                self.ack("subscribed").await
+                self.ack(Ack::Subscribed).await
             }
             Request::Unsubscribe { parcel_ids } => {
                 let ids = match check_parcel_ids(parcel_ids) {
@@ -499,46 +466,39 @@ impl Conn<'_> {
                     Err(reply) => return self.send(Message::text(reply)).await,
                 };
                 self.feed.unsubscribe(&ids);
-                self.ack("unsubscribed").await
+                self.ack(Ack::Unsubscribed).await
             }
             Request::Refresh { token } => self.refresh(&token).await,
             Request::Resume { since } => match since.parse::<Offset>() {
                 Ok(since) => self.resume(since).await,
                 Err(e) => {
-                    self.send(Message::text(error_frame("INVALID_OFFSET", e.message()))).await
+                    let reply = frame::error(MessageError::InvalidOffset, e.message());
+                    self.send(Message::text(reply)).await
                 }
             },
         }
     }
 
     /// Acknowledges a (un)subscribe with the state that results from it.
-    async fn ack(&mut self, kind: &str) -> Result<(), Ended> {
-        let state = match self.feed.parcel_ids() {
-            None => format!(r#"{{"type":"{kind}","all":true,"parcel_ids":[]}}"#),
-            Some(ids) => format!(
-                r#"{{"type":"{kind}","all":false,"parcel_ids":{}}}"#,
-                serde_json::to_string(&ids).expect("strings serialize")
-            ),
-        };
+    async fn ack(&mut self, ack: Ack) -> Result<(), Ended> {
+        let state = frame::subscription(ack, self.feed.parcel_ids().as_ref());
         self.send(Message::text(state)).await
     }
 
     async fn refresh(&mut self, token: &str) -> Result<(), Ended> {
-        let code = CloseCode::from(close_codes::REFRESH_REFUSED);
         let claims = match self.auth.verify(token) {
             Ok(claims) => claims,
             Err(e) => {
-                let ended = Ended::RefreshRefused(e.code());
-                return Err(self.close(code, "refresh token refused", ended).await);
+                let mut ended = self.close(Disconnect::RefreshRefused).await;
+                ended.detail = Some(e.code().to_string());
+                return Err(ended);
             }
         };
         if auth::user_id(&claims) != self.client.user {
-            let ended = Ended::RefreshRefused("token for another user");
-            return Err(self.close(code, "refresh token is for another user", ended).await);
+            return Err(self.close(Disconnect::RefreshOtherUser).await);
         }
         self.client.expires_at = expiry(&claims, self.settings.jwt_leeway);
-        let exp = claims.get("exp").cloned().unwrap_or(serde_json::Value::Null);
-        self.send(Message::text(format!(r#"{{"type":"refreshed","exp":{exp}}}"#))).await
+        self.send(Message::text(frame::refreshed(claims.get("exp")))).await
     }
 
     /// Writes `first` and whatever else is waiting, in one flush.
@@ -564,8 +524,8 @@ impl Conn<'_> {
             }
             Written::Lagged(n) => Err(Box::pin(self.too_slow(n)).await),
             Written::Stalled => Err(Box::pin(self.too_slow(0)).await),
-            Written::Stuck => Err(Ended::Stuck),
-            Written::Failed(e) => Err(Ended::ProtocolError(e.to_string())),
+            Written::Stuck => Err(Disconnect::Stuck.into()),
+            Written::Failed(e) => Err(Ended::protocol(e)),
         }
     }
 
@@ -587,8 +547,8 @@ impl Conn<'_> {
         }
         match tokio::time::timeout(self.settings.send_timeout, self.ws.feed(message)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Ended::ProtocolError(e.to_string())),
-            Err(_) => Err(Ended::Stuck),
+            Ok(Err(e)) => Err(Ended::protocol(e)),
+            Err(_) => Err(Disconnect::Stuck.into()),
         }
     }
 
@@ -599,8 +559,8 @@ impl Conn<'_> {
         }
         match tokio::time::timeout(self.settings.send_timeout, self.ws.send(message)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Ended::ProtocolError(e.to_string())),
-            Err(_) => Err(Ended::Stuck),
+            Ok(Err(e)) => Err(Ended::protocol(e)),
+            Err(_) => Err(Disconnect::Stuck.into()),
         }
     }
 
@@ -610,20 +570,14 @@ impl Conn<'_> {
         // Everything it skipped and everything still waiting for it: events it will never get.
         let behind = behind + self.feed.pending() as u64;
         self.feed.detach();
-        let within = self.settings.send_timeout;
-        close_ws(
-            &mut self.ws,
-            CloseCode::Again,
-            "too slow: events were dropped; reconnect",
-            within,
-        )
-        .await;
-        Ended::TooSlow(behind)
+        close_ws(&mut self.ws, Disconnect::TooSlow, self.settings.send_timeout).await;
+        Ended { dropped: behind, ..Disconnect::TooSlow.into() }
     }
 
-    async fn close(&mut self, code: CloseCode, reason: &'static str, ended: Ended) -> Ended {
-        close_ws(&mut self.ws, code, reason, CLOSE_TIMEOUT).await;
-        ended
+    /// Closes with `why`'s close frame and waits briefly for the client's answer.
+    async fn close(&mut self, why: Disconnect) -> Ended {
+        close_ws(&mut self.ws, why, CLOSE_TIMEOUT).await;
+        why.into()
     }
 }
 
@@ -694,9 +648,15 @@ async fn send_batch(
     Ok(None)
 }
 
-/// Sends a close frame and waits (at most `within`) for the client's answer: a clean close.
-async fn close_ws(ws: &mut Ws, code: CloseCode, reason: &'static str, within: Duration) {
-    let frame = CloseFrame { code, reason: reason.into() };
+/// The close frame of `why` (a disconnect without a close code closes normally).
+fn close_frame(why: Disconnect) -> CloseFrame {
+    let code = why.close_code().map_or(CloseCode::Normal, CloseCode::from);
+    CloseFrame { code, reason: why.reason().into() }
+}
+
+/// Sends `why`'s close frame and waits (at most `within`) for the client's answer: a clean close.
+async fn close_ws(ws: &mut Ws, why: Disconnect, within: Duration) {
+    let frame = close_frame(why);
     let _ = tokio::time::timeout(within, async {
         if ws.close(Some(frame)).await.is_ok() {
             while let Some(Ok(_)) = ws.next().await {}
@@ -734,106 +694,9 @@ impl TokenBucket {
     }
 }
 
-/// The messages a client may send.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Request {
-    Ping,
-    Subscribe { parcel_ids: Option<Vec<serde_json::Value>>, all: Option<bool> },
-    Unsubscribe { parcel_ids: Option<Vec<serde_json::Value>> },
-    Refresh { token: String },
-    Resume { since: String },
-}
-
-/// Parses a client message, or returns the error frame to answer with.
-fn parse_request(text: &str) -> Result<Request, String> {
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|_| error_frame("INVALID_JSON", "messages must be JSON objects"))?;
-    let Some(kind) = value.get("type").and_then(|t| t.as_str()).map(str::to_string) else {
-        return Err(error_frame("UNKNOWN_MESSAGE_TYPE", "messages need a string \"type\""));
-    };
-    if !matches!(kind.as_str(), "ping" | "subscribe" | "unsubscribe" | "refresh" | "resume") {
-        let message = format!("unknown message type {:?}", truncate(&kind, 64));
-        return Err(error_frame("UNKNOWN_MESSAGE_TYPE", &message));
-    }
-    serde_json::from_value(value).map_err(|e| {
-        let message = format!("malformed {:?} message: {}", kind, truncate(&e.to_string(), 120));
-        error_frame("INVALID_MESSAGE", &message)
-    })
-}
-
-/// Parcel ids of a (un)subscribe request: a non-empty list of valid ids.
-fn check_parcel_ids(ids: Option<Vec<serde_json::Value>>) -> Result<Vec<String>, String> {
-    let invalid = |why: &str| error_frame("INVALID_SUBSCRIPTION", why);
-    let Some(ids) = ids else {
-        return Err(invalid("send \"parcel_ids\": [..] (or \"all\": true to receive every event)"));
-    };
-    let mut out = Vec::with_capacity(ids.len());
-    let mut seen = HashSet::new();
-    for id in ids {
-        let serde_json::Value::String(id) = id else {
-            return Err(invalid("parcel_ids must be strings"));
-        };
-        validate_parcel_id(&id).map_err(|e| invalid(e.message()))?;
-        if seen.insert(id.clone()) {
-            out.push(id);
-        }
-    }
-    Ok(out)
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
-
-fn error_frame(code: &str, message: &str) -> String {
-    // Written by hand so that "type" comes first, as in every other frame.
-    format!(
-        r#"{{"type":"error","code":{},"message":{}}}"#,
-        serde_json::Value::from(code),
-        serde_json::Value::from(message)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn reply(text: &str) -> String {
-        parse_request(text).unwrap_err()
-    }
-
-    #[test]
-    fn parses_requests_and_explains_refusals() {
-        assert!(matches!(parse_request(r#"{"type":"ping"}"#), Ok(Request::Ping)));
-        assert!(matches!(
-            parse_request(r#"{"type":"subscribe","parcel_ids":["a"]}"#),
-            Ok(Request::Subscribe { parcel_ids: Some(_), all: None })
-        ));
-        assert!(matches!(
-            parse_request(r#"{"type":"refresh","token":"t"}"#),
-            Ok(Request::Refresh { .. })
-        ));
-        assert!(reply("{oops").contains("INVALID_JSON"));
-        assert!(reply(r#"{"type":"dance"}"#).contains("UNKNOWN_MESSAGE_TYPE"));
-        assert!(reply("[]").contains("UNKNOWN_MESSAGE_TYPE"));
-        assert!(reply(r#"{"type":"refresh"}"#).contains("INVALID_MESSAGE"));
-        let long = format!(r#"{{"type":"{}"}}"#, "é".repeat(500));
-        assert!(reply(&long).len() < 300);
-        assert!(reply("{oops").starts_with(r#"{"type":"error","code":"INVALID_JSON""#));
-    }
-
-    #[test]
-    fn checks_parcel_ids() {
-        let ids = |v: serde_json::Value| check_parcel_ids(serde_json::from_value(v).unwrap());
-        assert_eq!(ids(serde_json::json!(["a", "b", "a"])).unwrap(), ["a", "b"]);
-        assert!(ids(serde_json::json!([1])).unwrap_err().contains("INVALID_SUBSCRIPTION"));
-        assert!(ids(serde_json::json!([""])).unwrap_err().contains("INVALID_SUBSCRIPTION"));
-        assert!(check_parcel_ids(None).unwrap_err().contains("INVALID_SUBSCRIPTION"));
-    }
 
     #[test]
     fn token_bucket_allows_the_burst_then_the_rate() {

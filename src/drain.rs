@@ -17,7 +17,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Longest overlap between the notice and the close of one client.
 pub const MAX_OVERLAP: Duration = Duration::from_secs(2);
@@ -26,7 +25,6 @@ pub const MAX_OVERLAP: Duration = Duration::from_secs(2);
 #[derive(Debug, Default)]
 pub struct Drain {
     plan: OnceLock<Plan>,
-    started: CancellationToken,
     next_slot: AtomicUsize,
 }
 
@@ -48,17 +46,11 @@ impl Drain {
             overlap: (window / 4).min(MAX_OVERLAP),
             clients: clients.max(1),
         });
-        self.started.cancel();
         plan.start + plan.window
     }
 
     pub fn is_draining(&self) -> bool {
         self.plan.get().is_some()
-    }
-
-    /// Resolves when a drain starts.
-    pub async fn started(&self) {
-        self.started.cancelled().await
     }
 
     /// The next client's slot (a connection keeps this small number rather than an instant).
@@ -93,14 +85,6 @@ impl Drain {
     }
 }
 
-/// The frame a client receives at its drain slot.
-pub fn notice_frame(close_in: Duration) -> String {
-    format!(
-        r#"{{"type":"reconnect","message":"This server is shutting down: open a new connection now and keep reading this one until it closes (code 1001)","close_in_ms":{}}}"#,
-        close_in.as_millis()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,14 +114,5 @@ mod tests {
         let now = Drain::default();
         now.start(Duration::ZERO, 3);
         assert_eq!(now.overlap_now(), None, "a zero window closes at once");
-    }
-
-    #[test]
-    fn the_notice_is_json_with_type_first() {
-        let v: serde_json::Value =
-            serde_json::from_str(&notice_frame(Duration::from_millis(1250))).unwrap();
-        assert_eq!(v["type"], "reconnect");
-        assert_eq!(v["close_in_ms"], 1250);
-        assert!(notice_frame(Duration::ZERO).starts_with(r#"{"type":"reconnect""#));
     }
 }

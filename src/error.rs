@@ -55,6 +55,4 @@ pub mod codes {
     pub const BUS_CONFLICT: &str = "ERR_BUS_CONFLICT";
     pub const PUBLISH_QUEUE_FULL: &str = "ERR_PUBLISH_QUEUE_FULL";
     pub const BUS_CLOSED: &str = "ERR_BUS_CLOSED";
-    pub const SERVER_CLOSED: &str = "ERR_SERVER_CLOSED";
-    pub const INTERNAL: &str = "ERR_INTERNAL";
 }

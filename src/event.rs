@@ -5,22 +5,19 @@
 //! It is also stamped with the moment it entered the process (a compact [`now_us`] stamp), which
 //! the publish-to-send latency histogram (see `metrics.rs`) measures from.
 
-use crate::metrics::now_us;
+use crate::clock::now_us;
 
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::{codes, Error, Result};
+use crate::protocol::frame;
 
 /// Longest accepted parcel id, in bytes. Ids are database keys; anything longer is a bug or abuse.
 pub const MAX_PARCEL_ID_BYTES: usize = 256;
 
 /// Largest `data` object a publisher may attach, in bytes of compact JSON.
 pub const MAX_DATA_BYTES: usize = 4096;
-
-/// The greeting every client receives first, byte for byte as the original design sends it.
-pub const WELCOME_FRAME: &str =
-    r#"{"type":"connected","message":"WebSocket connection established"}"#;
 
 /// A position in the event history: `<ms>-<seq>`, ordered as a pair of integers. In Redis mode
 /// it is the Redis Stream entry id (shared by every server); in memory mode `<process start ms>-<n>`.
@@ -93,7 +90,7 @@ impl Event {
     pub fn with_data(parcel_id: &str, data: Option<&str>) -> Result<Self> {
         validate_parcel_id(parcel_id)?;
         let data = data.map(encode_data).transpose()?.map(String::into_boxed_str);
-        let frame = encode(parcel_id, data.as_deref(), None);
+        let frame = Utf8Bytes::from(frame::parcel_updated(parcel_id, data.as_deref(), None));
         Ok(Self { parcel_id: parcel_id.into(), data, offset: None, frame, entered: now_us() })
     }
 
@@ -110,7 +107,11 @@ impl Event {
 
     /// The same event at a place in the history; its frame then carries `"offset"`.
     pub fn at(self, offset: Offset) -> Self {
-        let frame = encode(&self.parcel_id, self.data.as_deref(), Some(offset));
+        let frame = Utf8Bytes::from(frame::parcel_updated(
+            &self.parcel_id,
+            self.data.as_deref(),
+            Some(offset),
+        ));
         Self { offset: Some(offset), frame, ..self }
     }
 
@@ -167,22 +168,25 @@ impl Event {
     }
 }
 
-/// `{"type":"parcel_updated","parcel_id":..[,"data":{..}][,"offset":".."]}`
-fn encode(parcel_id: &str, data: Option<&str>, offset: Option<Offset>) -> Utf8Bytes {
-    let mut json = String::with_capacity(parcel_id.len() + 80 + data.map_or(0, str::len));
-    json.push_str(r#"{"type":"parcel_updated","parcel_id":"#);
-    // serde_json escapes quotes, backslashes and control characters; non-ASCII passes as UTF-8.
-    json.push_str(&serde_json::to_string(parcel_id).expect("a str always serializes"));
-    if let Some(data) = data {
-        json.push_str(r#","data":"#);
-        json.push_str(data);
+/// One event as the hub and history hold it: its offset (if it has one), its encoded frame, and
+/// when it entered this process (a `clock::now_us` stamp: what publish-to-send latency is
+/// measured from; 4 bytes, as frames are copied to every connection).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub offset: Option<Offset>,
+    pub bytes: Utf8Bytes,
+    pub entered: u32,
+}
+
+impl Frame {
+    pub fn of(event: &Event) -> Self {
+        Frame { offset: event.offset(), bytes: event.frame().clone(), entered: event.entered() }
     }
-    if let Some(offset) = offset {
-        use std::fmt::Write;
-        let _ = write!(json, r#","offset":"{offset}""#);
+
+    /// A frame that is not an event (e.g. `resync_required`), stamped now.
+    pub fn control(bytes: Utf8Bytes) -> Self {
+        Frame { offset: None, bytes, entered: now_us() }
     }
-    json.push('}');
-    Utf8Bytes::from(json)
 }
 
 /// Validates a `data` object and returns its compact encoding.

@@ -11,30 +11,8 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::event::{Event, Offset};
-
-/// One event as the hub and history hold it: its offset (if it has one), its encoded frame, and
-/// when it entered this process (a `metrics::now_us` stamp: what publish-to-send latency is
-/// measured from; 4 bytes, as frames are copied to every connection).
-#[derive(Debug, Clone)]
-pub struct Frame {
-    pub offset: Option<Offset>,
-    pub bytes: Utf8Bytes,
-    pub entered: u32,
-}
-
-impl Frame {
-    pub fn of(event: &Event) -> Self {
-        Frame { offset: event.offset(), bytes: event.frame().clone(), entered: event.entered() }
-    }
-
-    /// A frame that is not an event (e.g. `resync_required`), stamped now.
-    pub fn control(bytes: Utf8Bytes) -> Self {
-        Frame { offset: None, bytes, entered: crate::metrics::now_us() }
-    }
-}
+use crate::event::{Event, Frame, Offset};
 
 /// The answer to "what happened after `since`?".
 #[derive(Debug)]

@@ -21,9 +21,10 @@ use std::time::Duration;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::sync::{mpsc, Notify};
 
-use crate::event::{parcel_id_of, Event, Offset};
-use crate::history::{Frame, History};
+use crate::event::{parcel_id_of, Event, Frame, Offset};
+use crate::history::History;
 use crate::metrics::BusMetrics;
+use crate::protocol::frame;
 
 /// Receives every event that passes through the hub, on a tokio worker. Must not block.
 pub type Sink = Arc<dyn Fn(&Event) + Send + Sync>;
@@ -136,8 +137,7 @@ impl Hub {
 
     /// Tells every connection that events were lost and it must refetch.
     pub(crate) fn resync_all(&self) {
-        let frame =
-            Frame::control(r#"{"type":"resync_required","since":null,"offset":null}"#.into());
+        let frame = Frame::control(frame::RESYNC_UNKNOWN.into());
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         let mut told = HashSet::new();
         for target in index.values().flatten() {
@@ -182,12 +182,12 @@ impl Hub {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         let head = self.head();
-        let mode = match ids {
-            None => Mode::All(self.frames.subscribe()),
-            Some(ids) => Mode::only(&mut index, conn, ids),
+        let source = match ids {
+            None => Source::All(self.frames.subscribe()),
+            Some(ids) => Source::only(&mut index, conn, ids),
         };
         drop(index);
-        (Feed { hub: self.clone(), conn, mode, counted: (0, 0) }, head)
+        (Feed { hub: self.clone(), conn, source, counted: (0, 0) }, head)
     }
 
     /// A feed of every event, starting with the next one.
@@ -196,7 +196,7 @@ impl Hub {
     }
 }
 
-enum Mode {
+enum Source {
     /// Receives nothing and holds no place: what a connection keeps while it is being cut.
     Detached,
     All(broadcast::Receiver<Frame>),
@@ -208,18 +208,18 @@ enum Mode {
     },
 }
 
-impl Mode {
+impl Source {
     /// A feed of only `ids`, entered in `index` for connection `conn`.
-    fn only(index: &mut Index, conn: u64, ids: &[String]) -> Mode {
+    fn only(index: &mut Index, conn: u64, ids: &[String]) -> Source {
         let (tx, rx) = mpsc::channel(FILTERED_QUEUE);
-        let mut mode = Mode::Only { rx, tx, lost: Arc::default(), ids: HashSet::new() };
+        let mut mode = Source::Only { rx, tx, lost: Arc::default(), ids: HashSet::new() };
         mode.follow(index, conn, ids);
         mode
     }
 
     /// Enters a filtered feed in `index` for each of `ids` it does not follow yet.
     fn follow(&mut self, index: &mut Index, conn: u64, ids: &[String]) {
-        let Mode::Only { tx, lost, ids: current, .. } = self else {
+        let Source::Only { tx, lost, ids: current, .. } = self else {
             return;
         };
         for id in ids {
@@ -249,7 +249,7 @@ pub enum FeedError {
 pub struct Feed {
     hub: Arc<Hub>,
     conn: u64,
-    mode: Mode,
+    source: Source,
     /// Frames and their bytes received since the last [`Feed::take_counts`] (for metrics: kept
     /// here, plain integers, so that counting adds nothing to the connection's task).
     counted: (u32, u32),
@@ -269,13 +269,13 @@ impl Feed {
     }
 
     pub async fn recv(&mut self) -> Result<Frame, FeedError> {
-        match &mut self.mode {
-            Mode::Detached => std::future::pending().await,
-            Mode::All(ring) => ring.recv().await.map_err(|e| match e {
+        match &mut self.source {
+            Source::Detached => std::future::pending().await,
+            Source::All(ring) => ring.recv().await.map_err(|e| match e {
                 RecvError::Lagged(n) => FeedError::Lagged(n),
                 RecvError::Closed => FeedError::Closed,
             }),
-            Mode::Only { rx, lost, .. } => {
+            Source::Only { rx, lost, .. } => {
                 if lost.load(Ordering::Relaxed) {
                     return Err(FeedError::Lagged(0));
                 }
@@ -295,15 +295,15 @@ impl Feed {
     }
 
     fn try_recv_uncounted(&mut self) -> Result<Option<Frame>, FeedError> {
-        match &mut self.mode {
-            Mode::Detached => Ok(None),
-            Mode::All(ring) => match ring.try_recv() {
+        match &mut self.source {
+            Source::Detached => Ok(None),
+            Source::All(ring) => match ring.try_recv() {
                 Ok(frame) => Ok(Some(frame)),
                 Err(TryRecvError::Empty) => Ok(None),
                 Err(TryRecvError::Lagged(n)) => Err(FeedError::Lagged(n)),
                 Err(TryRecvError::Closed) => Err(FeedError::Closed),
             },
-            Mode::Only { rx, lost, .. } => {
+            Source::Only { rx, lost, .. } => {
                 if lost.load(Ordering::Relaxed) {
                     return Err(FeedError::Lagged(0));
                 }
@@ -314,17 +314,17 @@ impl Feed {
 
     /// Frames waiting for this connection right now (what it would miss if cut now).
     pub fn pending(&self) -> usize {
-        match &self.mode {
-            Mode::Detached => 0,
-            Mode::All(ring) => ring.len(),
-            Mode::Only { rx, .. } => rx.len(),
+        match &self.source {
+            Source::Detached => 0,
+            Source::All(ring) => ring.len(),
+            Source::Only { rx, .. } => rx.len(),
         }
     }
 
     /// Gives up this feed's place (ring cursor or index entries) and receives nothing more.
     pub fn detach(&mut self) {
-        let old = std::mem::replace(&mut self.mode, Mode::Detached);
-        if let Mode::Only { ids, .. } = old {
+        let old = std::mem::replace(&mut self.source, Source::Detached);
+        if let Source::Only { ids, .. } = old {
             let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
             for id in &ids {
                 remove_target(&mut index, id, self.conn);
@@ -334,19 +334,19 @@ impl Feed {
 
     /// Whether this feed has lost events (only filtered feeds learn it before their next read).
     pub fn has_lost(&self) -> bool {
-        matches!(&self.mode, Mode::Only { lost, .. } if lost.load(Ordering::Relaxed))
+        matches!(&self.source, Source::Only { lost, .. } if lost.load(Ordering::Relaxed))
     }
 
     /// Whether this feed reads the ring, and so can hold publishers back.
     pub fn reads_ring(&self) -> bool {
-        matches!(self.mode, Mode::All(_))
+        matches!(self.source, Source::All(_))
     }
 
     /// `None` for every event, else the chosen parcel ids, sorted.
     pub fn parcel_ids(&self) -> Option<Vec<String>> {
-        match &self.mode {
-            Mode::All(_) | Mode::Detached => None,
-            Mode::Only { ids, .. } => {
+        match &self.source {
+            Source::All(_) | Source::Detached => None,
+            Source::Only { ids, .. } => {
                 let mut ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
                 ids.sort_unstable();
                 Some(ids)
@@ -356,9 +356,9 @@ impl Feed {
 
     /// How many parcel ids the feed would follow after adding `ids`.
     pub fn count_after_adding(&self, ids: &[String]) -> usize {
-        match &self.mode {
-            Mode::All(_) | Mode::Detached => ids.iter().collect::<HashSet<_>>().len(),
-            Mode::Only { ids: current, .. } => {
+        match &self.source {
+            Source::All(_) | Source::Detached => ids.iter().collect::<HashSet<_>>().len(),
+            Source::Only { ids: current, .. } => {
                 current.len() + ids.iter().filter(|id| !current.contains(id.as_str())).count()
             }
         }
@@ -369,11 +369,11 @@ impl Feed {
     /// seam has neither gap nor duplicate.
     pub fn subscribe(&mut self, ids: &[String]) -> Result<Vec<Frame>, FeedError> {
         let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
-        let Mode::All(ring) = &mut self.mode else {
-            self.mode.follow(&mut index, self.conn, ids);
+        let Source::All(ring) = &mut self.source else {
+            self.source.follow(&mut index, self.conn, ids);
             return Ok(Vec::new());
         };
-        let only = Mode::only(&mut index, self.conn, ids);
+        let only = Source::only(&mut index, self.conn, ids);
         // No dispatch runs while we hold the write lock: exactly `pending` frames were sent
         // before the switch, and every later one goes to the new queue.
         let pending = ring.len();
@@ -395,13 +395,13 @@ impl Feed {
                 Err(_) => break,
             }
         }
-        self.mode = only;
+        self.source = only;
         result.map(|()| seam)
     }
 
     /// Removes `ids` from a filtered feed (a feed of every event is left as it is).
     pub fn unsubscribe(&mut self, ids: &[String]) {
-        if let Mode::Only { ids: current, .. } = &mut self.mode {
+        if let Source::Only { ids: current, .. } = &mut self.source {
             let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
             for id in ids {
                 if current.remove(id.as_str()) {
@@ -414,7 +414,7 @@ impl Feed {
     /// Widens the feed back to every event. Returns the frames still queued from the filtered
     /// feed: deliver them first.
     pub fn subscribe_all(&mut self) -> Vec<Frame> {
-        let Mode::Only { ids, .. } = &self.mode else {
+        let Source::Only { ids, .. } = &self.source else {
             return Vec::new();
         };
         let ring = {
@@ -424,7 +424,8 @@ impl Feed {
             }
             self.hub.frames.subscribe()
         };
-        let Mode::Only { mut rx, .. } = std::mem::replace(&mut self.mode, Mode::All(ring)) else {
+        let Source::Only { mut rx, .. } = std::mem::replace(&mut self.source, Source::All(ring))
+        else {
             unreachable!("checked above");
         };
         let mut seam = Vec::new();
@@ -446,7 +447,7 @@ fn remove_target(index: &mut Index, id: &str, conn: u64) {
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        if let Mode::Only { ids, .. } = &self.mode {
+        if let Source::Only { ids, .. } = &self.source {
             let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
             for id in ids {
                 remove_target(&mut index, id, self.conn);

@@ -2,36 +2,49 @@
 //!
 //! Layers, each using only those below it:
 //! - `addon` (feature `node`): the napi-rs skin that Node loads; converts types and errors only.
-//! - [`server`]: accept, HTTP upgrade with refusals, shutdown.
-//! - [`connection`]: one task per client.
-//! - [`bus`]: in-memory or Redis pub/sub, feeding a broadcast ring of encoded frames.
-//! - [`ops`]: `/health`, `/metrics`, `/stats` and the dashboard, on the same port; [`metrics`]:
-//!   the counters behind them; [`drain`]: graceful drain; [`logger`]: structured logs.
-//! - [`event`], [`auth`], [`config`], [`http`], [`error`]: the pieces.
+//! - `server`: accept, HTTP upgrade with refusals, drain and shutdown; `endpoints`: `/health`,
+//!   `/metrics`, `/stats` and the dashboard on the same port.
+//! - `connection`: one task per client (welcome, replay, live events, control messages, limits).
+//! - `protocol`: the vocabulary: client messages, server frames, the `Disconnect` and `Refusal`
+//!   tables.
+//! - `hub`: the broadcast ring and the per-parcel index that connections read from; `history`:
+//!   the recent past for resume.
+//! - `bus`: in-memory or Redis pub/sub, feeding the hub.
+//! - `metrics`: the counters and their renderings; `drain`: the drain plan; `logger`: structured
+//!   logs (installed by the skin).
+//! - `event`, `auth`, `config`, `http`, `clock`, `error`: the pieces.
+//!
+//! Modules are private: what a Rust user (the napi skin, the integration tests) needs is
+//! re-exported below, so rustc reports whatever else nothing uses.
 //!
 //! The engine is plain Rust: `cargo test --no-default-features` tests it without Node.
 
-pub mod auth;
-pub mod bus;
-pub mod config;
-pub mod connection;
-pub mod drain;
-pub mod error;
-pub mod event;
-pub mod history;
-pub mod http;
-pub mod hub;
-pub mod logger;
-pub mod metrics;
-pub mod ops;
-pub mod server;
+mod auth;
+mod bus;
+mod clock;
+mod config;
+mod connection;
+mod drain;
+mod endpoints;
+mod error;
+mod event;
+mod history;
+mod http;
+mod hub;
+// Installed by the napi skin; its own tests run without it.
+#[cfg_attr(not(feature = "node"), allow(dead_code))]
+mod logger;
+mod metrics;
+mod protocol;
+mod server;
 
 #[cfg(feature = "node")]
 mod addon;
 
 pub use bus::{Bus, Mode};
 pub use config::{BusConfig, ServerConfig};
-pub use error::{Error, Result};
+pub use error::{codes, Error, Result};
 pub use event::Event;
-pub use metrics::{Health, Snapshot};
+pub use metrics::{Health, ServerMetrics, Snapshot};
+pub use protocol::{Disconnect, Refusal, Refused, SUBPROTOCOL};
 pub use server::{Server, UserValidator};

@@ -1,10 +1,8 @@
 //! The WebSocket server: accept, HTTP upgrade with refusals before it, and clean shutdown.
 //!
 //! Every refusal is decided before the upgrade and answered as plain HTTP with a small JSON body,
-//! so that any client (browser, curl, a load balancer) can read why:
-//! 404 other path · 426 plain GET on the WebSocket path · 400/431 bad request ·
-//! 401 missing or invalid token · 403 `validateUser` said no (or threw) · 408 the handshake
-//! (including `validateUser`) took longer than `handshake_timeout` · 503 the server is draining.
+//! so that any client (browser, curl, a load balancer) can read why; the refusals are the
+//! [`Refusal`] table in `protocol.rs`.
 //!
 //! The operations endpoints (`/health`, `/metrics`, and the dashboard's `/` and `/stats`) are
 //! answered on the same port before the WebSocket path check (see `ops.rs`).
@@ -27,14 +25,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Authenticator, Claims};
 use crate::bus::Bus;
+use crate::clock;
 use crate::config::ServerConfig;
 use crate::connection::{self, Ended};
+use crate::endpoints;
 use crate::error::{codes, Error, Result};
 use crate::event::Offset;
 use crate::http::{self, HeadError, RequestHead};
 use crate::hub::Feed;
-use crate::metrics::{self, CloseReason, ServerMetrics, Snapshot};
-use crate::ops;
+use crate::metrics::{self, ServerMetrics, Snapshot};
+use crate::protocol::{Disconnect, Refusal, Refused};
 
 /// Decides whether an authenticated user may connect (e.g. "the user exists in the database").
 pub trait UserValidator: Send + Sync + 'static {
@@ -45,17 +45,14 @@ pub trait UserValidator: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
 }
 
-/// Live counters of one server (see `metrics.rs`).
-pub type Stats = ServerMetrics;
-
 /// Counts a connection as closed however it ends: [`ClientGuard::ended`] with the reason, or
 /// as `client` if the task is dropped.
 struct ClientGuard(Option<Arc<Shared>>);
 
 impl ClientGuard {
-    fn ended(mut self, reason: CloseReason, dropped: u64) {
+    fn ended(mut self, ended: &Ended) {
         if let Some(shared) = self.0.take() {
-            shared.ops.metrics.connection_closed(reason, dropped);
+            shared.ops.metrics.connection_closed(ended.why, ended.dropped);
         }
     }
 }
@@ -63,7 +60,7 @@ impl ClientGuard {
 impl Drop for ClientGuard {
     fn drop(&mut self) {
         if let Some(shared) = self.0.take() {
-            shared.ops.metrics.connection_closed(CloseReason::Client, 0);
+            shared.ops.metrics.connection_closed(Disconnect::ClientClosed, 0);
         }
     }
 }
@@ -76,7 +73,7 @@ struct Shared {
     validator: Option<Arc<dyn UserValidator>>,
     ws_config: WebSocketConfig,
     /// The counters and the drain state, which connections also see.
-    ops: connection::Ops,
+    ops: connection::Context,
     /// Open connections per client address (only kept when that limit is on).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Connections admitted or being admitted (only kept when `max_connections` is on).
@@ -87,7 +84,7 @@ impl Shared {
     fn snapshot(&self) -> Snapshot {
         let bus = &self.bus;
         let config = bus.config();
-        let state = metrics::State {
+        let status = metrics::Status {
             draining: self.ops.drain.is_draining(),
             ws_path: self.config.path.clone(),
             bus_mode: match bus.mode() {
@@ -100,7 +97,7 @@ impl Shared {
             redis_connected: bus.redis_connected(),
             publish_queued: bus.queued() as u64,
         };
-        Snapshot::collect(&self.ops.metrics, bus.hub().metrics(), state)
+        Snapshot::collect(&self.ops.metrics, bus.hub().metrics(), status)
     }
 }
 
@@ -175,7 +172,7 @@ impl Server {
             bus,
             validator,
             ws_config,
-            ops: connection::Ops::default(),
+            ops: connection::Context::default(),
         });
         let shutdown = CancellationToken::new();
         let close_clients = CancellationToken::new();
@@ -194,7 +191,8 @@ impl Server {
         self.addr
     }
 
-    pub fn stats(&self) -> &Stats {
+    /// This server's counters.
+    pub fn metrics(&self) -> &ServerMetrics {
         &self.shared.ops.metrics
     }
 
@@ -353,11 +351,10 @@ async fn handle(
         (serve, user, _slots, guard)
     };
     log_open(peer, &user);
-    let opened = metrics::now_ms();
+    let opened = clock::now_ms();
     let ended = serve.await;
-    let (reason, dropped) = close_reason(&ended);
-    guard.ended(reason, dropped);
-    log_close(peer, &user, reason, &ended, metrics::now_ms().saturating_sub(opened));
+    guard.ended(&ended);
+    log_close(peer, &user, &ended, clock::now_ms().saturating_sub(opened));
 }
 
 // The connection lines are logged from plain functions: the logging machinery's temporaries then
@@ -371,28 +368,12 @@ fn log_open(peer: SocketAddr, user: &str) {
 }
 
 #[inline(never)]
-fn log_close(peer: SocketAddr, user: &str, reason: CloseReason, ended: &Ended, duration_ms: u64) {
+fn log_close(peer: SocketAddr, user: &str, ended: &Ended, duration_ms: u64) {
     log::info!(
-        event = "connection_close", peer:% = peer, user, reason = reason.as_str(),
+        event = "connection_close", peer:% = peer, user, reason = ended.why.metric_label(),
         detail:% = ended, duration_ms;
         "server: client {peer} (user {user}) disconnected: {ended}"
     );
-}
-
-/// The metrics' reason for how a connection ended, and the events it never received.
-fn close_reason(ended: &Ended) -> (CloseReason, u64) {
-    match ended {
-        Ended::ClientClosed => (CloseReason::Client, 0),
-        Ended::ServerShutdown => (CloseReason::Shutdown, 0),
-        Ended::TooSlow(behind) => (CloseReason::TooSlow, *behind),
-        Ended::Stuck => (CloseReason::Stuck, 0),
-        Ended::TooLarge => (CloseReason::TooLarge, 0),
-        Ended::TokenExpired => (CloseReason::TokenExpired, 0),
-        Ended::RefreshRefused(_) => (CloseReason::RefreshRefused, 0),
-        Ended::HeartbeatTimeout => (CloseReason::HeartbeatTimeout, 0),
-        Ended::RateLimited => (CloseReason::RateLimited, 0),
-        Ended::ProtocolError(_) => (CloseReason::ProtocolError, 0),
-    }
 }
 
 /// An upgraded connection, ready to serve.
@@ -418,34 +399,17 @@ async fn handshake(
     };
     let admitted = match admitted {
         Ok(Ok(admitted)) => admitted,
-        Ok(Err(Refusal { answer: Some(answer), .. })) => {
+        Ok(Err(NotUpgraded::Answered(answer))) => {
             // An operations endpoint: not a refusal.
             let _ = stream.write_all(&answer).await;
             let _ = stream.shutdown().await;
             return None;
         }
-        Ok(Err(Refusal { status: 0, .. })) => return None, // the peer left before asking anything
-        Ok(Err(Refusal { status, code, message, headers, .. })) => {
-            shared.ops.metrics.refused(code);
-            log::debug!(peer:% = peer, status, code; "server: refused {peer}: {status} {code}");
-            if status != 0 {
-                let _ =
-                    stream.write_all(&http::json_response(status, code, message, headers)).await;
-                let _ = stream.shutdown().await;
-            }
-            return None;
+        Ok(Err(NotUpgraded::Gone)) => return None, // the peer left before asking anything
+        Ok(Err(NotUpgraded::Refused(refusal))) => {
+            return refuse(stream, peer, shared, refusal).await
         }
-        Err(_) => {
-            shared.ops.metrics.refused("HANDSHAKE_TIMEOUT");
-            log::debug!(
-                peer:% = peer, status = 408, code = "HANDSHAKE_TIMEOUT";
-                "server: refused {peer}: 408 HANDSHAKE_TIMEOUT"
-            );
-            let response =
-                http::json_response(408, "HANDSHAKE_TIMEOUT", "handshake took too long", &[]);
-            let _ = stream.write_all(&response).await;
-            return None;
-        }
+        Err(_) => return refuse(stream, peer, shared, Refused::HandshakeTimeout.into()).await,
     };
     let Admitted { head, claims, protocol, parcels, since, ip_slot, slot } = admitted;
     let key = head.header("sec-websocket-key").unwrap_or_default();
@@ -475,25 +439,41 @@ async fn handshake(
     })
 }
 
-/// A request that is not upgraded: a refusal, or the answer of an operations endpoint.
-struct Refusal {
-    /// 0: the peer is gone, write nothing.
-    status: u16,
-    code: &'static str,
-    message: &'static str,
-    headers: &'static [(&'static str, &'static str)],
-    /// A complete response from an operations endpoint (`/health`, `/metrics`, ...), which is
-    /// written as is and not counted as a refusal.
-    answer: Option<Vec<u8>>,
+/// Answers a refused upgrade (counted, logged, and answered as plain HTTP).
+async fn refuse(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    refusal: Refusal,
+) -> Option<Session> {
+    shared.ops.metrics.refused(refusal);
+    let (status, code) = (refusal.status(), refusal.code());
+    log::debug!(peer:% = peer, status, code; "server: refused {peer}: {status} {code}");
+    let response = http::json_response(status, code, refusal.message(), refusal.headers());
+    let _ = stream.write_all(&response).await;
+    let _ = stream.shutdown().await;
+    None
 }
 
-impl Refusal {
-    const fn new(status: u16, code: &'static str, message: &'static str) -> Self {
-        Self { status, code, message, headers: &[], answer: None }
-    }
+/// A request that is not upgraded.
+enum NotUpgraded {
+    /// The peer left before asking anything: write nothing.
+    Gone,
+    /// A complete response from an operations endpoint (`/health`, `/metrics`, ...), written as
+    /// is and not counted as a refusal.
+    Answered(Vec<u8>),
+    Refused(Refusal),
+}
 
-    fn answered(response: Vec<u8>) -> Self {
-        Self { answer: Some(response), ..Self::new(200, "", "") }
+impl From<Refused> for NotUpgraded {
+    fn from(r: Refused) -> Self {
+        NotUpgraded::Refused(r.into())
+    }
+}
+
+impl From<crate::auth::AuthError> for NotUpgraded {
+    fn from(e: crate::auth::AuthError) -> Self {
+        NotUpgraded::Refused(e.into())
     }
 }
 
@@ -523,18 +503,14 @@ impl Drop for Slot {
     }
 }
 
-fn reserve_slot(shared: &Arc<Shared>) -> Result<Option<Slot>, Refusal> {
+fn reserve_slot(shared: &Arc<Shared>) -> Result<Option<Slot>, Refused> {
     let max = shared.config.max_connections;
     if max == 0 {
         return Ok(None);
     }
     if shared.slots.fetch_add(1, Ordering::AcqRel) >= max {
         shared.slots.fetch_sub(1, Ordering::AcqRel);
-        return Err(Refusal::new(
-            503,
-            "TOO_MANY_CONNECTIONS",
-            "The server holds as many connections as it may; try another instance or later",
-        ));
+        return Err(Refused::TooManyConnections);
     }
     Ok(Some(Slot(shared.clone())))
 }
@@ -563,55 +539,37 @@ async fn admit(
     stream: &mut TcpStream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-) -> Result<Admitted, Refusal> {
+) -> Result<Admitted, NotUpgraded> {
     let config = &shared.config;
     let head = http::read_head(stream).await.map_err(|e| match e {
-        HeadError::Closed => Refusal::new(0, "CLOSED", ""),
-        HeadError::Malformed => Refusal::new(400, "BAD_REQUEST", "Malformed HTTP request"),
-        HeadError::TooLarge => Refusal::new(431, "HEADERS_TOO_LARGE", "Request head too large"),
+        HeadError::Closed => NotUpgraded::Gone,
+        HeadError::Malformed => Refused::Malformed.into(),
+        HeadError::TooLarge => Refused::HeadersTooLarge.into(),
     })?;
-    if let Some(response) = ops::answer(&head, config, || shared.snapshot()) {
-        return Err(Refusal::answered(response));
+    if let Some(response) = endpoints::answer(&head, config, || shared.snapshot()) {
+        return Err(NotUpgraded::Answered(response));
     }
     if shared.ops.drain.is_draining() {
-        return Err(Refusal::new(
-            503,
-            "DRAINING",
-            "This server is shutting down; connect to another instance",
-        ));
+        return Err(Refused::Draining.into());
     }
     if head.path != config.path {
-        return Err(Refusal::new(
-            404,
-            "NOT_FOUND",
-            "Not found: WebSocket clients connect to the configured path",
-        ));
+        return Err(Refused::NotFound.into());
     }
     let is_upgrade = head.method == "GET"
         && head.header_has_token("upgrade", "websocket")
         && head.header_has_token("connection", "upgrade");
     if !is_upgrade {
-        return Err(Refusal {
-            headers: &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
-            ..Refusal::new(426, "UPGRADE_REQUIRED", "This endpoint speaks WebSocket only")
-        });
+        return Err(Refused::UpgradeRequired.into());
     }
     if head.header("sec-websocket-version").map(str::trim) != Some("13") {
-        return Err(Refusal {
-            headers: &[("Sec-WebSocket-Version", "13")],
-            ..Refusal::new(426, "UNSUPPORTED_VERSION", "Only WebSocket version 13 is supported")
-        });
+        return Err(Refused::UnsupportedVersion.into());
     }
     if head.header("sec-websocket-key").is_none_or(|k| k.trim().is_empty()) {
-        return Err(Refusal::new(400, "BAD_REQUEST", "Missing Sec-WebSocket-Key"));
+        return Err(Refused::MissingKey.into());
     }
     if let Some(origin) = head.header("origin") {
         if !origin_allowed(config.allowed_origins.as_deref(), origin) {
-            return Err(Refusal::new(
-                403,
-                "ORIGIN_NOT_ALLOWED",
-                "This Origin may not connect (see allowedOrigins)",
-            ));
+            return Err(Refused::OriginNotAllowed.into());
         }
     }
     let slot = reserve_slot(shared)?;
@@ -621,8 +579,7 @@ async fn admit(
     let token = auth::token_from_request(head.query.as_deref(), head.header("authorization"))
         .or(protocol_token)
         .unwrap_or_default();
-    let claims =
-        shared.auth.verify(&token).map_err(|e| Refusal::new(401, e.code(), e.message()))?;
+    let claims = shared.auth.verify(&token)?;
     let parcels = match http::query_param(head.query.as_deref(), "parcels") {
         None => None,
         Some(list) => Some(parse_parcels(&list, config.max_subscriptions)?),
@@ -630,24 +587,16 @@ async fn admit(
     if let Some(validator) = &shared.validator {
         match validator.validate(&claims).await {
             Ok(true) => {}
-            Ok(false) => {
-                return Err(Refusal::new(403, "USER_REJECTED", "User is not allowed to connect"))
-            }
+            Ok(false) => return Err(Refused::UserRejected.into()),
             Err(e) => {
                 log::warn!("server: validateUser failed: {e}");
-                return Err(Refusal::new(403, "USER_REJECTED", "User is not allowed to connect"));
+                return Err(Refused::UserRejected.into());
             }
         }
     }
     let since = match http::query_param(head.query.as_deref(), "since") {
         None => None,
-        Some(since) => Some(since.parse::<Offset>().map_err(|_| {
-            Refusal::new(
-                400,
-                "INVALID_OFFSET",
-                "?since= must be an offset as received, e.g. 1732590000000-5",
-            )
-        })?),
+        Some(since) => Some(since.parse::<Offset>().map_err(|_| Refused::InvalidOffset)?),
     };
     Ok(Admitted { head, claims, protocol, parcels, since, ip_slot, slot })
 }
@@ -660,7 +609,7 @@ fn origin_allowed(allowed: Option<&[String]>, origin: &str) -> bool {
     })
 }
 
-fn reserve_ip_slot(shared: &Arc<Shared>, ip: IpAddr) -> Result<Option<IpSlot>, Refusal> {
+fn reserve_ip_slot(shared: &Arc<Shared>, ip: IpAddr) -> Result<Option<IpSlot>, Refused> {
     let limit = shared.config.max_connections_per_ip;
     if limit == 0 {
         return Ok(None);
@@ -668,37 +617,25 @@ fn reserve_ip_slot(shared: &Arc<Shared>, ip: IpAddr) -> Result<Option<IpSlot>, R
     let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
     let count = per_ip.entry(ip).or_insert(0);
     if *count >= limit {
-        return Err(Refusal::new(
-            429,
-            "TOO_MANY_CONNECTIONS_FROM_IP",
-            "Too many connections from this address",
-        ));
+        return Err(Refused::TooManyFromIp);
     }
     *count += 1;
     Ok(Some(IpSlot { shared: shared.clone(), ip }))
 }
 
 /// `?parcels=a,b,c` (each percent-decoded by the caller's query parser, split on commas).
-fn parse_parcels(list: &str, max: usize) -> Result<Vec<String>, Refusal> {
+fn parse_parcels(list: &str, max: usize) -> Result<Vec<String>, Refused> {
     let mut ids: Vec<String> = Vec::new();
     for id in list.split(',').filter(|id| !id.is_empty()) {
         if crate::event::validate_parcel_id(id).is_err() {
-            return Err(Refusal::new(
-                400,
-                "INVALID_PARCELS",
-                "?parcels= holds an invalid parcel id",
-            ));
+            return Err(Refused::InvalidParcels);
         }
         if !ids.iter().any(|known| known == id) {
             ids.push(id.to_string());
         }
     }
     if ids.len() > max {
-        return Err(Refusal::new(
-            400,
-            "INVALID_PARCELS",
-            "?parcels= lists more parcels than allowed",
-        ));
+        return Err(Refused::TooManyParcels);
     }
     Ok(ids)
 }

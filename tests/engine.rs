@@ -73,7 +73,7 @@ async fn every_client_gets_every_event_in_order() {
     for _ in 0..10 {
         clients.push(connect(&server).await);
     }
-    assert_eq!(server.stats().clients(), 10);
+    assert_eq!(server.metrics().clients(), 10);
     let ids: Vec<String> = (0..500).map(|i| format!("p{i}")).collect();
     let acks: Vec<_> = ids.iter().map(|id| bus.publish(id).unwrap()).collect();
     for ack in acks {
@@ -116,7 +116,7 @@ async fn a_burst_much_larger_than_the_ring_is_paced_not_lost() {
     for reader in readers {
         clients.push(reader.await.unwrap());
     }
-    assert_eq!(server.stats().clients(), 5, "nobody was cut");
+    assert_eq!(server.metrics().clients(), 5, "nobody was cut");
     server.close(Duration::from_secs(5)).await;
 }
 
@@ -157,7 +157,7 @@ async fn a_client_that_never_reads_is_cut_and_others_are_unharmed() {
     stalled.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"HTTP/1.1 101");
     tokio::time::timeout(Duration::from_secs(5), async {
-        while server.stats().clients() < 2 {
+        while server.metrics().clients() < 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -188,7 +188,7 @@ async fn a_client_that_never_reads_is_cut_and_others_are_unharmed() {
     }
     let _healthy = tokio::time::timeout(Duration::from_secs(60), reader).await.unwrap().unwrap();
     tokio::time::timeout(Duration::from_secs(20), async {
-        while server.stats().clients() > 1 {
+        while server.metrics().clients() > 1 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

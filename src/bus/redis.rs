@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff;
 use crate::error::{codes, Error, Result};
+use crate::event::Frame;
 use crate::event::{Event, Offset};
-use crate::history::{check, Frame, History, Replay, Retention};
+use crate::history::{check, History, Replay, Retention};
 use crate::hub::Hub;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
