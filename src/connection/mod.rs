@@ -6,20 +6,17 @@
 //! few fields. The write buffer only fills while a burst is being written.
 //!
 //! Metrics cost nothing per delivery: a batch's frame count and bytes are added once per flush,
-//! with one latency observation (see `metrics.rs`).
+//! with one latency observation (see `metrics/`). The write path is in `write.rs`, the inbound limits in `limits.rs`.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
@@ -32,12 +29,14 @@ use crate::metrics::{ws_frame_len, ServerMetrics};
 use crate::protocol::frame::{self, Ack};
 use crate::protocol::{check_parcel_ids, parse_request, Disconnect, MessageError, Request};
 
-/// Frames fed before one flush: bursts become few large writes instead of a syscall per event.
-const MAX_BATCH: usize = 64;
+mod limits;
+mod write;
+
+use limits::TokenBucket;
+use write::{close_frame, close_ws, write, Written};
+
 /// Time allowed to deliver a close frame before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often a blocked write checks whether it should give up.
-const STALL_CHECK: Duration = Duration::from_millis(50);
 
 /// Per-connection rules, from the server's configuration.
 #[derive(Debug, Clone)]
@@ -578,133 +577,5 @@ impl Conn<'_> {
     async fn close(&mut self, why: Disconnect) -> Ended {
         close_ws(&mut self.ws, why, CLOSE_TIMEOUT).await;
         why.into()
-    }
-}
-
-enum Written {
-    Done,
-    Lagged(u64),
-    Stalled,
-    Stuck,
-    Failed(WsError),
-}
-
-/// Writes `first` and whatever else is waiting. The common case (the socket takes it at once)
-/// costs no timer; a blocked write is watched every [`STALL_CHECK`].
-async fn write(
-    ws: &mut Ws,
-    first: Utf8Bytes,
-    feed: &mut Feed,
-    hub: &Hub,
-    settings: &Settings,
-) -> Written {
-    let reads_ring = feed.reads_ring();
-    let mut batch = std::pin::pin!(send_batch(ws, first, feed));
-    let poll_once = std::future::poll_fn(|cx| Poll::Ready(batch.as_mut().poll(cx)));
-    let result = match poll_once.await {
-        Poll::Ready(result) => result,
-        Poll::Pending => {
-            let started = Instant::now();
-            loop {
-                tokio::select! {
-                    result = batch.as_mut() => break result,
-                    _ = tokio::time::sleep(STALL_CHECK) => {
-                        let blocked = started.elapsed();
-                        if blocked >= settings.send_timeout {
-                            return Written::Stuck;
-                        }
-                        if reads_ring && blocked >= settings.stall_timeout && hub.is_waiting() {
-                            return Written::Stalled;
-                        }
-                    }
-                }
-            }
-        }
-    };
-    match result {
-        Ok(None) => Written::Done,
-        Ok(Some(n)) => Written::Lagged(n),
-        Err(e) => Written::Failed(e),
-    }
-}
-
-/// Feeds `first` and whatever else is already waiting (up to [`MAX_BATCH`]), then flushes once.
-/// Returns `Some(n)` when the connection fell `n` events behind. (The feed counts the frames and
-/// bytes: see `Feed::take_counts`.)
-async fn send_batch(
-    ws: &mut Ws,
-    first: Utf8Bytes,
-    feed: &mut Feed,
-) -> Result<Option<u64>, WsError> {
-    ws.feed(Message::Text(first)).await?;
-    for _ in 1..MAX_BATCH {
-        match feed.try_recv() {
-            Ok(Some(frame)) => ws.feed(Message::Text(frame.bytes)).await?,
-            Ok(None) | Err(FeedError::Closed) => break,
-            Err(FeedError::Lagged(n)) => return Ok(Some(n)),
-        }
-    }
-    ws.flush().await?;
-    Ok(None)
-}
-
-/// The close frame of `why` (a disconnect without a close code closes normally).
-fn close_frame(why: Disconnect) -> CloseFrame {
-    let code = why.close_code().map_or(CloseCode::Normal, CloseCode::from);
-    CloseFrame { code, reason: why.reason().into() }
-}
-
-/// Sends `why`'s close frame and waits (at most `within`) for the client's answer: a clean close.
-async fn close_ws(ws: &mut Ws, why: Disconnect, within: Duration) {
-    let frame = close_frame(why);
-    let _ = tokio::time::timeout(within, async {
-        if ws.close(Some(frame)).await.is_ok() {
-            while let Some(Ok(_)) = ws.next().await {}
-        }
-    })
-    .await;
-}
-
-/// A token bucket: `rate` tokens per second, holding at most `burst`.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    updated: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: f64, burst: f64) -> Self {
-        Self { rate, burst, tokens: burst, updated: Instant::now() }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        if self.rate <= 0.0 {
-            return true; // 0: no limit, as for every other limit
-        }
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.updated = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_bucket_allows_the_burst_then_the_rate() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(10.0, 3.0);
-        assert!(bucket.take(start) && bucket.take(start) && bucket.take(start));
-        assert!(!bucket.take(start));
-        assert!(bucket.take(start + Duration::from_millis(100)));
-        assert!(!bucket.take(start + Duration::from_millis(100)));
     }
 }
