@@ -93,6 +93,8 @@ pub struct BusConfig {
     pub publish_queue: usize,
     /// How much history to keep for clients that resume (`max_events: 0` turns it off).
     pub history: crate::history::Retention,
+    /// How the inboxes of users without a connection are bounded (memory mode).
+    pub inbox: crate::inbox::InboxLimits,
 }
 
 impl Default for BusConfig {
@@ -104,6 +106,7 @@ impl Default for BusConfig {
             fanout_capacity: 4096,
             publish_queue: 65_536,
             history: crate::history::Retention::default(),
+            inbox: crate::inbox::InboxLimits::default(),
         }
     }
 }

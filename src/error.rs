@@ -30,7 +30,13 @@ impl Error {
 
     /// Errors caused by the caller's arguments (the JS skin raises these as `TypeError`).
     pub fn is_invalid_argument(&self) -> bool {
-        matches!(self.code, codes::INVALID_PARCEL_ID | codes::INVALID_DATA | codes::INVALID_OPTION)
+        matches!(
+            self.code,
+            codes::INVALID_PARCEL_ID
+                | codes::INVALID_DATA
+                | codes::INVALID_USERS
+                | codes::INVALID_OPTION
+        )
     }
 }
 
@@ -46,6 +52,7 @@ impl std::error::Error for Error {}
 pub mod codes {
     pub const INVALID_PARCEL_ID: &str = "ERR_INVALID_PARCEL_ID";
     pub const INVALID_DATA: &str = "ERR_INVALID_DATA";
+    pub const INVALID_USERS: &str = "ERR_INVALID_USERS";
     pub const INVALID_OPTION: &str = "ERR_INVALID_OPTION";
     pub const INVALID_OFFSET: &str = "ERR_INVALID_OFFSET";
     pub const MISSING_SECRET: &str = "ERR_MISSING_JWT_SECRET";
@@ -53,6 +60,7 @@ pub mod codes {
     pub const LISTEN_FAILED: &str = "ERR_LISTEN_FAILED";
     pub const REDIS_UNAVAILABLE: &str = "ERR_REDIS_UNAVAILABLE";
     pub const BUS_CONFLICT: &str = "ERR_BUS_CONFLICT";
+    pub const TARGETING_UNAVAILABLE: &str = "ERR_TARGETING_UNAVAILABLE";
     pub const PUBLISH_QUEUE_FULL: &str = "ERR_PUBLISH_QUEUE_FULL";
     pub const BUS_CLOSED: &str = "ERR_BUS_CLOSED";
 }

@@ -7,6 +7,8 @@
 
 use crate::clock::now_us;
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -66,11 +68,22 @@ pub struct Event {
     offset: Option<Offset>,
     frame: Utf8Bytes,
     entered: u32,
+    /// The users it is addressed to (`None`: a broadcast, to every client).
+    users: Option<Users>,
 }
+
+/// The user ids a targeted event is addressed to: shared by every copy of its frame.
+pub type Users = Arc<Box<[Box<str>]>>;
+
+/// The most users one event may be addressed to.
+pub const MAX_USERS: usize = 1000;
+/// The longest user id, in bytes.
+pub const MAX_USER_ID_BYTES: usize = 256;
 
 impl PartialEq for Event {
     fn eq(&self, other: &Self) -> bool {
         self.parcel_id == other.parcel_id
+            && self.users == other.users
             && self.data == other.data
             && self.offset == other.offset
             && self.frame == other.frame
@@ -91,7 +104,14 @@ impl Event {
         validate_parcel_id(parcel_id)?;
         let data = data.map(encode_data).transpose()?.map(String::into_boxed_str);
         let frame = Utf8Bytes::from(frame::parcel_updated(parcel_id, data.as_deref(), None));
-        Ok(Self { parcel_id: parcel_id.into(), data, offset: None, frame, entered: now_us() })
+        Ok(Self {
+            parcel_id: parcel_id.into(),
+            data,
+            offset: None,
+            frame,
+            entered: now_us(),
+            users: None,
+        })
     }
 
     /// An empty stand-in, for a slot whose event was moved out (never sent).
@@ -102,7 +122,40 @@ impl Event {
             offset: None,
             frame: Utf8Bytes::from_static(""),
             entered: 0,
+            users: None,
         }
+    }
+
+    /// The same event addressed to `users` only (a non-empty list of non-empty ids of at most
+    /// [`MAX_USER_ID_BYTES`] bytes, at most [`MAX_USERS`] of them; duplicates are dropped).
+    pub fn to_users(self, users: &[String]) -> Result<Self> {
+        let invalid = |m: String| Error::new(codes::INVALID_USERS, m);
+        if users.is_empty() {
+            return Err(invalid("users must be a non-empty array of user ids".into()));
+        }
+        if users.len() > MAX_USERS {
+            return Err(invalid(format!(
+                "users lists {} ids; the limit is {MAX_USERS}",
+                users.len()
+            )));
+        }
+        let mut out: Vec<Box<str>> = Vec::with_capacity(users.len());
+        for user in users {
+            if user.is_empty() || user.len() > MAX_USER_ID_BYTES {
+                return Err(invalid(format!(
+                    "each user id must be a non-empty string of at most {MAX_USER_ID_BYTES} bytes"
+                )));
+            }
+            if !out.iter().any(|u| **u == **user) {
+                out.push(user.as_str().into());
+            }
+        }
+        Ok(Self { users: Some(Arc::new(out.into_boxed_slice())), ..self })
+    }
+
+    /// The users this event is addressed to; `None` for a broadcast.
+    pub fn users(&self) -> Option<&Users> {
+        self.users.as_ref()
     }
 
     /// The same event at a place in the history; its frame then carries `"offset"`.
@@ -176,16 +229,41 @@ pub struct Frame {
     pub offset: Option<Offset>,
     pub bytes: Utf8Bytes,
     pub entered: u32,
+    /// Its place in this process's dispatch order (set by the hub): a connection that receives
+    /// both broadcasts and events addressed to its user merges the two by it.
+    pub seq: u32,
+    /// The users a targeted event is addressed to; `None` for everyone.
+    pub users: Option<Users>,
 }
 
 impl Frame {
     pub fn of(event: &Event) -> Self {
-        Frame { offset: event.offset(), bytes: event.frame().clone(), entered: event.entered() }
+        Frame {
+            offset: event.offset(),
+            bytes: event.frame().clone(),
+            entered: event.entered(),
+            seq: 0,
+            users: event.users.clone(),
+        }
     }
 
     /// A frame that is not an event (e.g. `resync_required`), stamped now.
     pub fn control(bytes: Utf8Bytes) -> Self {
-        Frame { offset: None, bytes, entered: now_us() }
+        Frame { offset: None, bytes, entered: now_us(), seq: 0, users: None }
+    }
+
+    /// Whether this frame was dispatched before `other` (sequence numbers wrap; frames compared
+    /// are never billions apart).
+    pub fn before(&self, other: u32) -> bool {
+        (self.seq.wrapping_sub(other) as i32) < 0
+    }
+
+    /// Whether a client authenticated as `user` may receive this frame.
+    pub fn is_for(&self, user: Option<&str>) -> bool {
+        match &self.users {
+            None => true,
+            Some(users) => user.is_some_and(|u| users.iter().any(|x| &**x == u)),
+        }
     }
 }
 

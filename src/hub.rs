@@ -12,17 +12,27 @@
 //! that holds everyone back because its socket accepts nothing is cut by its own task
 //! (`connection.rs`), which releases the wait. Publishers feel this as later-resolving publishes.
 //! A filtered connection whose queue overflows is marked lost and cut (1013) by its task.
+//!
+//! Events addressed to users (`users` set) never enter the ring: an index from user id to that
+//! user's connections hands them to each connection's own small queue, so such an event costs
+//! work in proportion to the user's connections. A connection merges that queue with its ring or
+//! filtered feed by dispatch order (`Frame::seq`): every frame arrives in publish order. A user
+//! with no connection in this process gets the event in their inbox (`inbox.rs`), which their
+//! next connection receives right after the welcome.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::sync::{mpsc, Notify};
 
 use crate::event::{parcel_id_of, Event, Frame, Offset};
 use crate::history::History;
+use crate::inbox::{Inbox, InboxLimits};
 use crate::metrics::BusMetrics;
 use crate::protocol::frame;
 
@@ -32,13 +42,64 @@ pub type Sink = Arc<dyn Fn(&Event) + Send + Sync>;
 /// Frames a filtered connection may have waiting before it is considered too slow.
 const FILTERED_QUEUE: usize = 1024;
 
-/// Parcel id → the filtered feeds that follow it.
-type Index = HashMap<Arc<str>, Vec<Target>>;
+/// Who receives what, besides the ring.
+#[derive(Default)]
+struct Index {
+    /// Parcel id → the filtered feeds that follow it.
+    parcels: HashMap<Arc<str>, Vec<Target>>,
+    /// User id → the queues of that user's connections, for events addressed to the user.
+    users: HashMap<Arc<str>, Vec<(u64, Arc<Direct>)>>,
+}
 
 struct Target {
     conn: u64,
     tx: mpsc::Sender<Frame>,
     lost: Arc<AtomicBool>,
+}
+
+/// The queue of events addressed to one connection's user, beside its ring or filtered feed.
+/// Bounded like a filtered feed's queue: overflowing it marks the connection lost (1013).
+struct Direct {
+    user: Arc<str>,
+    queue: Mutex<VecDeque<Frame>>,
+    /// The connection's task while it waits (an `AtomicWaker`, not a `Notify`: its wait then
+    /// adds nothing to the size of every connection's task).
+    waker: AtomicWaker,
+    lost: AtomicBool,
+}
+
+impl Direct {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Frame>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, frame: Frame) {
+        let mut queue = self.lock();
+        if queue.len() >= FILTERED_QUEUE {
+            self.lost.store(true, Ordering::Relaxed);
+            return;
+        }
+        queue.push_back(frame);
+        drop(queue);
+        self.waker.wake();
+    }
+
+    /// Whether the first frame waiting was dispatched before `seq`; `None` when none waits.
+    fn first_before(&self, seq: u32) -> Option<bool> {
+        self.lock().front().map(|f| f.before(seq))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn pop(&self) -> Option<Frame> {
+        self.lock().pop_front()
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 pub struct Hub {
@@ -51,6 +112,10 @@ pub struct Hub {
     /// dispatch, so a connection changing its filter (a write) sees a clean seam.
     index: RwLock<Index>,
     next_conn: AtomicU64,
+    /// The next `Frame::seq` (dispatch order).
+    next_seq: AtomicU32,
+    /// Events for users with no connection here.
+    inbox: Mutex<Inbox>,
     sink: RwLock<Option<Sink>>,
     /// The newest offset dispatched (or known at start): what a new client is told it starts at.
     head: std::sync::Mutex<Option<Offset>>,
@@ -67,8 +132,10 @@ impl Hub {
             high_water: capacity / 2,
             waiting: AtomicBool::new(false),
             progress: Notify::new(),
-            index: RwLock::new(HashMap::new()),
+            index: RwLock::new(Index::default()),
             next_conn: AtomicU64::new(0),
+            next_seq: AtomicU32::new(1),
+            inbox: Mutex::new(Inbox::new(InboxLimits::default())),
             sink: RwLock::new(None),
             head: std::sync::Mutex::new(None),
             history: RwLock::new(None),
@@ -86,7 +153,7 @@ impl Hub {
     pub(crate) async fn dispatch(&self, event: &Event) {
         self.wait_for_room().await;
         self.metrics.received();
-        let frame = Frame::of(event);
+        let mut frame = Frame::of(event);
         {
             let index = self.index.read().unwrap_or_else(|e| e.into_inner());
             // Inside the read lock: a feed opening (under the write lock) sees the head and the
@@ -94,7 +161,14 @@ impl Hub {
             if let Some(offset) = event.offset() {
                 self.set_head(offset);
             }
-            if let Some(targets) = index.get(event.parcel_id()) {
+            frame.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            if let Some(users) = event.users() {
+                self.deliver_to_users(&index, users, &frame);
+                drop(index);
+                self.to_sink(event);
+                return;
+            }
+            if let Some(targets) = index.parcels.get(event.parcel_id()) {
                 for target in targets {
                     if target.tx.try_send(frame.clone()).is_err() {
                         target.lost.store(true, Ordering::Relaxed);
@@ -104,9 +178,45 @@ impl Hub {
             // An error only means that no connection reads the ring right now.
             let _ = self.frames.send(frame);
         }
+        self.to_sink(event);
+    }
+
+    fn to_sink(&self, event: &Event) {
         if let Some(sink) = self.sink.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
             sink(event);
         }
+    }
+
+    /// Hands an addressed event to every connection of its users here; users with none get it
+    /// in their inbox. (Addressed events pace nobody: they do not enter the ring.)
+    fn deliver_to_users(&self, index: &Index, users: &[Box<str>], frame: &Frame) {
+        for user in users {
+            match index.users.get(&**user) {
+                Some(conns) => conns.iter().for_each(|(_, direct)| direct.push(frame.clone())),
+                None => self.lock_inbox().push(user, frame.clone()),
+            }
+        }
+    }
+
+    fn lock_inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets how inboxes are bounded (memory mode).
+    pub(crate) fn set_inbox_limits(&self, limits: InboxLimits) {
+        self.lock_inbox().set_limits(limits);
+    }
+
+    /// Events waiting in inboxes now, and events that found no room since the start.
+    pub fn inbox_counts(&self) -> (usize, u64) {
+        let inbox = self.lock_inbox();
+        (inbox.len(), inbox.dropped)
+    }
+
+    /// How many connections each of `users` has open in this process now.
+    pub fn presence(&self, users: &[String]) -> Vec<usize> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        users.iter().map(|u| index.users.get(u.as_str()).map_or(0, Vec::len)).collect()
     }
 
     async fn wait_for_room(&self) {
@@ -137,10 +247,11 @@ impl Hub {
 
     /// Tells every connection that events were lost and it must refetch.
     pub(crate) fn resync_all(&self) {
-        let frame = Frame::control(frame::RESYNC_UNKNOWN.into());
+        let mut frame = Frame::control(frame::RESYNC_UNKNOWN.into());
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        frame.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let mut told = HashSet::new();
-        for target in index.values().flatten() {
+        for target in index.parcels.values().flatten() {
             if told.insert(target.conn) && target.tx.try_send(frame.clone()).is_err() {
                 target.lost.store(true, Ordering::Relaxed);
             }
@@ -174,11 +285,13 @@ impl Hub {
         *self.sink.write().unwrap_or_else(|e| e.into_inner()) = sink;
     }
 
-    /// A feed starting with the next event, of every event or only of `ids` (deduplicated), and
-    /// the offset of the last event before it: the client's starting offset. Both are taken
-    /// under the index's write lock, which no dispatch holds, so no event falls between them
-    /// (none is both "before the start" and delivered, nor neither).
-    pub fn open(self: &Arc<Self>, ids: Option<&[String]>) -> (Feed, Option<Offset>) {
+    /// A feed starting with the next event, of every event or only of `ids` (deduplicated),
+    /// plus the events addressed to `user`; the offset of the last event before it (the
+    /// client's starting offset); and what waited in `user`'s inbox. All are taken under the
+    /// index's write lock, which no dispatch holds, so no event falls between them (none is both
+    /// "before the start" and delivered, nor neither; an addressed event is either in the inbox
+    /// taken or delivered to the feed).
+    pub fn open(self: &Arc<Self>, ids: Option<&[String]>, user: Option<&str>) -> Opened {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         let head = self.head();
@@ -186,14 +299,39 @@ impl Hub {
             None => Source::All(self.frames.subscribe()),
             Some(ids) => Source::only(&mut index, conn, ids),
         };
+        let (direct, inbox) = match user {
+            None => (None, Vec::new()),
+            Some(user) => {
+                let user: Arc<str> = user.into();
+                let direct = Arc::new(Direct {
+                    user: user.clone(),
+                    queue: Mutex::default(),
+                    waker: AtomicWaker::new(),
+                    lost: AtomicBool::new(false),
+                });
+                index.users.entry(user).or_default().push((conn, direct.clone()));
+                let inbox = self.lock_inbox().take(&direct.user);
+                (Some(direct), inbox)
+            }
+        };
         drop(index);
-        (Feed { hub: self.clone(), conn, source, counted: (0, 0) }, head)
+        let feed = Feed { hub: self.clone(), conn, source, direct, ahead: None, counted: (0, 0) };
+        Opened { feed, start: head, inbox }
     }
 
     /// A feed of every event, starting with the next one.
     pub fn feed(self: &Arc<Self>) -> Feed {
-        self.open(None).0
+        self.open(None, None).feed
     }
+}
+
+/// What [`Hub::open`] gives a new connection.
+pub struct Opened {
+    pub feed: Feed,
+    /// The offset of the last event before the feed begins.
+    pub start: Option<Offset>,
+    /// Events that waited for the user while they had no connection, oldest first.
+    pub inbox: Vec<Frame>,
 }
 
 enum Source {
@@ -219,6 +357,7 @@ impl Source {
 
     /// Enters a filtered feed in `index` for each of `ids` it does not follow yet.
     fn follow(&mut self, index: &mut Index, conn: u64, ids: &[String]) {
+        let index = &mut index.parcels;
         let Source::Only { tx, lost, ids: current, .. } = self else {
             return;
         };
@@ -250,6 +389,10 @@ pub struct Feed {
     hub: Arc<Hub>,
     conn: u64,
     source: Source,
+    /// The queue of events addressed to this connection's user.
+    direct: Option<Arc<Direct>>,
+    /// A frame taken from `source` and held back because an addressed event came before it.
+    ahead: Option<Box<Frame>>,
     /// Frames and their bytes received since the last [`Feed::take_counts`] (for metrics: kept
     /// here, plain integers, so that counting adds nothing to the connection's task).
     counted: (u32, u32),
@@ -268,8 +411,33 @@ impl Feed {
         std::mem::take(&mut self.counted)
     }
 
+    /// The next frame, in dispatch order across the feed and the user's queue.
     pub async fn recv(&mut self) -> Result<Frame, FeedError> {
-        match &mut self.source {
+        let Some(direct) = &self.direct else {
+            return Self::recv_source(&mut self.source).await;
+        };
+        let direct = direct.clone();
+        loop {
+            if let Some(frame) = self.try_recv_uncounted()? {
+                return Ok(frame);
+            }
+            let mut source = std::pin::pin!(Self::recv_source(&mut self.source));
+            let received = std::future::poll_fn(|cx| {
+                direct.waker.register(cx.waker());
+                if direct.lost.load(Ordering::Relaxed) || !direct.is_empty() {
+                    return std::task::Poll::Ready(None);
+                }
+                source.as_mut().poll(cx).map(Some)
+            })
+            .await;
+            if let Some(frame) = received {
+                self.ahead = Some(Box::new(frame?));
+            }
+        }
+    }
+
+    async fn recv_source(source: &mut Source) -> Result<Frame, FeedError> {
+        match source {
             Source::Detached => std::future::pending().await,
             Source::All(ring) => ring.recv().await.map_err(|e| match e {
                 RecvError::Lagged(n) => FeedError::Lagged(n),
@@ -295,7 +463,35 @@ impl Feed {
     }
 
     fn try_recv_uncounted(&mut self) -> Result<Option<Frame>, FeedError> {
-        match &mut self.source {
+        let Some(direct) = &self.direct else {
+            return Self::try_recv_source(&mut self.source);
+        };
+        if direct.lost.load(Ordering::Relaxed) {
+            return Err(FeedError::Lagged(0));
+        }
+        // The order of the looks matters. An addressed event seen first means every frame
+        // dispatched before it is already in the source; a frame taken from the source is
+        // preceded by any addressed event dispatched before it, so look again after taking it.
+        let direct_waits = !direct.is_empty();
+        let taken = match self.ahead.take() {
+            Some(frame) => Some(*frame),
+            None => Self::try_recv_source(&mut self.source)?,
+        };
+        match taken {
+            Some(frame) => {
+                if direct.first_before(frame.seq) == Some(true) {
+                    self.ahead = Some(Box::new(frame));
+                    return Ok(direct.pop());
+                }
+                Ok(Some(frame))
+            }
+            None if direct_waits => Ok(direct.pop()),
+            None => Ok(None),
+        }
+    }
+
+    fn try_recv_source(source: &mut Source) -> Result<Option<Frame>, FeedError> {
+        match source {
             Source::Detached => Ok(None),
             Source::All(ring) => match ring.try_recv() {
                 Ok(frame) => Ok(Some(frame)),
@@ -314,20 +510,70 @@ impl Feed {
 
     /// Frames waiting for this connection right now (what it would miss if cut now).
     pub fn pending(&self) -> usize {
-        match &self.source {
+        let source = match &self.source {
             Source::Detached => 0,
             Source::All(ring) => ring.len(),
             Source::Only { rx, .. } => rx.len(),
+        };
+        let direct = self.direct.as_ref().map_or(0, |d| d.len());
+        source + direct + usize::from(self.ahead.is_some())
+    }
+
+    /// The user this feed receives addressed events for.
+    pub fn user(&self) -> Option<&str> {
+        self.direct.as_ref().map(|d| &*d.user)
+    }
+
+    /// Takes the addressed events dispatched before the last of `seam` and merges them into it
+    /// in dispatch order: a filter change's seam then keeps the order of every frame.
+    fn merge_direct(&mut self, seam: &mut Vec<Frame>) {
+        let (Some(direct), Some(last)) = (&self.direct, seam.last().map(|f| f.seq)) else {
+            return;
+        };
+        let mut merged = false;
+        while direct.first_before(last) == Some(true) {
+            if let Some(frame) = direct.pop() {
+                seam.push(frame);
+                merged = true;
+            }
+        }
+        if merged {
+            seam.sort_by(|a, b| match (a.before(b.seq), b.before(a.seq)) {
+                (true, _) => std::cmp::Ordering::Less,
+                (_, true) => std::cmp::Ordering::Greater,
+                _ => std::cmp::Ordering::Equal,
+            });
         }
     }
 
     /// Gives up this feed's place (ring cursor or index entries) and receives nothing more.
     pub fn detach(&mut self) {
         let old = std::mem::replace(&mut self.source, Source::Detached);
-        if let Source::Only { ids, .. } = old {
-            let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
-            for id in &ids {
-                remove_target(&mut index, id, self.conn);
+        self.ahead = None;
+        self.leave_index(old, true);
+    }
+
+    /// Removes this feed's entries from the index: those of `source` and, with `user`, its
+    /// user's queue.
+    fn leave_index(&mut self, source: Source, user: bool) {
+        let direct = if user { self.direct.take() } else { None };
+        let ids = match source {
+            Source::Only { ids, .. } => Some(ids),
+            _ => None,
+        };
+        if ids.is_none() && direct.is_none() {
+            return;
+        }
+        let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
+        for id in ids.iter().flatten() {
+            remove_target(&mut index.parcels, id, self.conn);
+        }
+        if let Some(direct) = direct {
+            if let Some(conns) = index.users.get_mut(&direct.user) {
+                conns.retain(|(conn, _)| *conn != self.conn);
+                if conns.is_empty() {
+                    index.users.remove(&direct.user);
+                }
             }
         }
     }
@@ -335,6 +581,7 @@ impl Feed {
     /// Whether this feed has lost events (only filtered feeds learn it before their next read).
     pub fn has_lost(&self) -> bool {
         matches!(&self.source, Source::Only { lost, .. } if lost.load(Ordering::Relaxed))
+            || self.direct.as_ref().is_some_and(|d| d.lost.load(Ordering::Relaxed))
     }
 
     /// Whether this feed reads the ring, and so can hold publishers back.
@@ -381,6 +628,11 @@ impl Feed {
         let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
         let mut seam = Vec::new();
         let mut result = Ok(());
+        if let Some(frame) = self.ahead.take() {
+            if parcel_id_of(&frame.bytes).is_some_and(|id| wanted.contains(id.as_str())) {
+                seam.push(*frame);
+            }
+        }
         for _ in 0..pending {
             match ring.try_recv() {
                 Ok(frame) => {
@@ -396,6 +648,7 @@ impl Feed {
             }
         }
         self.source = only;
+        self.merge_direct(&mut seam);
         result.map(|()| seam)
     }
 
@@ -405,7 +658,7 @@ impl Feed {
             let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
             for id in ids {
                 if current.remove(id.as_str()) {
-                    remove_target(&mut index, id, self.conn);
+                    remove_target(&mut index.parcels, id, self.conn);
                 }
             }
         }
@@ -420,7 +673,7 @@ impl Feed {
         let ring = {
             let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
             for id in ids {
-                remove_target(&mut index, id, self.conn);
+                remove_target(&mut index.parcels, id, self.conn);
             }
             self.hub.frames.subscribe()
         };
@@ -428,15 +681,16 @@ impl Feed {
         else {
             unreachable!("checked above");
         };
-        let mut seam = Vec::new();
+        let mut seam: Vec<Frame> = self.ahead.take().map(|f| *f).into_iter().collect();
         while let Ok(frame) = rx.try_recv() {
             seam.push(frame);
         }
+        self.merge_direct(&mut seam);
         seam
     }
 }
 
-fn remove_target(index: &mut Index, id: &str, conn: u64) {
+fn remove_target(index: &mut HashMap<Arc<str>, Vec<Target>>, id: &str, conn: u64) {
     if let Some(targets) = index.get_mut(id) {
         targets.retain(|t| t.conn != conn);
         if targets.is_empty() {
@@ -447,12 +701,8 @@ fn remove_target(index: &mut Index, id: &str, conn: u64) {
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        if let Source::Only { ids, .. } = &self.source {
-            let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
-            for id in ids {
-                remove_target(&mut index, id, self.conn);
-            }
-        }
+        let source = std::mem::replace(&mut self.source, Source::Detached);
+        self.leave_index(source, true);
     }
 }
 
@@ -528,7 +778,7 @@ mod tests {
         let mut opened = 0;
         for round in 0.. {
             let filter = (round % 2 == 1).then_some(only.as_slice());
-            let (mut feed, start) = hub.open(filter);
+            let Opened { mut feed, start, .. } = hub.open(filter, None);
             if start == Some(at(20_000)) {
                 break;
             }
@@ -549,10 +799,10 @@ mod tests {
         one.subscribe(&ids(&["a", "b"])).unwrap();
         two.subscribe(&ids(&["a"])).unwrap();
         drop(one);
-        assert_eq!(hub.index.read().unwrap().len(), 1);
-        assert_eq!(hub.index.read().unwrap()["a"].len(), 1);
+        assert_eq!(hub.index.read().unwrap().parcels.len(), 1);
+        assert_eq!(hub.index.read().unwrap().parcels["a"].len(), 1);
         drop(two);
-        assert!(hub.index.read().unwrap().is_empty());
+        assert!(hub.index.read().unwrap().parcels.is_empty());
     }
 
     #[tokio::test]
@@ -565,5 +815,97 @@ mod tests {
         }
         assert!(feed.has_lost());
         assert!(matches!(feed.try_recv(), Err(FeedError::Lagged(0))));
+    }
+
+    async fn publish_to(hub: &Hub, id: &str, users: &[&str]) {
+        let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        hub.dispatch(&Event::new(id).unwrap().to_users(&users).unwrap()).await;
+    }
+
+    /// Broadcasts and events addressed to a user reach that user's connections in publish
+    /// order, whatever their filter; nobody else receives an addressed event.
+    #[tokio::test]
+    async fn addressed_events_reach_their_user_only_in_publish_order() {
+        let hub = Arc::new(Hub::new(64));
+        let mut a1 = hub.open(None, Some("a")).feed;
+        let mut a2 = hub.open(Some(&ids(&["x"])), Some("a")).feed;
+        let mut b = hub.open(None, Some("b")).feed;
+        let mut anonymous = hub.feed();
+        publish(&hub, "p1").await;
+        publish_to(&hub, "t1", &["a"]).await;
+        publish(&hub, "x").await;
+        publish_to(&hub, "t2", &["a", "z"]).await;
+        publish(&hub, "p2").await;
+        assert_eq!(drain(&mut a1), ["p1", "t1", "x", "t2", "p2"]);
+        assert_eq!(drain(&mut a2), ["t1", "x", "t2"], "addressed events pass the parcel filter");
+        assert_eq!(drain(&mut b), ["p1", "x", "p2"]);
+        assert_eq!(drain(&mut anonymous), ["p1", "x", "p2"]);
+        assert_eq!(hub.presence(&ids(&["a", "b", "z"])), [2, 1, 0]);
+        drop(a1);
+        drop(a2);
+        assert_eq!(hub.presence(&ids(&["a"])), [0]);
+        assert!(!hub.index.read().unwrap().users.contains_key("a"));
+    }
+
+    /// The merge holds while events stream in from another thread and the reader waits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_merge_keeps_publish_order_under_load() {
+        let hub = Arc::new(Hub::new(4096));
+        let mut feed = hub.open(None, Some("u")).feed;
+        let publisher = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                for n in 0..3000 {
+                    let id = format!("{n}");
+                    if n % 3 == 0 {
+                        publish_to(&hub, &id, &["u"]).await;
+                    } else {
+                        publish(&hub, &id).await;
+                    }
+                }
+            })
+        };
+        for n in 0..3000 {
+            let frame = feed.recv().await.unwrap();
+            assert_eq!(parcel_id_of(&frame.bytes), Some(format!("{n}")));
+            hub.consumed();
+        }
+        publisher.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_user_without_a_connection_gets_the_event_at_the_next_one_once() {
+        let hub = Arc::new(Hub::new(64));
+        publish_to(&hub, "t1", &["z"]).await;
+        publish(&hub, "p1").await;
+        publish_to(&hub, "t2", &["z"]).await;
+        assert_eq!(hub.inbox_counts(), (2, 0));
+        let opened = hub.open(None, Some("z"));
+        let inbox: Vec<_> = opened.inbox.iter().map(|f| parcel_id_of(&f.bytes).unwrap()).collect();
+        assert_eq!(inbox, ["t1", "t2"]);
+        let mut feed = opened.feed;
+        publish_to(&hub, "t3", &["z"]).await;
+        assert_eq!(drain(&mut feed), ["t3"], "connected: delivered, not kept");
+        drop(feed);
+        assert!(hub.open(None, Some("z")).inbox.is_empty(), "an inbox is delivered once");
+    }
+
+    /// A filter change's seam keeps the order of broadcasts and addressed events.
+    #[tokio::test]
+    async fn filter_changes_keep_addressed_events_in_order() {
+        let hub = Arc::new(Hub::new(64));
+        let mut feed = hub.open(None, Some("u")).feed;
+        publish(&hub, "a").await;
+        publish_to(&hub, "t", &["u"]).await;
+        publish(&hub, "a").await;
+        let seam = feed.subscribe(&ids(&["a"])).unwrap();
+        let seam: Vec<_> = seam.iter().map(|f| parcel_id_of(&f.bytes).unwrap()).collect();
+        assert_eq!(seam, ["a", "t", "a"]);
+        publish_to(&hub, "t2", &["u"]).await;
+        publish(&hub, "a").await;
+        let widened = feed.subscribe_all();
+        let widened: Vec<_> = widened.iter().map(|f| parcel_id_of(&f.bytes).unwrap()).collect();
+        assert_eq!(widened, ["t2", "a"]);
+        assert!(drain(&mut feed).is_empty());
     }
 }

@@ -31,6 +31,7 @@ mod event;
 mod history;
 mod http;
 mod hub;
+mod inbox;
 // Installed by the napi skin; its own tests run without it.
 #[cfg_attr(not(feature = "node"), allow(dead_code))]
 mod logger;
@@ -45,6 +46,7 @@ pub use bus::{Bus, Mode};
 pub use config::{BusConfig, ServerConfig};
 pub use error::{codes, Error, Result};
 pub use event::Event;
+pub use inbox::InboxLimits;
 pub use metrics::{Health, ServerMetrics, Snapshot};
 pub use protocol::{Disconnect, Refusal, Refused, SUBPROTOCOL};
 pub use server::{Server, UserValidator};

@@ -32,7 +32,7 @@ use crate::endpoints;
 use crate::error::{codes, Error, Result};
 use crate::event::Offset;
 use crate::http::{self, HeadError, RequestHead};
-use crate::hub::Feed;
+use crate::hub::{self, Feed};
 use crate::metrics::{self, ServerMetrics, Snapshot};
 use crate::protocol::{Disconnect, Refusal, Refused};
 
@@ -419,7 +419,9 @@ async fn handshake(
     }
     // Subscribe before the welcome frame: an event published after the client saw the welcome
     // is never missed. The welcome's offset is taken at the same instant (see `Hub::open`).
-    let (feed, start) = shared.bus.hub().open(parcels.as_deref());
+    let user = auth::user_id(&claims);
+    let hub::Opened { feed, start, inbox } =
+        shared.bus.hub().open(parcels.as_deref(), user.as_deref());
     let ws = WebSocketStream::from_partially_read(
         stream,
         head.rest,
@@ -428,8 +430,14 @@ async fn handshake(
     )
     .await;
     shared.ops.metrics.connection_opened();
-    let client =
-        connection::Client::from_claims(&claims, shared.config.jwt_leeway, parcels, since, start);
+    let client = connection::Client::from_claims(
+        &claims,
+        shared.config.jwt_leeway,
+        parcels,
+        since,
+        start,
+        inbox,
+    );
     Some(Session {
         ws,
         feed,
@@ -662,6 +670,7 @@ mod tests {
             server.close_clients.clone(),
         );
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 2560, "a connection task grew to {size} bytes");
+        // 2,504 bytes before events addressed to users; their queue and merge cost ~150.
+        assert!(size <= 2688, "a connection task grew to {size} bytes");
     }
 }

@@ -107,6 +107,7 @@ impl Bus {
     pub fn start(config: BusConfig) -> Arc<Bus> {
         let (queue, rx) = mpsc::channel(config.publish_queue.max(1));
         let hub = Arc::new(Hub::new(config.fanout_capacity));
+        hub.set_inbox_limits(config.inbox);
         let (state_tx, state) = watch::channel(State::Starting);
         let (connected_tx, redis_connected) = watch::channel(false);
         let shutdown = CancellationToken::new();
@@ -193,6 +194,14 @@ impl Bus {
     }
 
     fn enqueue(&self, publish: Publish) -> Result<()> {
+        if publish.event.users().is_some() && self.config.redis_url.is_some() {
+            // Through Redis the addressing would be lost and the event reach everyone.
+            return Err(Error::new(
+                codes::TARGETING_UNAVAILABLE,
+                "events addressed to users are delivered in memory mode only for now; \
+                 in Redis mode publish without `users`",
+            ));
+        }
         self.queue.try_send(publish).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::new(
                 codes::PUBLISH_QUEUE_FULL,

@@ -76,6 +76,9 @@ pub(crate) struct Client {
     /// The offset the welcome frame announces: the last event before its feed began, so every
     /// later event reaches this client live (`None` when the bus keeps no history).
     pub start: Option<Offset>,
+    /// Events addressed to the user that waited while they had no connection (boxed: most
+    /// connections have none, and every connection's task holds this field).
+    pub inbox: Option<Box<[Frame]>>,
 }
 
 impl Client {
@@ -85,9 +88,11 @@ impl Client {
         parcels: Option<Vec<String>>,
         since: Option<Offset>,
         start: Option<Offset>,
+        inbox: Vec<Frame>,
     ) -> Self {
         let user = auth::user_id(claims);
-        Self { user, expires_at: expiry(claims, leeway), parcels, since, start }
+        let inbox = (!inbox.is_empty()).then(|| inbox.into_boxed_slice());
+        Self { user, expires_at: expiry(claims, leeway), parcels, since, start, inbox }
     }
 }
 
@@ -212,22 +217,33 @@ enum Wake {
 
 impl Conn<'_> {
     /// The welcome frame (with the current offset), then the acknowledgement of `?parcels=`,
-    /// then the replay of `?since=`.
+    /// then the replay of `?since=`, or else the user's inbox.
     async fn start(&mut self) -> Result<(), Ended> {
         self.send(Message::text(frame::welcome(self.client.start))).await?;
         if self.client.parcels.take().is_some() {
             // The server narrowed the feed before the welcome (see `server::handshake`).
             self.ack(Ack::Subscribed).await?;
         }
-        if let Some(since) = self.client.since.take() {
-            self.resume(since).await?;
+        let inbox = self.client.inbox.take().map_or_else(Vec::new, |b| b.into_vec());
+        let replayed = match self.client.since.take() {
+            Some(since) => self.resume(since).await?,
+            None => false,
+        };
+        // A replay already holds what the inbox kept (it is in the history, addressed to this
+        // user): sent twice it would be a duplicate. Inbox frames do not count as "sent live"
+        // (`first_sent`): they are older than the live stream.
+        if !replayed {
+            for frame in inbox {
+                self.feed_frame(Message::Text(frame.bytes)).await?;
+            }
+            self.ws_flush().await?;
         }
         Ok(())
     }
 
     /// Sends what happened after `since` and before this connection's live stream began, then
-    /// `resumed`; or `resync_required` when the history cannot tell.
-    async fn resume(&mut self, since: Offset) -> Result<(), Ended> {
+    /// `resumed` (and returns true); or `resync_required` when the history cannot tell.
+    async fn resume(&mut self, since: Offset) -> Result<bool, Ended> {
         let history = self.hub.history();
         let mut skip_through = self.client.start;
         let replay = match (history, self.client.start) {
@@ -250,18 +266,25 @@ impl Conn<'_> {
             Replay::ResyncRequired => {
                 // The current offset: where this client stands now.
                 let current = self.hub.head().or(self.client.start);
-                return self.send(Message::text(frame::resync_required(since, current))).await;
+                let reply = frame::resync_required(since, current);
+                return self.send(Message::text(reply)).await.map(|()| false);
             }
         };
         // Events already sent live on this connection are not sent twice.
         let first_sent = self.first_sent;
         let filter = self.feed.parcel_ids();
+        let user = self.client.user.clone();
         let mut replayed = 0usize;
         for frame in frames {
             if first_sent.is_some_and(|first| frame.offset.is_some_and(|o| o >= first)) {
                 continue;
             }
-            if let Some(ids) = &filter {
+            // Another user's event is never replayed; one addressed to this user is, whatever
+            // the parcel filter (it is addressed to them).
+            if !frame.is_for(user.as_deref()) {
+                continue;
+            }
+            if let (Some(ids), None) = (&filter, &frame.users) {
                 if !parcel_id_of(&frame.bytes).is_some_and(|id| ids.contains(&id)) {
                     continue;
                 }
@@ -272,7 +295,7 @@ impl Conn<'_> {
         if self.first_sent.is_none() {
             self.skip_through = skip_through;
         }
-        self.send(Message::text(frame::resumed(since, replayed))).await
+        self.send(Message::text(frame::resumed(since, replayed))).await.map(|()| true)
     }
 
     /// When the timer must next look at the connection: a ping is due, a ping went
@@ -469,7 +492,7 @@ impl Conn<'_> {
             }
             Request::Refresh { token } => self.refresh(&token).await,
             Request::Resume { since } => match since.parse::<Offset>() {
-                Ok(since) => self.resume(since).await,
+                Ok(since) => self.resume(since).await.map(|_| ()),
                 Err(e) => {
                     let reply = frame::error(MessageError::InvalidOffset, e.message());
                     self.send(Message::text(reply)).await
@@ -545,6 +568,15 @@ impl Conn<'_> {
             self.ops.metrics.frames_sent(1, ws_frame_len(text.len()));
         }
         match tokio::time::timeout(self.settings.send_timeout, self.ws.feed(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Ended::protocol(e)),
+            Err(_) => Err(Disconnect::Stuck.into()),
+        }
+    }
+
+    /// Flushes what was fed.
+    async fn ws_flush(&mut self) -> Result<(), Ended> {
+        match tokio::time::timeout(self.settings.send_timeout, self.ws.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Ended::protocol(e)),
             Err(_) => Err(Disconnect::Stuck.into()),
