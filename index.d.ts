@@ -16,6 +16,11 @@ export interface ParcelUpdatedEvent {
    * history is off, and for events an outside Redis client PUBLISHed without one.
    */
   offset?: string;
+  /**
+   * Only in `subscribeToParcelEvents` callbacks, for an event published with `{ users }`: whom
+   * it was addressed to (WebSocket clients receive the plain frame).
+   */
+  users?: string[];
 }
 
 /** Decoded JWT payload, as the Auth module signed it. */
@@ -186,6 +191,8 @@ export declare class Server {
 export type ErrorCode =
   | 'ERR_INVALID_PARCEL_ID'
   | 'ERR_INVALID_DATA'
+  | 'ERR_INVALID_USERS'
+  | 'ERR_TARGETING_UNAVAILABLE'
   | 'ERR_INVALID_OPTION'
   | 'ERR_MISSING_JWT_SECRET'
   | 'ERR_PORT_IN_USE'
@@ -210,10 +217,32 @@ export declare function startServer(options?: ServerOptions): Promise<Server>;
  * TypeError (ERR_INVALID_PARCEL_ID) for a non-string, empty or over-long id, and
  * (ERR_INVALID_DATA) for data that is not a plain object of at most 4096 bytes of JSON.
  */
-export declare function publishParcelUpdate(parcelId: string, data?: ParcelEventData): Promise<void>;
+export declare function publishParcelUpdate(
+  parcelId: string,
+  data?: ParcelEventData | null,
+  options?: PublishOptions,
+): Promise<void>;
 
 /** Fire and forget: bus failures are logged, never thrown. */
-export declare function publishParcelUpdateDirect(parcelId: string, data?: ParcelEventData): void;
+export declare function publishParcelUpdateDirect(
+  parcelId: string,
+  data?: ParcelEventData | null,
+  options?: PublishOptions,
+): void;
+
+export interface PublishOptions {
+  /**
+   * Deliver only to the connections authenticated as these users (the JWT's `sub`, `id`,
+   * `userId` or `user_id`; a numeric claim matches its decimal string), whatever their parcel
+   * filter; a user with no connection gets it in their inbox, delivered right after the welcome
+   * of their next connection. 1 to 1000 string ids, else ERR_INVALID_USERS (TypeError). Memory
+   * mode only for now: in Redis mode the publish rejects with ERR_TARGETING_UNAVAILABLE.
+   */
+  users?: string[];
+}
+
+/** How many connections each user has open now (this process; memory mode). */
+export declare function presence(userIds: string[]): Promise<Record<string, number>>;
 
 /**
  * Express middleware: publishes `req.params.parcel_id` once the response is sent with a 2xx

@@ -33,7 +33,7 @@ function loadAddon() {
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-const TYPE_ERROR_CODES = new Set(['ERR_INVALID_PARCEL_ID', 'ERR_INVALID_DATA', 'ERR_INVALID_OPTION']);
+const TYPE_ERROR_CODES = new Set(['ERR_INVALID_PARCEL_ID', 'ERR_INVALID_DATA', 'ERR_INVALID_USERS', 'ERR_INVALID_OPTION']);
 
 function makeError(code, message) {
   const err = TYPE_ERROR_CODES.has(code) ? new TypeError(message) : new Error(message);
@@ -463,16 +463,46 @@ function encodeData(data) {
   }
 }
 
+/** The `users` of publish options (`{ users: ['u1', ...] }`), or undefined for a broadcast. */
+function publishUsers(options) {
+  if (options === undefined || options === null) return undefined;
+  if (typeof options !== 'object' || Array.isArray(options)) {
+    throw makeError('ERR_INVALID_OPTION', 'publish options must be an object, e.g. { users: ["u1"] }');
+  }
+  for (const key of Object.keys(options)) {
+    if (key !== 'users') throw makeError('ERR_INVALID_OPTION', `unknown publish option "${key}" (known: users)`);
+  }
+  const { users } = options;
+  if (users === undefined) return undefined;
+  if (!Array.isArray(users) || users.length === 0) {
+    throw makeError('ERR_INVALID_USERS', 'users must be a non-empty array of user ids (strings)');
+  }
+  if (users.length > native.MAX_USERS) {
+    throw makeError('ERR_INVALID_USERS', `users lists ${users.length} ids; the limit is ${native.MAX_USERS}`);
+  }
+  for (const user of users) {
+    if (typeof user !== 'string') {
+      throw makeError('ERR_INVALID_USERS', `user ids must be strings (a numeric claim matches its decimal string); got ${user === null ? 'null' : typeof user}`);
+    }
+    if (user === '' || Buffer.byteLength(user) > native.MAX_USER_ID_BYTES) {
+      throw makeError('ERR_INVALID_USERS', `each user id must be a non-empty string of at most ${native.MAX_USER_ID_BYTES} bytes`);
+    }
+  }
+  return users;
+}
+
 /**
  * Publishes `{type:'parcel_updated', parcel_id[, data]}` to every client of every server on the
- * bus. Resolves once the bus has taken the event (with Redis: once Redis acknowledged it).
+ * bus, or with `{ users }` only to those users' connections (kept in their inbox while they
+ * have none). Resolves once the bus has taken the event (with Redis: once Redis acknowledged it).
  */
-function publishParcelUpdate(parcelId, data) {
+function publishParcelUpdate(parcelId, data, options) {
   try {
     checkParcelId(parcelId);
     const json = encodeData(data);
+    const users = publishUsers(options);
     ensureBus();
-    const number = callNative(() => native.publishNumbered(parcelId, json));
+    const number = callNative(() => native.publishNumbered(parcelId, json, users));
     return new Promise((resolve, reject) => {
       if (pending.size === 0) hold(); // a publish in flight keeps the process alive
       pending.set(number, { resolve, reject });
@@ -503,10 +533,11 @@ native.setAckSink(settle);
  * non-string id throws a TypeError at once (a programming error). The process stays alive until
  * the event has reached the bus.
  */
-function publishParcelUpdateDirect(parcelId, data) {
+function publishParcelUpdateDirect(parcelId, data, options) {
   checkParcelId(parcelId);
   encodeData(data);
-  publishParcelUpdate(parcelId, data).catch((err) => {
+  publishUsers(options);
+  publishParcelUpdate(parcelId, data, options).catch((err) => {
     log('error', `publishParcelUpdateDirect(${JSON.stringify(parcelId)}) failed: ${err.message} (${err.code})`);
   });
 }
@@ -535,6 +566,25 @@ function publishParcelEvent(req, res, next) {
     else res.once('finish', publishIfOk);
   }
   if (typeof next === 'function') next();
+}
+
+/**
+ * How many connections each of `userIds` has open now: `{ [userId]: count }` (this process, in
+ * memory mode).
+ */
+function presence(userIds) {
+  try {
+    if (!Array.isArray(userIds) || userIds.some((u) => typeof u !== 'string')) {
+      throw makeError('ERR_INVALID_USERS', 'presence(userIds): userIds must be an array of user ids (strings)');
+    }
+    ensureBus();
+    const counts = callNative(() => native.presence(userIds));
+    const out = {};
+    userIds.forEach((user, i) => { out[user] = counts[i]; });
+    return Promise.resolve(out);
+  } catch (err) {
+    return Promise.reject(err);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -596,6 +646,7 @@ module.exports = {
   startServer,
   publishParcelUpdate,
   publishParcelUpdateDirect,
+  presence,
   publishParcelEvent,
   subscribeToParcelEvents,
   setLogger,

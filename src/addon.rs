@@ -213,12 +213,34 @@ pub fn publish(
 /// Enqueues one event and returns its number at once (no promise per publish: the JS thread's
 /// cost stays a fraction of a microsecond). The ack sink settles numbered publishes in batches.
 #[napi(catch_unwind)]
-pub fn publish_numbered(parcel_id: String, data: Option<String>) -> napi::Result<f64> {
+pub fn publish_numbered(
+    parcel_id: String,
+    data: Option<String>,
+    users: Option<Vec<String>>,
+) -> napi::Result<f64> {
     let bus = global().bus.clone().ok_or_else(|| {
         to_js(EngineError::new(codes::BUS_CLOSED, "no bus: call ensureBus first"))
     })?;
-    let event = crate::event::Event::with_data(&parcel_id, data.as_deref()).map_err(to_js)?;
+    let mut event = crate::event::Event::with_data(&parcel_id, data.as_deref()).map_err(to_js)?;
+    if let Some(users) = users {
+        event = event.to_users(&users).map_err(to_js)?;
+    }
     bus.publish_numbered(event).map(|n| n as f64).map_err(to_js)
+}
+
+/// How many connections each of `users` has open now, in this process (memory mode).
+#[napi(catch_unwind)]
+pub fn presence(users: Vec<String>) -> napi::Result<Vec<u32>> {
+    let bus = global().bus.clone().ok_or_else(|| {
+        to_js(EngineError::new(codes::BUS_CLOSED, "no bus: call ensureBus first"))
+    })?;
+    if bus.config().redis_url.is_some() {
+        return Err(to_js(EngineError::new(
+            codes::TARGETING_UNAVAILABLE,
+            "presence counts this process's connections only: in Redis mode it is not offered yet",
+        )));
+    }
+    Ok(bus.hub().presence(&users).into_iter().map(|n| n as u32).collect())
 }
 
 /// One batch of settled publishes: every number up to `through`, resolved, or rejected with
@@ -251,6 +273,19 @@ pub fn set_ack_sink(callback: Option<AckFn>) {
     global.ack_sink = sink;
 }
 
+/// What a subscriber receives: the frame clients receive, plus `users` for an addressed event.
+fn sink_json(event: &crate::event::Event) -> String {
+    let frame = event.frame().as_str();
+    match event.users() {
+        None => frame.to_string(),
+        Some(users) => {
+            let users: Vec<&str> = users.iter().map(|u| &**u).collect();
+            let users = serde_json::to_string(&users).unwrap_or_else(|_| "[]".into());
+            format!("{},\"users\":{users}}}", &frame[..frame.len() - 1])
+        }
+    }
+}
+
 /// Routes every event's frame (the JSON text clients receive) to `callback` (or stops with `null`).
 #[napi(catch_unwind)]
 pub fn set_event_sink(callback: Option<SinkFn>) {
@@ -258,8 +293,7 @@ pub fn set_event_sink(callback: Option<SinkFn>) {
         let tsfn = Arc::new(tsfn);
         let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
         Arc::new(move |event: &crate::event::Event| {
-            let status =
-                tsfn.call(event.frame().to_string(), ThreadsafeFunctionCallMode::NonBlocking);
+            let status = tsfn.call(sink_json(event), ThreadsafeFunctionCallMode::NonBlocking);
             if status == Status::QueueFull {
                 let n = dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n.is_power_of_two() {
@@ -458,3 +492,11 @@ pub fn set_log_hook(callback: Option<LogFn>) {
 /// Longest accepted parcel id, in bytes.
 #[napi]
 pub const MAX_PARCEL_ID_BYTES: u32 = crate::event::MAX_PARCEL_ID_BYTES as u32;
+
+/// The most users one event may be addressed to.
+#[napi]
+pub const MAX_USERS: u32 = crate::event::MAX_USERS as u32;
+
+/// The longest user id, in bytes.
+#[napi]
+pub const MAX_USER_ID_BYTES: u32 = crate::event::MAX_USER_ID_BYTES as u32;
