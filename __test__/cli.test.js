@@ -65,6 +65,26 @@ describe('realtime-events CLI', () => {
     assert.match(p.out(), /SIGTERM: closing/);
   });
 
+  // A container whose command is `npm start` gets its SIGTERM on npm's pid alone: npm passes it
+  // to the script's shell, and the server must be the one that receives it (and drains).
+  test('SIGTERM to the `npm start` process alone reaches the server: clients get 1001, npm exits 0', async () => {
+    const port = await h.freePort();
+    const p = h.spawnProcess('npm', ['start'], {
+      env: h.cleanEnv({ REALTIME_PORT: port, JWT_SECRET: 'npm-start-secret', REALTIME_DRAIN_MS: '200' }),
+      group: true,
+    });
+    procs.push(p);
+    await p.waitForOutput(/listening on /, { ms: 20_000 });
+    const c = await h.connectReady(h.wsUrl(port, { token: h.sign({ sub: 'u' }, {}, 'npm-start-secret') }));
+    clients.push(c);
+    p.child.kill('SIGTERM'); // npm's pid only, not its process group
+    assert.equal((await h.withTimeout(c.closed, 8000, 'close 1001 after SIGTERM to npm')).code, 1001);
+    assert.deepEqual(await p.waitForExit(8000), { code: 0, signal: null }, p.err());
+    assert.match(p.out(), /SIGTERM: closing/);
+    assert.match(p.out(), /\] closed\n/);
+    await assert.rejects(h.connect(h.wsUrl(port)), /ECONNREFUSED/, 'the port is free');
+  });
+
   test('REALTIME_PUBLISH_STDIN=1: each line on stdin publishes that parcel id; a bad one is reported, not fatal', async () => {
     const port = await h.freePort();
     // Without a terminal on stdin (as here) it is off unless asked for.

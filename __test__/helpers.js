@@ -302,10 +302,21 @@ const children = new Set();
 process.on('exit', () => {
   for (const child of children) {
     try {
-      child.kill('SIGKILL');
+      killTree(child, 'SIGKILL');
     } catch {}
   }
 });
+
+/** Kills a child, or its whole process group when it was spawned with `group: true`. */
+function killTree(child, signal) {
+  if (child.groupLeader) {
+    try {
+      process.kill(-child.pid, signal);
+      return;
+    } catch {}
+  }
+  child.kill(signal);
+}
 
 /** process.env without the variables the package reads, so that children start clean. */
 function cleanEnv(extra = {}) {
@@ -328,8 +339,14 @@ function cleanEnv(extra = {}) {
  * Spawns a child process and records its output.
  * Returns {child, out(), err(), waitForOutput(regex), exited, kill(signal), write(line)}.
  */
-function spawnProcess(command, args, { env = cleanEnv(), cwd = PKG } = {}) {
-  const child = spawn(command, args, { env, cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+/**
+ * A child process with its output captured. `group: true` makes it lead a process group of its
+ * own, which stop() and the cleanup kill whole (for a child that spawns others, such as npm);
+ * `child.kill()` still signals the child alone.
+ */
+function spawnProcess(command, args, { env = cleanEnv(), cwd = PKG, group = false } = {}) {
+  const child = spawn(command, args, { env, cwd, stdio: ['pipe', 'pipe', 'pipe'], detached: group });
+  child.groupLeader = group;
   children.add(child);
   let stdout = '';
   let stderr = '';
@@ -400,7 +417,7 @@ function spawnProcess(command, args, { env = cleanEnv(), cwd = PKG } = {}) {
       try {
         return await withTimeout(exited, ms, `process ${child.pid} to exit by itself`);
       } catch (err) {
-        child.kill('SIGKILL');
+        killTree(child, 'SIGKILL');
         throw new Error(`${err.message}\nstdout: ${stdout}\nstderr: ${stderr}`);
       }
     },
@@ -410,7 +427,7 @@ function spawnProcess(command, args, { env = cleanEnv(), cwd = PKG } = {}) {
     /** Kills (SIGKILL unless told) and waits for the exit. */
     async stop(signal = 'SIGKILL') {
       if (!exitInfo) {
-        child.kill(signal);
+        killTree(child, signal);
         await exited;
       }
       return exitInfo;
