@@ -257,8 +257,8 @@ export declare function publishParcelEvent(
 
 /**
  * Calls `callback` for every event on the bus (from every process in Redis mode). Returns a
- * function that unsubscribes; calling it twice is harmless. An active subscription keeps the
- * process alive.
+ * function that unsubscribes; calling it twice is harmless. A subscription keeps the process
+ * alive only while events can come from outside it: in Redis mode, not in memory mode.
  */
 export declare function subscribeToParcelEvents(
   callback: (event: ParcelUpdatedEvent) => void | Promise<void>,

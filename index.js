@@ -611,8 +611,9 @@ function dispatch(frame) {
 
 /**
  * Calls `callback({type:'parcel_updated', parcel_id})` for every event on the bus (from any
- * process in Redis mode). Returns `unsubscribe()`. While a subscription is active it keeps the
- * process alive; unsubscribe to let it exit.
+ * process in Redis mode). Returns `unsubscribe()`. A subscription keeps the process alive only
+ * while events can come from outside it: in Redis mode (like a Redis subscriber connection),
+ * not in memory mode, where only this process publishes (like an EventEmitter's listeners).
  */
 function subscribeToParcelEvents(callback) {
   if (typeof callback !== 'function') {
@@ -621,19 +622,17 @@ function subscribeToParcelEvents(callback) {
   ensureBus();
   const sub = { callback };
   subscribers.add(sub);
-  if (subscribers.size === 1) {
-    native.setEventSink(dispatch);
-    hold();
-  }
+  if (subscribers.size === 1) native.setEventSink(dispatch);
+  // In memory mode nothing can arrive from outside: the subscription does not hold the process.
+  const keepsAlive = native.busInfo().mode !== 'memory';
+  if (keepsAlive) hold();
   let active = true;
   return function unsubscribe() {
     if (!active) return;
     active = false;
     subscribers.delete(sub);
-    if (subscribers.size === 0) {
-      native.setEventSink(null);
-      release();
-    }
+    if (subscribers.size === 0) native.setEventSink(null);
+    if (keepsAlive) release();
   };
 }
 
