@@ -256,6 +256,16 @@ export declare function publishParcelEvent(
 ): void;
 
 /**
+ * Wraps an Express handler so that its route publishes `req.params.parcel_id` once the response
+ * has been sent with a 2xx status, whether or not the handler calls `next()`:
+ * `router.post('/buy/:parcel_id', auth, rt.publishesParcelEvent(buyParcel))`. A handler that
+ * throws or rejects goes to `next(err)`; an error response publishes nothing.
+ */
+export declare function publishesParcelEvent<Req extends { params?: { parcel_id?: string } }, Res extends ServerResponse>(
+  handler: (req: Req, res: Res & { locals?: { parcelEventData?: ParcelEventData } }, next: (err?: unknown) => void) => unknown,
+): (req: Req, res: Res, next?: (err?: unknown) => void) => void;
+
+/**
  * Calls `callback` for every event on the bus (from every process in Redis mode). Returns a
  * function that unsubscribes; calling it twice is harmless. A subscription keeps the process
  * alive only while events can come from outside it: in Redis mode, not in memory mode.

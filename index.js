@@ -587,6 +587,32 @@ function presence(userIds) {
   }
 }
 
+/**
+ * Wraps an Express handler so that its route publishes `req.params.parcel_id` once the handler's
+ * response has been sent with a 2xx status, whether or not the handler calls next(): the
+ * placement of `publishParcelEvent` cannot be got wrong. A handler that throws or rejects is
+ * passed to next(err) (Express 4 does not catch rejections) and its error response publishes
+ * nothing.
+ */
+function publishesParcelEvent(handler) {
+  if (typeof handler !== 'function') {
+    throw makeError('ERR_INVALID_OPTION', 'publishesParcelEvent(handler): handler must be an Express handler (req, res, next) => void');
+  }
+  return function publishingHandler(req, res, next) {
+    const forward = typeof next === 'function' ? next : () => {};
+    // Listens for the response first, then lets the handler respond.
+    publishParcelEvent(req, res, () => {});
+    let result;
+    try {
+      result = handler.call(this, req, res, forward);
+    } catch (err) {
+      forward(err);
+      return;
+    }
+    if (result && typeof result.then === 'function') result.then(undefined, forward);
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Subscribing
 
@@ -647,6 +673,7 @@ module.exports = {
   publishParcelUpdateDirect,
   presence,
   publishParcelEvent,
+  publishesParcelEvent,
   subscribeToParcelEvents,
   setLogger,
   Server,
