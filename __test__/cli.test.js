@@ -23,8 +23,9 @@ describe('realtime-events CLI', () => {
     return dir;
   }
 
+  /** The CLI with text lines (LOG_FORMAT=text unless `env` says), off a terminal as here. */
   function cli(env, cwd = tempDir()) {
-    const p = h.spawnProcess(process.execPath, [BIN], { env: h.cleanEnv(env), cwd });
+    const p = h.spawnProcess(process.execPath, [BIN], { env: h.cleanEnv({ LOG_FORMAT: 'text', ...env }), cwd });
     procs.push(p);
     return p;
   }
@@ -70,7 +71,7 @@ describe('realtime-events CLI', () => {
   test('SIGTERM to the `npm start` process alone reaches the server: clients get 1001, npm exits 0', async () => {
     const port = await h.freePort();
     const p = h.spawnProcess('npm', ['start'], {
-      env: h.cleanEnv({ REALTIME_PORT: port, JWT_SECRET: 'npm-start-secret', REALTIME_DRAIN_MS: '200' }),
+      env: h.cleanEnv({ REALTIME_PORT: port, JWT_SECRET: 'npm-start-secret', REALTIME_DRAIN_MS: '200', LOG_FORMAT: 'text' }),
       group: true,
     });
     procs.push(p);
@@ -83,6 +84,32 @@ describe('realtime-events CLI', () => {
     assert.match(p.out(), /SIGTERM: closing/);
     assert.match(p.out(), /\] closed\n/);
     await assert.rejects(h.connect(h.wsUrl(port)), /ECONNREFUSED/, 'the port is free');
+  });
+
+  // Off a terminal (a container, systemd, a pipe) each stream carries one format: JSON lines,
+  // the CLI's own lines as much as the engine's, so a log collector that merges them parses all.
+  test('off a terminal every line on stdout and stderr is JSON; it hints at REALTIME_PUBLISH_STDIN=1', async () => {
+    const port = await h.freePort();
+    const p = cli({ REALTIME_PORT: port, JWT_SECRET: 'json-secret', LOG_FORMAT: undefined, LOG_LEVEL: 'info' });
+    await p.waitForOutput(/"msg":"listening on /, { ms: 10_000 });
+    await p.waitForOutput(/server: listening on/, { stream: 'stderr', ms: 10_000 });
+    // A refusal and a client that goes away, so that the engine logs more than its start.
+    await h.expectRefusal(h.wsUrl(port, { token: 'not-a-jwt' }), {}, 401, 'TOKEN_MALFORMED');
+    p.child.kill('SIGTERM');
+    assert.deepEqual(await p.waitForExit(8000), { code: 0, signal: null }, p.err());
+    const lines = (text) => text.split('\n').filter((l) => l.trim() !== '');
+    for (const [name, text] of [['stdout', p.out()], ['stderr', p.err()]]) {
+      for (const line of lines(text)) {
+        let record;
+        assert.doesNotThrow(() => (record = JSON.parse(line)), `${name}: not JSON: ${line}`);
+        assert.equal(typeof record.msg, 'string', line);
+        assert.equal(typeof record.level, 'string', line);
+      }
+    }
+    const msgs = lines(p.out()).map((l) => JSON.parse(l).msg);
+    assert.ok(msgs.some((m) => /REALTIME_PUBLISH_STDIN=1/.test(m)), `a hint on how to publish: ${msgs.join(' | ')}`);
+    assert.ok(msgs.includes('closed'), msgs.join(' | '));
+    assert.ok(lines(p.err()).some((l) => JSON.parse(l).code === 'TOKEN_MALFORMED'), `the refusal is logged at info: ${p.err()}`);
   });
 
   test('REALTIME_PUBLISH_STDIN=1: each line on stdin publishes that parcel id; a bad one is reported, not fatal', async () => {
@@ -120,7 +147,7 @@ describe('realtime-events CLI', () => {
     test(`${signal} arriving right as "listening on" is printed still shuts down cleanly (exit 0)`, async () => {
       const port = await h.freePort();
       const p = h.spawnProcess(process.execPath, ['-r', path.join(__dirname, 'fixtures', 'signal-on-listening.js'), BIN], {
-        env: h.cleanEnv({ REALTIME_PORT: port, JWT_SECRET: 'early-signal', SIGNAL_ON_LISTENING: signal }),
+        env: h.cleanEnv({ REALTIME_PORT: port, JWT_SECRET: 'early-signal', SIGNAL_ON_LISTENING: signal, LOG_FORMAT: 'text' }),
         cwd: tempDir(),
       });
       procs.push(p);

@@ -174,7 +174,7 @@ describe('CLI drain on SIGTERM', () => {
   test('SIGTERM: /health 503 at once, clients closed with 1001 spread over REALTIME_DRAIN_MS, exit 0', async () => {
     const port = await h.freePort();
     const p = h.spawnProcess(process.execPath, [path.join(h.PKG, 'bin', 'realtime-events.js')], {
-      env: h.cleanEnv({ REALTIME_PORT: port, JWT_SECRET: h.SECRET, REALTIME_DRAIN_MS: 1600, LOG_LEVEL: 'warn' }),
+      env: h.cleanEnv({ REALTIME_PORT: port, JWT_SECRET: h.SECRET, REALTIME_DRAIN_MS: 1600, LOG_LEVEL: 'warn', LOG_FORMAT: 'text' }),
       cwd: require('node:os').tmpdir(),
     });
     procs.push(p);

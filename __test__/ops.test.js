@@ -302,3 +302,36 @@ describe('options of the operations features', () => {
     assert.throws(() => rt.setLogger('console'), { code: 'ERR_INVALID_OPTION' });
   });
 });
+
+// Issue 14.7: a client that went away (its socket reset, or closed without a close frame) left;
+// it did not break the protocol.
+describe('a client that goes away', () => {
+  test('a reset or a bare FIN is logged and counted as the client leaving, not as a protocol error', async () => {
+    const server = await rt.startServer({ ...BASE, port: 0 });
+    const records = [];
+    rt.setLogger((r) => records.push(r));
+    try {
+      const before = await scrape(server);
+      const v0 = (labels) => prom.value(before, 'realtime_connections_closed_total', labels);
+      const reset = await h.connectReady(h.wsUrl(server, { token: h.sign({ sub: 'resetter' }) }));
+      const fin = await h.connectReady(h.wsUrl(server, { token: h.sign({ sub: 'finisher' }) }));
+      await h.waitUntil(() => server.clientCount === 2, 'two clients');
+      reset.ws._socket.resetAndDestroy(); // TCP RST
+      fin.ws._socket.destroy(); // FIN, no close frame
+      await h.waitUntil(() => server.clientCount === 0, 'both are gone');
+      const closes = () => records.filter((r) => r.fields && r.fields.event === 'connection_close');
+      await h.waitUntil(() => closes().length === 2, 'two close lines');
+      for (const r of closes()) {
+        assert.equal(r.fields.reason, 'client', JSON.stringify(r));
+        assert.doesNotMatch(r.message, /protocol error/, r.message);
+      }
+      const after = await scrape(server);
+      const v = (labels) => prom.value(after, 'realtime_connections_closed_total', labels);
+      assert.equal(v({ reason: 'client' }) - v0({ reason: 'client' }), 2);
+      assert.equal(v({ reason: 'protocol_error' }) - v0({ reason: 'protocol_error' }), 0);
+    } finally {
+      rt.setLogger(null);
+      await server.close();
+    }
+  });
+});

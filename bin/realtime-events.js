@@ -18,6 +18,23 @@ const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 
+/**
+ * One format per stream, the engine's rule: JSON lines off a terminal (as the engine's records on
+ * stderr), text on one; LOG_FORMAT=json|text forces either. Read when called, after .env.
+ */
+function jsonOn(stream) {
+  const v = String(process.env.LOG_FORMAT ?? '').trim().toLowerCase();
+  if (v === 'json') return true;
+  if (v === 'text' || v === 'pretty') return false;
+  return !stream.isTTY;
+}
+
+/** One line of this CLI: `info` on stdout, `error` on stderr, in the stream's format. */
+function say(msg, level = 'info') {
+  const [stream, write] = level === 'error' ? [process.stderr, console.error] : [process.stdout, console.log];
+  write(jsonOn(stream) ? JSON.stringify({ time: new Date().toISOString(), level, module: 'cli', msg }) : `[realtime-events] ${msg}`);
+}
+
 /** Minimal .env reader: KEY=VALUE lines, # comments, optional quotes; never overrides. */
 function loadDotEnv(file) {
   let text;
@@ -71,7 +88,7 @@ async function main() {
   const stop = async (signal) => {
     if (stopping) {
       if (server) {
-        console.log(`[realtime-events] ${signal} again: exiting without waiting for the drain`);
+        say(`${signal} again: exiting without waiting for the drain`);
         process.exit(1);
       }
       return;
@@ -80,9 +97,9 @@ async function main() {
     if (!server) return; // start() below notices `stopping` and closes at once
     const ms = drainMs();
     const n = server.clientCount;
-    console.log(`[realtime-events] ${signal}: closing (draining ${n} client${n === 1 ? '' : 's'} over up to ${ms} ms; clients get 1001)`);
+    say(`${signal}: closing (draining ${n} client${n === 1 ? '' : 's'} over up to ${ms} ms; clients get 1001)`);
     await server.close({ drainMs: ms });
-    console.log('[realtime-events] closed');
+    say('closed');
     process.exit(0);
   };
   process.on('SIGINT', () => stop('SIGINT'));
@@ -90,13 +107,13 @@ async function main() {
 
   const loaded = loadDotEnv(path.resolve(process.cwd(), '.env'));
   const rt = require('..');
-  const log = (msg) => console.log(`[realtime-events] ${msg}`);
+  const log = say;
   if (loaded.length) log(`read ${loaded.join(', ')} from .env`);
 
   let demoSecret = null;
   if (!process.env.JWT_SECRET) {
     if (process.env.NODE_ENV === 'production') {
-      console.error('[realtime-events] JWT_SECRET is not set; refusing to start in production (NODE_ENV=production).');
+      say('JWT_SECRET is not set; refusing to start in production (NODE_ENV=production).', 'error');
       process.exit(1);
     }
     demoSecret = crypto.randomBytes(32).toString('hex');
@@ -125,6 +142,7 @@ async function main() {
     log(`dashboard: ${base}`);
   }
   if (publishesStdin()) publishTypedLines(rt, log);
+  else if (!process.env.REALTIME_PUBLISH_STDIN && process.env.NODE_ENV !== 'production') log('to publish by typing parcel ids on stdin here, start with REALTIME_PUBLISH_STDIN=1');
 }
 
 /**
@@ -174,6 +192,6 @@ function publishTypedLines(rt, log) {
 }
 
 main().catch((err) => {
-  console.error(`[realtime-events] could not start: ${err.message}${err.code ? ` (${err.code})` : ''}`);
+  say(`could not start: ${err.message}${err.code ? ` (${err.code})` : ''}`, 'error');
   process.exit(1);
 });

@@ -385,6 +385,45 @@ struct Session {
     guard: ClientGuard,
 }
 
+/// Refusals logged per window at `info`; beyond that they go to `debug` and their count is
+/// logged at `info` when the next window opens (a flood of bad clients cannot flood the logs).
+const REFUSAL_LOGS_PER_WINDOW: u32 = 20;
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Logs a refusal (peer, status, code; never the request target, so never a token): at `info`,
+/// at most `REFUSAL_LOGS_PER_WINDOW` per `REFUSAL_LOG_WINDOW` for the process, else at `debug`.
+fn log_refusal(peer: SocketAddr, status: u16, code: &str) {
+    static WINDOW: Mutex<Option<(std::time::Instant, u32, u64)>> = Mutex::new(None);
+    let now = std::time::Instant::now();
+    let (at_info, demoted) = {
+        let mut window = WINDOW.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, logged, skipped) = window.get_or_insert((now, 0, 0));
+        let mut demoted = 0;
+        if now.duration_since(*start) >= REFUSAL_LOG_WINDOW {
+            demoted = *skipped;
+            (*start, *logged, *skipped) = (now, 0, 0);
+        }
+        let at_info = *logged < REFUSAL_LOGS_PER_WINDOW;
+        if at_info {
+            *logged += 1;
+        } else {
+            *skipped += 1;
+        }
+        (at_info, demoted)
+    };
+    if demoted > 0 {
+        log::info!(
+            event = "refusals_not_logged", count = demoted;
+            "server: {demoted} more refusals in the last 10 s were logged at debug only (see realtime_refusals_total)"
+        );
+    }
+    let level = if at_info { log::Level::Info } else { log::Level::Debug };
+    log::log!(
+        level, event = "refusal", peer:% = peer, status, code;
+        "server: refused {peer}: {status} {code}"
+    );
+}
+
 /// Reads the request, refuses it or upgrades it.
 async fn handshake(
     mut stream: TcpStream,
@@ -456,7 +495,7 @@ async fn refuse(
 ) -> Option<Session> {
     shared.ops.metrics.refused(refusal);
     let (status, code) = (refusal.status(), refusal.code());
-    log::debug!(peer:% = peer, status, code; "server: refused {peer}: {status} {code}");
+    log_refusal(peer, status, code);
     let response = http::json_response(status, code, refusal.message(), refusal.headers());
     let _ = stream.write_all(&response).await;
     let _ = stream.shutdown().await;

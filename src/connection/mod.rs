@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -123,8 +124,18 @@ impl From<Disconnect> for Ended {
 }
 
 impl Ended {
-    fn protocol(e: impl fmt::Display) -> Self {
-        Ended { detail: Some(e.to_string()), ..Disconnect::ProtocolError.into() }
+    /// How a socket error ends a connection: a client that went away (reset, or the socket
+    /// closed without a close frame) left; anything else broke the protocol.
+    fn socket(e: WsError) -> Self {
+        match e {
+            WsError::ConnectionClosed
+            | WsError::AlreadyClosed
+            | WsError::Io(_)
+            | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                Disconnect::ClientClosed.into()
+            }
+            e => Ended { detail: Some(e.to_string()), ..Disconnect::ProtocolError.into() },
+        }
     }
 }
 
@@ -416,11 +427,11 @@ impl Conn<'_> {
             None => return Err(Disconnect::ClientClosed.into()),
             Some(Ok(message)) => message,
             Some(Err(WsError::Capacity(_))) => return Err(self.close(Disconnect::TooLarge).await),
-            Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_))) => {
-                return Err(Disconnect::ClientClosed.into())
-            }
             Some(Err(e)) => {
-                let ended = Ended::protocol(e);
+                let ended = Ended::socket(e);
+                if ended.why == Disconnect::ClientClosed {
+                    return Err(ended);
+                }
                 close_ws(&mut self.ws, Disconnect::ProtocolError, CLOSE_TIMEOUT).await;
                 return Err(ended);
             }
@@ -547,7 +558,7 @@ impl Conn<'_> {
             Written::Lagged(n) => Err(Box::pin(self.too_slow(n)).await),
             Written::Stalled => Err(Box::pin(self.too_slow(0)).await),
             Written::Stuck => Err(Disconnect::Stuck.into()),
-            Written::Failed(e) => Err(Ended::protocol(e)),
+            Written::Failed(e) => Err(Ended::socket(e)),
         }
     }
 
@@ -569,7 +580,7 @@ impl Conn<'_> {
         }
         match tokio::time::timeout(self.settings.send_timeout, self.ws.feed(message)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Ended::protocol(e)),
+            Ok(Err(e)) => Err(Ended::socket(e)),
             Err(_) => Err(Disconnect::Stuck.into()),
         }
     }
@@ -578,7 +589,7 @@ impl Conn<'_> {
     async fn ws_flush(&mut self) -> Result<(), Ended> {
         match tokio::time::timeout(self.settings.send_timeout, self.ws.flush()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Ended::protocol(e)),
+            Ok(Err(e)) => Err(Ended::socket(e)),
             Err(_) => Err(Disconnect::Stuck.into()),
         }
     }
@@ -590,7 +601,7 @@ impl Conn<'_> {
         }
         match tokio::time::timeout(self.settings.send_timeout, self.ws.send(message)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Ended::protocol(e)),
+            Ok(Err(e)) => Err(Ended::socket(e)),
             Err(_) => Err(Disconnect::Stuck.into()),
         }
     }
