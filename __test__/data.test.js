@@ -245,7 +245,6 @@ describe('Express middleware: res.locals.parcelEventData', () => {
   let server;
   let client;
   let httpServer;
-  let base;
   let errors;
   let originalError;
 
@@ -277,10 +276,7 @@ describe('Express middleware: res.locals.parcelEventData', () => {
       res.status(409).json({ error: 'sold' });
       next();
     }, rt.publishParcelEvent);
-    httpServer = await new Promise((resolve) => {
-      const s = app.listen(0, '127.0.0.1', () => resolve(s));
-    });
-    base = `http://127.0.0.1:${httpServer.address().port}`;
+    httpServer = await h.serveApp(app);
     errors = [];
     originalError = console.error;
     console.error = (...args) => errors.push(args.map(String).join(' '));
@@ -289,16 +285,11 @@ describe('Express middleware: res.locals.parcelEventData', () => {
   after(async () => {
     console.error = originalError;
     await client?.close();
-    httpServer?.closeAllConnections?.();
-    await new Promise((resolve) => (httpServer ? httpServer.close(resolve) : resolve()));
+    await httpServer?.close();
     await server?.close();
   });
 
-  async function post(path) {
-    const res = await fetch(`${base}${path}`, { method: 'POST' });
-    await res.text();
-    return res.status;
-  }
+  const post = (path) => httpServer.post(path);
 
   test('a handler\'s parcelEventData is attached to the event', async () => {
     assert.equal(await post('/buy/e-1'), 200);

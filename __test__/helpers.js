@@ -544,7 +544,30 @@ async function startRedis() {
   };
 }
 
+/**
+ * Serves an Express `app` on a free loopback port: `{ post(path) → status, close() }` (close
+ * cuts keep-alive connections).
+ */
+async function serveApp(app) {
+  const server = await new Promise((resolve) => {
+    const s = app.listen(0, '127.0.0.1', () => resolve(s));
+  });
+  const base = `http://127.0.0.1:${server.address().port}`;
+  return {
+    async post(path) {
+      const res = await fetch(`${base}${path}`, { method: 'POST' });
+      await res.text();
+      return res.status;
+    },
+    close() {
+      server.closeAllConnections?.();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
 module.exports = {
+  serveApp,
   withoutOffset,
   PKG,
   SECRET,

@@ -14,7 +14,6 @@ describe('publishesParcelEvent(handler)', () => {
   let server;
   let httpServer;
   let client;
-  let base;
   const handled = [];
 
   before(async () => {
@@ -42,24 +41,16 @@ describe('publishesParcelEvent(handler)', () => {
       handled.push(err.message);
       res.status(500).json({ error: err.message });
     });
-    httpServer = await new Promise((resolve) => {
-      const s = app.listen(0, '127.0.0.1', () => resolve(s));
-    });
-    base = `http://127.0.0.1:${httpServer.address().port}`;
+    httpServer = await h.serveApp(app);
   });
 
   after(async () => {
     await client?.close();
-    httpServer?.closeAllConnections?.();
-    await new Promise((resolve) => (httpServer ? httpServer.close(resolve) : resolve()));
+    await httpServer?.close();
     await server?.close();
   });
 
-  async function post(path) {
-    const res = await fetch(`${base}${path}`, { method: 'POST' });
-    await res.text();
-    return res.status;
-  }
+  const post = (path) => httpServer.post(path);
 
   test('2xx responses publish (sync and async handlers, with data); errors publish nothing and reach next(err)', async () => {
     assert.equal(await post('/buy/w-1'), 200);
