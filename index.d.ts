@@ -246,8 +246,9 @@ export declare function presence(userIds: string[]): Promise<Record<string, numb
 
 /**
  * Express middleware: publishes `req.params.parcel_id` once the response is sent with a 2xx
- * status. Place it after the handler (which calls `next()`) or before it. The handler may attach
- * data by setting `res.locals.parcelEventData`.
+ * status. Place it after the handler (which calls `next()`) or before it, or wrap the handler
+ * with `publishesParcelEvent` instead. One response publishes at most once (placed twice on a
+ * route: a warning). The handler may attach data by setting `res.locals.parcelEventData`.
  */
 export declare function publishParcelEvent(
   req: IncomingMessage & { params?: Record<string, string> },

@@ -542,6 +542,11 @@ function publishParcelUpdateDirect(parcelId, data, options) {
   });
 }
 
+// Responses publishParcelEvent already watches (one publish per response), and the routes
+// already warned about running it twice.
+const watchedResponses = new WeakSet();
+const warnedTwice = new Set();
+
 /**
  * Express middleware: publishes `req.params.parcel_id` once the response has been sent with a
  * 2xx status. Works after the handler (which calls next()) or before it. A handler may attach
@@ -551,7 +556,15 @@ function publishParcelEvent(req, res, next) {
   const parcelId = req && req.params ? req.params.parcel_id : undefined;
   if (typeof parcelId !== 'string' || parcelId === '') {
     log('error', 'publishParcelEvent: no req.params.parcel_id on this route; nothing published');
+  } else if (res && typeof res === 'object' && watchedResponses.has(res)) {
+    // Placed twice on one route (both placements, or beside publishesParcelEvent): once is enough.
+    const route = req.route && req.route.path ? req.route.path : req.originalUrl || req.url;
+    if (!warnedTwice.has(route)) {
+      warnedTwice.add(route);
+      log('warn', `publishParcelEvent ran twice for one response on route ${route}: published once (use one placement, or publishesParcelEvent alone)`);
+    }
   } else {
+    if (res && typeof res === 'object') watchedResponses.add(res);
     const publishIfOk = () => {
       if (res.statusCode >= 200 && res.statusCode < 300) {
         const data = res.locals ? res.locals.parcelEventData : undefined;

@@ -37,6 +37,15 @@ describe('publishesParcelEvent(handler)', () => {
     app.post('/rejects/:parcel_id', rt.publishesParcelEvent(async () => {
       throw new Error('async failure');
     }));
+    // Both placements on one route, and the wrapper with the middleware after it: once each.
+    app.post('/twice/:parcel_id', rt.publishParcelEvent, (req, res, next) => {
+      res.json({ ok: true });
+      next();
+    }, rt.publishParcelEvent);
+    app.post('/wrapped-twice/:parcel_id', rt.publishesParcelEvent((req, res, next) => {
+      res.json({ ok: true });
+      next();
+    }), rt.publishParcelEvent);
     app.use((err, req, res, next) => { // eslint-disable-line no-unused-vars
       handled.push(err.message);
       res.status(500).json({ error: err.message });
@@ -63,6 +72,22 @@ describe('publishesParcelEvent(handler)', () => {
     assert.equal(h.withoutOffset(await client.next()), h.frame('w-5'));
     assert.equal(h.withoutOffset(await client.next()), h.frame('w-sentinel'), 'nothing from the error responses');
     assert.deepEqual(handled, ['sync failure', 'async failure']);
+  });
+
+  test('placed twice on one route it publishes once per response, and warns once per route', async () => {
+    const records = [];
+    rt.setLogger((r) => records.push(r));
+    try {
+      assert.equal(await post('/twice/t-1'), 200);
+      assert.equal(await post('/twice/t-2'), 200);
+      assert.equal(await post('/wrapped-twice/t-3'), 200);
+      await rt.publishParcelUpdate('t-sentinel');
+      for (const id of ['t-1', 't-2', 't-3', 't-sentinel']) assert.equal(h.withoutOffset(await client.next()), h.frame(id));
+      const warnings = records.filter((r) => r.level === 'warn' && /ran twice/.test(r.message));
+      assert.deepEqual(warnings.map((r) => r.message.match(/route (\S+):/)[1]), ['/twice/:parcel_id', '/wrapped-twice/:parcel_id']);
+    } finally {
+      rt.setLogger(null);
+    }
   });
 
   test('a handler that is not a function is refused with ERR_INVALID_OPTION', () => {
