@@ -304,34 +304,53 @@ describe('options of the operations features', () => {
 });
 
 // Issue 14.7: a client that went away (its socket reset, or closed without a close frame) left;
-// it did not break the protocol.
+// it did not break the protocol. In a child at LOG_LEVEL=info (npm test runs at warn).
 describe('a client that goes away', () => {
   test('a reset or a bare FIN is logged and counted as the client leaving, not as a protocol error', async () => {
-    const server = await rt.startServer({ ...BASE, port: 0 });
-    const records = [];
-    rt.setLogger((r) => records.push(r));
+    const p = h.spawnServer({}, { env: h.cleanEnv({ LOG_LEVEL: 'info', LOG_FORMAT: 'json' }) });
     try {
-      const before = await scrape(server);
-      const v0 = (labels) => prom.value(before, 'realtime_connections_closed_total', labels);
-      const reset = await h.connectReady(h.wsUrl(server, { token: h.sign({ sub: 'resetter' }) }));
-      const fin = await h.connectReady(h.wsUrl(server, { token: h.sign({ sub: 'finisher' }) }));
-      await h.waitUntil(() => server.clientCount === 2, 'two clients');
+      const [, port] = await p.waitForOutput(/^ready (\d+) /m, { ms: 10_000 });
+      const reset = await h.connectReady(h.wsUrl(Number(port), { token: h.sign({ sub: 'resetter' }) }));
+      const fin = await h.connectReady(h.wsUrl(Number(port), { token: h.sign({ sub: 'finisher' }) }));
       reset.ws._socket.resetAndDestroy(); // TCP RST
       fin.ws._socket.destroy(); // FIN, no close frame
-      await h.waitUntil(() => server.clientCount === 0, 'both are gone');
-      const closes = () => records.filter((r) => r.fields && r.fields.event === 'connection_close');
-      await h.waitUntil(() => closes().length === 2, 'two close lines');
+      const closes = () => p.err().split('\n').filter((l) => l.includes('"connection_close"')).map((l) => JSON.parse(l));
+      await h.waitUntil(() => closes().length === 2, `two close lines; stderr: ${p.err()}`);
       for (const r of closes()) {
-        assert.equal(r.fields.reason, 'client', JSON.stringify(r));
-        assert.doesNotMatch(r.message, /protocol error/, r.message);
+        assert.equal(r.reason, 'client', JSON.stringify(r));
+        assert.doesNotMatch(r.msg, /protocol error/, r.msg);
       }
-      const after = await scrape(server);
-      const v = (labels) => prom.value(after, 'realtime_connections_closed_total', labels);
-      assert.equal(v({ reason: 'client' }) - v0({ reason: 'client' }), 2);
-      assert.equal(v({ reason: 'protocol_error' }) - v0({ reason: 'protocol_error' }), 0);
+      const families = prom.parse((await h.httpGet(Number(port), '/metrics')).raw);
+      assert.equal(prom.value(families, 'realtime_connections_closed_total', { reason: 'client' }), 2);
+      assert.equal(prom.value(families, 'realtime_connections_closed_total', { reason: 'protocol_error' }), 0);
     } finally {
-      rt.setLogger(null);
-      await server.close();
+      await p.stop();
+    }
+  });
+});
+
+// Issue 14.4: refusals are readable in the logs at the default level, without a flood.
+describe('refusals in the logs', () => {
+  test('logged at info (status, code, peer; never the token), 20 per 10 s, the rest at debug', async () => {
+    const p = h.spawnServer({}, { env: h.cleanEnv({ LOG_LEVEL: 'debug', LOG_FORMAT: 'json' }) });
+    try {
+      const [, port] = await p.waitForOutput(/^ready (\d+) /m, { ms: 10_000 });
+      const secretish = 'not-a-jwt-but-secret-7f3a';
+      for (let i = 0; i < 30; i++) await h.expectRefusal(h.wsUrl(Number(port), { token: secretish }), {}, 401, 'TOKEN_MALFORMED');
+      const refusals = () => p.err().split('\n').filter((l) => l.includes('"event":"refusal"')).map((l) => JSON.parse(l));
+      await h.waitUntil(() => refusals().length === 30, `30 refusal lines; stderr: ${p.err()}`);
+      const levels = refusals().map((r) => r.level);
+      assert.equal(levels.filter((l) => l === 'info').length, 20, levels.join(','));
+      assert.equal(levels.filter((l) => l === 'debug').length, 10, levels.join(','));
+      assert.deepEqual(levels.slice(0, 20), Array(20).fill('info'), 'the first 20 at info');
+      for (const r of refusals()) {
+        assert.equal(r.status, 401);
+        assert.equal(r.code, 'TOKEN_MALFORMED');
+        assert.match(r.peer, /^127\.0\.0\.1:\d+$/);
+      }
+      assert.ok(!p.err().includes(secretish), 'the token is never logged');
+    } finally {
+      await p.stop();
     }
   });
 });

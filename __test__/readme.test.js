@@ -70,6 +70,11 @@ describe('README', () => {
     assert.match(README, /off a terminal[\s\S]{0,120}`REALTIME_PUBLISH_STDIN=1`/);
   });
 
+  test('its Node client example reads a refusal\'s code from the body', () => {
+    const node = README.slice(README.indexOf('### Node'), README.indexOf('### Browser'));
+    assert.match(node, /unexpected-response[\s\S]*JSON\.parse\(body\)\.code/);
+  });
+
   test('every env variable it mentions is read somewhere in the package', () => {
     const text = sources();
     const names = new Set([...README.matchAll(/\b((?:REALTIME|REDIS|JWT|LOG|REQUIRE|UPDATE|CHROMIUM|NODE)_[A-Z0-9_]+)\b/g)].map((m) => m[1]));
