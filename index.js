@@ -180,7 +180,7 @@ function busOptionsFrom(options, env) {
     let value = options[key];
     if (value == null && env[envName] != null && env[envName] !== '') value = Number(env[envName]);
     if (value != null && (!Number.isInteger(value) || value < 0 || value > max)) {
-      throw makeError('ERR_INVALID_OPTION', `${key} must be an integer from 0 to ${max}`);
+      throw makeError('ERR_INVALID_OPTION', `${key} must be an integer from 0 to ${max}, got ${JSON.stringify(value)}${numberHint(value)}`);
     }
     history[key] = value ?? undefined;
   }
@@ -207,6 +207,48 @@ const NUMERIC_OPTIONS = {
   messageBurst: ['REALTIME_MESSAGE_BURST', 1, false],
 };
 
+/**
+ * One rule for every option: given in code, it has its type (a number is a number); only
+ * environment variables, which are strings, are parsed. A numeric string in code is refused with
+ * a hint, never silently taken for a number.
+ */
+function numberHint(value) {
+  return typeof value === 'string' && /^\s*-?\d+(\.\d+)?\s*$/.test(value)
+    ? ` (a string: pass Number(${JSON.stringify(value)}), or set it through its environment variable)`
+    : '';
+}
+
+/** Options a typo is likely to have meant, beyond near spellings. */
+const OPTION_ALIASES = { secret: 'jwtSecret', jwt: 'jwtSecret', token: 'jwtSecret', url: 'redisUrl', redis: 'redisUrl' };
+
+function editDistance(a, b) {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0];
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const here = row[j];
+      row[j] = Math.min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = here;
+    }
+  }
+  return row[b.length];
+}
+
+/** The known option `key` most likely meant, or undefined. */
+function didYouMean(key, known) {
+  const lower = key.toLowerCase().replace(/[_-]/g, '');
+  const alias = OPTION_ALIASES[lower];
+  if (alias) return alias;
+  let best;
+  let bestDistance = Infinity;
+  for (const name of known) {
+    const d = name.toLowerCase() === lower ? 0 : editDistance(lower, name.toLowerCase());
+    if (d < bestDistance) [best, bestDistance] = [name, d];
+  }
+  return bestDistance <= Math.max(1, Math.floor(key.length / 4)) ? best : undefined;
+}
+
 function numericOption(options, env, key) {
   const [envName, min, integer] = NUMERIC_OPTIONS[key];
   let value = options[key];
@@ -218,7 +260,7 @@ function numericOption(options, env, key) {
   const ok = typeof value === 'number' && Number.isFinite(value) && value >= min &&
     (!integer || (Number.isInteger(value) && value <= 0xffffffff));
   if (!ok) {
-    throw makeError('ERR_INVALID_OPTION', `${key} must be ${integer ? 'an integer' : 'a number'} >= ${min}, got ${JSON.stringify(value)}`);
+    throw makeError('ERR_INVALID_OPTION', `${key} must be ${integer ? 'an integer' : 'a number'} >= ${min}, got ${JSON.stringify(value)}${numberHint(value)}`);
   }
   return value;
 }
@@ -239,10 +281,10 @@ const MAX_U32 = 0xffffffff;
 
 /** drainMs: an integer of milliseconds, from an option or a REALTIME_DRAIN_MS-style string. */
 function resolveDrainMs(value, what) {
-  let v = value;
-  if (typeof v === 'string' && /^\d+$/.test(v.trim())) v = Number(v.trim());
+  // From the environment a string of digits; in code a number (one rule for every option).
+  const v = what.startsWith('REALTIME_') && typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : value;
   if (!Number.isInteger(v) || v < 0 || v > MAX_U32) {
-    throw makeError('ERR_INVALID_OPTION', `${what} must be a non-negative integer of milliseconds, got ${JSON.stringify(value)}`);
+    throw makeError('ERR_INVALID_OPTION', `${what} must be a non-negative integer of milliseconds, got ${JSON.stringify(value)}${numberHint(value)}`);
   }
   return v;
 }
@@ -263,13 +305,16 @@ function resolveServerOptions(options, env = process.env) {
   }
   for (const key of Object.keys(options)) {
     if (!SERVER_OPTIONS.has(key)) {
-      throw makeError('ERR_INVALID_OPTION', `startServer: unknown option "${key}"`);
+      const meant = didYouMean(key, SERVER_OPTIONS);
+      throw makeError('ERR_INVALID_OPTION', `startServer: unknown option "${key}"${meant ? `; did you mean "${meant}"?` : ''}`);
     }
   }
-  let port = options.port ?? env.REALTIME_PORT ?? DEFAULT_PORT;
-  if (typeof port === 'string' && /^\d+$/.test(port.trim())) port = Number(port.trim());
+  let port = options.port ?? DEFAULT_PORT;
+  if (options.port == null && env.REALTIME_PORT != null && env.REALTIME_PORT !== '') {
+    port = /^\s*\d+\s*$/.test(env.REALTIME_PORT) ? Number(env.REALTIME_PORT) : env.REALTIME_PORT;
+  }
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    throw makeError('ERR_INVALID_OPTION', `port must be an integer from 0 to 65535, got ${JSON.stringify(port)}`);
+    throw makeError('ERR_INVALID_OPTION', `port must be an integer from 0 to 65535, got ${JSON.stringify(port)}${numberHint(port)}`);
   }
   const host = options.host ?? env.REALTIME_HOST ?? '0.0.0.0';
   if (typeof host !== 'string' || host === '') throw makeError('ERR_INVALID_OPTION', 'host must be a non-empty string');
@@ -282,7 +327,7 @@ function resolveServerOptions(options, env = process.env) {
     throw makeError('ERR_INVALID_OPTION', 'jwtSecret must be a string');
   }
   if (!jwtSecret) {
-    throw makeError('ERR_MISSING_JWT_SECRET', 'a JWT secret is required: set JWT_SECRET or pass jwtSecret (the Auth module\'s HS256 secret)');
+    throw makeError('ERR_MISSING_JWT_SECRET', 'a JWT secret is required: set JWT_SECRET (in the environment, or in a .env file beside your app) or pass jwtSecret (the Auth module\'s HS256 secret)');
   }
   const { validateUser } = options;
   if (validateUser != null && typeof validateUser !== 'function') {

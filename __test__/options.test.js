@@ -95,3 +95,63 @@ describe('environment fallbacks are validated too', () => {
     await server.close();
   });
 });
+
+describe('one rule for every option, and typos name what was meant', () => {
+  test('a near miss is refused with "did you mean"', async () => {
+    const cases = [
+      [{ secret: 'x' }, 'jwtSecret'],
+      [{ redisURL: 'redis://127.0.0.1:1' }, 'redisUrl'],
+      [{ pingIntervalMS: 1000 }, 'pingIntervalMs'],
+      [{ maxConection: 5 }, 'maxConnections'],
+      [{ allowedOrigin: ['https://a.example'] }, 'allowedOrigins'],
+    ];
+    for (const [options, meant] of cases) {
+      await assert.rejects(rt.startServer({ ...BASE, ...options }), (err) => {
+        assert.equal(err.code, 'ERR_INVALID_OPTION');
+        assert.match(err.message, new RegExp(`unknown option "${Object.keys(options)[0]}"; did you mean "${meant}"\\?`));
+        return true;
+      });
+    }
+    await assert.rejects(rt.startServer({ ...BASE, colour: 'blue' }), (err) => {
+      assert.match(err.message, /unknown option "colour"$/, 'no guess for what resembles nothing');
+      return true;
+    });
+  });
+
+  test('a number given as a string is refused for every numeric option, port included, with a hint', async () => {
+    for (const key of ['port', 'pingIntervalMs', 'maxConnections', 'messagesPerSecond', 'historySize', 'drainMs']) {
+      await assert.rejects(rt.startServer({ ...BASE, [key]: '1000' }), (err) => {
+        assert.ok(err instanceof TypeError, key);
+        assert.equal(err.code, 'ERR_INVALID_OPTION', key);
+        assert.match(err.message, /pass Number\("1000"\)/, key);
+        return true;
+      });
+    }
+  });
+
+  test('environment variables are strings, parsed by the same rule', async () => {
+    const port = await h.freePort();
+    const child = h.spawnNodeScript(`
+      const rt = require(${JSON.stringify(h.PKG)});
+      rt.startServer({ host: '127.0.0.1', redisUrl: null, jwtSecret: 's' })
+        .then(async (s) => { console.log('port ' + s.port); await s.close(); })
+        .catch((e) => { console.log('error ' + e.code); });
+    `, { env: { ...h.cleanEnv(), REALTIME_PORT: String(port) } });
+    await child.exited;
+    assert.match(child.out(), new RegExp(`port ${port}`));
+  });
+
+  test('the missing-secret error names .env as one way to set it', async () => {
+    const saved = process.env.JWT_SECRET;
+    delete process.env.JWT_SECRET;
+    try {
+      await assert.rejects(rt.startServer({ host: '127.0.0.1', port: 0, redisUrl: null }), (err) => {
+        assert.equal(err.code, 'ERR_MISSING_JWT_SECRET');
+        assert.match(err.message, /\.env/);
+        return true;
+      });
+    } finally {
+      if (saved !== undefined) process.env.JWT_SECRET = saved;
+    }
+  });
+});

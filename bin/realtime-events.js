@@ -113,7 +113,7 @@ async function main() {
   let demoSecret = null;
   if (!process.env.JWT_SECRET) {
     if (process.env.NODE_ENV === 'production') {
-      say('JWT_SECRET is not set; refusing to start in production (NODE_ENV=production).', 'error');
+      say('JWT_SECRET is not set; refusing to start in production (NODE_ENV=production). Set it in the environment, or in a .env file in the folder you start from (JWT_SECRET=<the Auth module\'s secret>).', 'error');
       process.exit(1);
     }
     demoSecret = crypto.randomBytes(32).toString('hex');
