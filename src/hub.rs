@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -62,6 +62,9 @@ struct Target {
 struct Direct {
     user: Arc<str>,
     queue: Mutex<VecDeque<Frame>>,
+    /// The queue's length, readable without the lock: the hot path (a broadcast reaching a
+    /// connection whose user has nothing waiting) costs one atomic load, not a lock.
+    waiting: AtomicUsize,
     /// The connection's task while it waits (an `AtomicWaker`, not a `Notify`: its wait then
     /// adds nothing to the size of every connection's task).
     waker: AtomicWaker,
@@ -80,25 +83,35 @@ impl Direct {
             return;
         }
         queue.push_back(frame);
+        // Release: a reader that sees the count also sees every frame dispatched before.
+        self.waiting.fetch_add(1, Ordering::Release);
         drop(queue);
         self.waker.wake();
     }
 
     /// Whether the first frame waiting was dispatched before `seq`; `None` when none waits.
     fn first_before(&self, seq: u32) -> Option<bool> {
+        if self.is_empty() {
+            return None;
+        }
         self.lock().front().map(|f| f.before(seq))
     }
 
     fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.len() == 0
     }
 
     fn pop(&self) -> Option<Frame> {
-        self.lock().pop_front()
+        let mut queue = self.lock();
+        let frame = queue.pop_front();
+        if frame.is_some() {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        frame
     }
 
     fn len(&self) -> usize {
-        self.lock().len()
+        self.waiting.load(Ordering::Acquire)
     }
 }
 
@@ -306,6 +319,7 @@ impl Hub {
                 let direct = Arc::new(Direct {
                     user: user.clone(),
                     queue: Mutex::default(),
+                    waiting: AtomicUsize::new(0),
                     waker: AtomicWaker::new(),
                     lost: AtomicBool::new(false),
                 });
