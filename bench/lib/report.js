@@ -199,7 +199,7 @@ function chartSvg(doc) {
     out.push(`<text x="${left - 10}" y="${y + rowH / 2 + 4}" text-anchor="end">${esc(shortLabel(r))}</text>`);
     out.push(`<rect x="${Math.min(x0, x1)}" y="${y + 6}" width="${Math.max(2, Math.abs(x1 - x0))}" height="${rowH - 12}" fill="${color}" rx="2"/>`);
     out.push(`<text x="${Math.max(x0, x1) + 6}" y="${y + rowH / 2 + 4}" font-weight="bold">${esc(fmtFactor(r.factor))}</text>`);
-    out.push(`<text x="${W - right + 20}" y="${y + rowH / 2 + 4}" fill="#333">${esc(`rt ${r.fmt(r.rt)} vs ${r.fmt(r.baseline)}${r.target ? ` (target ${r.target.replace(' baseline', '').replace(', zero loss', '')})` : ''}`)}</text>`);
+    out.push(`<text x="${W - right + 20}" y="${y + rowH / 2 + 4}" fill="#333">${esc(`rt ${r.fmt(r.rt)} vs ${r.fmt(r.baseline)}${r.refFactor == null ? '' : `; ${fmtFactor(r.refFactor)} of reference ${r.fmt(r.reference)}`}${r.target ? ` (target ${r.target.replace(' baseline', '').replace(', zero loss', '')})` : ''}`)}</text>`);
     if (/10× baseline/.test(r.target)) {
       const tx = x(10);
       out.push(`<line x1="${tx}" y1="${y + 3}" x2="${tx}" y2="${y + rowH - 3}" stroke="#000" stroke-width="2" stroke-dasharray="3,2"/>`);
