@@ -30,6 +30,8 @@ fn arg(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_string())
 }
 
+// The upgrade callback returns tungstenite's own (large) ErrorResponse: its signature is not ours.
+#[allow(clippy::result_large_err)]
 async fn client(stream: TcpStream, tx: broadcast::Sender<Utf8Bytes>) {
     let _ = stream.set_nodelay(true);
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
