@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The benchmark suite: runs every scenario against this package (rt) and against the original
 // plain-Node design (baseline, bench/server-baseline.js) in the same run, and reports each figure
-// as a ratio against the baseline. See bench/README.md.
+// as a ratio against the baseline and against the near-limit reference (bench/reference). See bench/README.md.
 //
 //   npm run bench                       all scenarios, full size (~15 min on 2 cores)
 //   npm run bench -- --scenarios fanout,latency --clients 500 --duration 5
