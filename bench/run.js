@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The benchmark suite: runs every scenario against this package (rt) and against the original
 // plain-Node design (baseline, bench/server-baseline.js) in the same run, and reports each figure
-// as a ratio against the baseline. See bench/README.md.
+// as a ratio against the baseline and against the near-limit reference (bench/reference). See bench/README.md.
 //
 //   npm run bench                       all scenarios, full size (~15 min on 2 cores)
 //   npm run bench -- --scenarios fanout,latency --clients 500 --duration 5
@@ -21,7 +21,10 @@ const report = require('./lib/report');
 const ROOT = path.resolve(__dirname, '..');
 const RESULTS = path.join(__dirname, 'results');
 const SECRET = 'bench-secret-not-for-production';
-const ALL = ['fanout', 'latency', 'memory', 'handshake', 'eventloop', 'redis', 'scale'];
+const ALL = ['fanout', 'latency', 'memory', 'handshake', 'eventloop', 'redis', 'scale', 'sweep', 'publishlatency'];
+const IMPLS = ['rt', 'reference', 'baseline'];
+// The reference's stats are its Node wrapper's, and it has no Redis mode: left out of these.
+const NO_REFERENCE = new Set(['memory', 'redis', 'scale']);
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -29,7 +32,7 @@ const ALL = ['fanout', 'latency', 'memory', 'handshake', 'eventloop', 'redis', '
 function parseOptions(argv) {
   const o = {
     scenarios: ALL,
-    impls: ['rt', 'baseline'],
+    impls: IMPLS,
     smoke: false,
     verbose: false,
     build: true,
@@ -49,6 +52,10 @@ function parseOptions(argv) {
     scaleBudget: 240,
     threads: 2,
     drainCapMs: 45_000,
+    sweepStart: 50,
+    sweepStep: 5,
+    sweepMax: 51_200,
+    publishLatencyRate: 500,
   };
   const num = (v, name) => {
     const n = Number(v);
@@ -84,6 +91,10 @@ function parseOptions(argv) {
       case '--scale-step': o.scaleStep = num(val(), 'scale-step'); break;
       case '--scale-budget': o.scaleBudget = num(val(), 'scale-budget'); break;
       case '--threads': o.threads = num(val(), 'threads'); break;
+      case '--sweep-start': o.sweepStart = Math.max(1, num(val(), 'sweep-start')); break;
+      case '--sweep-step': o.sweepStep = num(val(), 'sweep-step'); break;
+      case '--sweep-max': o.sweepMax = num(val(), 'sweep-max'); break;
+      case '--publish-latency-rate': o.publishLatencyRate = Math.max(1, num(val(), 'publish-latency-rate')); break;
       case '--help': case '-h':
         console.log(fs.readFileSync(path.join(__dirname, 'README.md'), 'utf8'));
         process.exit(0);
@@ -108,10 +119,13 @@ function parseOptions(argv) {
       scaleStep: 300,
       scaleBudget: 20,
       drainCapMs: 10_000,
+      sweepStep: 1,
+      sweepMax: Math.min(o.sweepMax, 100),
+      publishLatencyRate: Math.min(o.publishLatencyRate, 100),
     });
   }
   for (const s of o.scenarios) if (!ALL.includes(s)) fail(`unknown scenario ${s}; known: ${ALL.join(', ')}`);
-  for (const i of o.impls) if (!['rt', 'baseline'].includes(i)) fail(`unknown impl ${i}`);
+  for (const i of o.impls) if (!IMPLS.includes(i)) fail(`unknown impl ${i}`);
   return o;
 }
 
@@ -160,8 +174,8 @@ function buildLoadgen(build) {
   const bin = path.join(process.env.CARGO_TARGET_DIR ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target'), 'release', 'loadgen');
   if (build) {
     log('building the load generator (cargo build --release -p rt-loadgen)');
-    const r = spawnSync('cargo', ['build', '--release', '--quiet', '-p', 'rt-loadgen'], { cwd: ROOT, stdio: 'inherit' });
-    if (r.status !== 0) fail('cargo build -p rt-loadgen failed');
+    const r = spawnSync('cargo', ['build', '--release', '--quiet', '-p', 'rt-loadgen', '-p', 'rt-reference'], { cwd: ROOT, stdio: 'inherit' });
+    if (r.status !== 0) fail('cargo build -p rt-loadgen -p rt-reference failed');
   }
   if (!fs.existsSync(bin)) fail(`${bin} is missing (run without --no-build)`);
   if (!fs.existsSync(path.join(ROOT, 'realtime_events.node'))) fail('the addon is not built: run `npm run build` first');
@@ -214,7 +228,8 @@ async function waitForQuiet(label) {
 
 async function startServer(impl, extra = [], name = `${impl}-server`) {
   await waitForQuiet(`${ctx.scenario}/${name}`);
-  const script = path.join(__dirname, impl === 'rt' ? 'server-rt.js' : 'server-baseline.js');
+  const script = path.join(__dirname, { rt: 'server-rt.js', reference: 'server-reference.js', baseline: 'server-baseline.js' }[impl]);
+  if (impl === 'reference') extra = [...extra, '--bin', path.join(path.dirname(ctx.loadgen), 'reference')];
   const child = new Child(name, process.execPath, ['--expose-gc', script, '--secret', SECRET, '--port', '0', '--host', '127.0.0.1', ...extra], {
     env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn' },
   });
@@ -279,6 +294,7 @@ function deliveryFigures(pub, rep, cpu) {
     disconnected: rep.measured_clients - rep.live,
     closes: rep.closes,
     latency_us: rep.latency_us,
+    call_latency_us: pub.call_latency_us,
     event_loop_delay: pub.event_loop_delay,
     event_loop_utilization: pub.event_loop_utilization,
     cpu_s: cpu,
@@ -656,7 +672,28 @@ function serverNofile(pid) {
 
 const fmtMs = (v) => (v == null ? '-' : `${v.toFixed(1)} ms`);
 
+const paced = require('./scenarios/paced')({ startServer, stopServer, startLoadgen, connectAll, publishAndCollect, log, Child, sleep });
+
+/** Runs `run` with `o.redisUrl` set to a private redis-server (unset when none is installed). */
+function withRedis(name, run) {
+  return async (o, results) => {
+    const bin = findRedisServer();
+    if (!bin) {
+      log(`${name}: redis-server not installed: Redis mode skipped`);
+      return run(o, results);
+    }
+    const redis = await startRedis(bin);
+    try {
+      return await run({ ...o, redisUrl: redis.url }, results);
+    } finally {
+      await redis.child.stop(null, 3000);
+    }
+  };
+}
+
 const SCENARIOS = {
+  sweep: { run: withRedis('sweep', paced.sweep.run) },
+  publishlatency: { run: withRedis('publishlatency', paced.publishlatency.run) },
   fanout: {
     title: 'Fan-out',
     run: async (o, results) => {
@@ -779,7 +816,8 @@ function integrityProblems(results, o) {
   const check = (where, f) => {
     if (!f || typeof f !== 'object') return;
     if (f.error) problems.push(`${where}: crashed: ${f.error}`);
-    for (const k of ['lost', 'duplicates', 'reordered', 'failed']) {
+    // The reference drops what a client is too far behind for (by design): its loss is a figure.
+    for (const k of where.includes('.reference') ? ['duplicates', 'reordered', 'failed'] : ['lost', 'duplicates', 'reordered', 'failed']) {
       if (typeof f[k] === 'number' && f[k] > 0) problems.push(`${where}: ${k} = ${f[k]}`);
     }
   };
@@ -790,7 +828,7 @@ function integrityProblems(results, o) {
     const runs = Array.isArray(r) ? r.map((x, i) => [`${name}[${x.rate ?? i}]`, x]) : [[name, r]];
     for (const [where, run] of runs) {
       if (run.error) problems.push(`${where}: crashed: ${run.error}`);
-      for (const impl of o.impls) check(`${where}.${impl}`, run[impl]);
+      for (const impl of [...o.impls, 'rt_redis']) check(`${where}.${impl}`, run[impl]);
     }
   }
   // At smoke size, every step of the scale ramp must reach every client.
@@ -822,7 +860,7 @@ async function main() {
     const s0 = Date.now();
     ctx.scenario = name;
     try {
-      await sc.run(o, results);
+      await sc.run(NO_REFERENCE.has(name) ? { ...o, impls: o.impls.filter((i) => i !== 'reference') } : o, results);
     } catch (err) {
       log(`${name}: FAILED: ${err.stack || err.message}`);
       results[name] = { ...(results[name] || {}), error: err.message };

@@ -55,6 +55,7 @@ async function publishRun(publishOne, opts) {
   let firstError = null;
   const inflight = [];
   let inflightCount = 0;
+  const callNs = [];
   const onError = (err) => {
     errors += 1;
     if (!firstError) firstError = `${err.code || ''} ${err.message}`;
@@ -95,6 +96,28 @@ async function publishRun(publishOne, opts) {
         while (inflightCount >= window && inflight.length) inflightCount -= await inflight.shift();
       }
       await tick();
+    }
+  } else if (opts.awaited) {
+    // Paced and awaited, as a request handler would: one publish per turn of the event loop,
+    // each awaited before the next; the time from the call to its promise settling is recorded
+    // (publish-call latency). Ids carry the DUE time (no coordinated omission).
+    const intervalNs = 1e9 / rate;
+    const dueNs = (k) => startNs + BigInt(Math.round(k * intervalNs));
+    scheduled = Math.min(Math.floor((durationMs / 1000) * rate), maxCount);
+    while (!done()) {
+      const due = Math.min(Math.floor(((performance.now() - t0) / 1000) * rate), maxCount);
+      if (seq - base < due) {
+        const c0 = nowNs();
+        try {
+          await publishNext(dueNs);
+        } catch (err) {
+          onError(err);
+        }
+        callNs.push(Number(nowNs() - c0));
+        await tick();
+      } else {
+        await sleep(1);
+      }
     }
   } else {
     // Paced: every ~1 ms, publish what is due by now. Each id carries the time its event was
@@ -143,7 +166,15 @@ async function publishRun(publishOne, opts) {
     event_loop_utilization: elu.utilization,
     cpu_user_s: cpu.user / 1e6,
     cpu_system_s: cpu.system / 1e6,
+    call_latency_us: callNs.length ? callSummary(callNs) : undefined,
   };
+}
+
+/** p50/p99/max (µs) of the publish-call durations of an awaited run. */
+function callSummary(values) {
+  const v = Float64Array.from(values).sort();
+  const at = (q) => v[Math.min(v.length - 1, Math.floor(q * v.length))] / 1000;
+  return { count: v.length, p50: at(0.5), p99: at(0.99), max: v[v.length - 1] / 1000 };
 }
 
 function stats(clientCount, gc) {
