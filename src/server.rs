@@ -153,6 +153,8 @@ impl Server {
             .max_write_buffer_size(1024 * 1024)
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
+        // No connection holds publishers longer than this, whatever phase it is in.
+        bus.hub().bound_wait(config.stall_timeout);
         let settings = connection::Settings {
             send_timeout: config.send_timeout,
             stall_timeout: config.stall_timeout,

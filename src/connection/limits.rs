@@ -31,6 +31,36 @@ impl TokenBucket {
     }
 }
 
+/// Bytes a client may draw with its requests (replays, subscription states, error replies):
+/// [`ByteBudget::BURST`] at once, refilled at [`ByteBudget::RATE`] per second.
+pub(super) struct ByteBudget {
+    bytes: f64,
+    updated: Instant,
+}
+
+impl ByteBudget {
+    /// A full replay of a default history (10,000 events of ~800 bytes) fits.
+    pub(super) const BURST: f64 = 8.0 * 1024.0 * 1024.0;
+    pub(super) const RATE: f64 = 64.0 * 1024.0;
+
+    pub(super) fn new() -> Self {
+        Self { bytes: Self::BURST, updated: Instant::now() }
+    }
+
+    /// Takes `n` bytes if the budget holds them.
+    pub(super) fn take(&mut self, n: u64, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.bytes = (self.bytes + elapsed * Self::RATE).min(Self::BURST);
+        self.updated = now;
+        if self.bytes >= n as f64 {
+            self.bytes -= n as f64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
