@@ -569,6 +569,21 @@ async fn admit(
     if head.header("sec-websocket-key").is_none_or(|k| k.trim().is_empty()) {
         return Err(Refused::MissingKey.into());
     }
+    if head.version < 1 {
+        return Err(Refused::OldHttp.into());
+    }
+    if head.header("host").is_none_or(|h| h.trim().is_empty()) {
+        return Err(Refused::MissingHost.into());
+    }
+    if ["host", "authorization", "sec-websocket-key", "origin"]
+        .iter()
+        .any(|name| head.header_count(name) > 1)
+    {
+        return Err(Refused::DuplicateHeader.into());
+    }
+    if !key_is_valid(head.header("sec-websocket-key").unwrap_or_default()) {
+        return Err(Refused::BadKey.into());
+    }
     if let Some(origin) = head.header("origin") {
         if !origin_allowed(config.allowed_origins.as_deref(), origin) {
             return Err(Refused::OriginNotAllowed.into());
@@ -578,6 +593,10 @@ async fn admit(
     let ip_slot = reserve_ip_slot(shared, peer.ip())?;
     let (protocol_token, protocol) =
         auth::token_from_protocols(head.header("sec-websocket-protocol"));
+    if protocol_token.is_some() && protocol.is_none() {
+        // Never echo a token: a browser needs one of its offers back, so it must offer ours.
+        return Err(Refused::SubprotocolRequired.into());
+    }
     let token = auth::token_from_request(head.query.as_deref(), head.header("authorization"))
         .or(protocol_token)
         .unwrap_or_default();
@@ -601,6 +620,14 @@ async fn admit(
         Some(since) => Some(since.parse::<Offset>().map_err(|_| Refused::InvalidOffset)?),
     };
     Ok(Admitted { head, claims, protocol, parcels, since, ip_slot, slot })
+}
+
+/// RFC 6455: the key is 16 random bytes, base64-encoded (24 characters).
+fn key_is_valid(key: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .is_ok_and(|bytes| bytes.len() == 16)
 }
 
 /// `scheme://host[:port]` compared case-insensitively; no list allows every origin.

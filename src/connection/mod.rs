@@ -72,6 +72,9 @@ pub(crate) struct Context {
 /// Who is on the other end, as the handshake established it.
 pub(crate) struct Client {
     pub user: Option<String>,
+    /// The claim that names the user, exactly as the token gave it (name and JSON value): a
+    /// refresh must carry the same.
+    pub user_claim: Option<(&'static str, serde_json::Value)>,
     /// When the token expires (its `exp` plus the leeway), if it has one.
     pub expires_at: Option<Instant>,
     /// Parcel ids asked for at connect (`?parcels=`).
@@ -92,7 +95,8 @@ impl Client {
         start: Option<Offset>,
     ) -> Self {
         let user = auth::user_id(claims);
-        Self { user, expires_at: expiry(claims, leeway), parcels, since, start }
+        let user_claim = auth::user_claim(claims);
+        Self { user, user_claim, expires_at: expiry(claims, leeway), parcels, since, start }
     }
 }
 
@@ -411,6 +415,7 @@ impl Conn<'_> {
             None => return Err(Disconnect::ClientClosed.into()),
             Some(Ok(message)) => message,
             Some(Err(WsError::Capacity(_))) => return Err(self.close(Disconnect::TooLarge).await),
+            Some(Err(WsError::Utf8(_))) => return Err(self.close(Disconnect::InvalidUtf8).await),
             Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_))) => {
                 return Err(Disconnect::ClientClosed.into())
             }
@@ -511,8 +516,12 @@ impl Conn<'_> {
                 return Err(ended);
             }
         };
-        if auth::user_id(&claims) != self.client.user {
+        if auth::user_claim(&claims) != self.client.user_claim {
             return Err(self.close(Disconnect::RefreshOtherUser).await);
+        }
+        if self.client.expires_at.is_some() && claims.get("exp").is_none() {
+            // A connection with an expiry keeps one: a token without `exp` would never expire.
+            return Err(self.close(Disconnect::RefreshWithoutExp).await);
         }
         self.client.expires_at = expiry(&claims, self.settings.jwt_leeway);
         self.send(Message::text(frame::refreshed(claims.get("exp")))).await
