@@ -222,10 +222,7 @@ mod tests {
             token_from_protocols(Some("realtime-events, bearer.a.b.c")),
             (Some("a.b.c".into()), Some("realtime-events".into()))
         );
-        assert_eq!(
-            token_from_protocols(Some("bearer.a.b.c")),
-            (Some("a.b.c".into()), None)
-        );
+        assert_eq!(token_from_protocols(Some("bearer.a.b.c")), (Some("a.b.c".into()), None));
         assert_eq!(
             token_from_protocols(Some("realtime-events")),
             (None, Some("realtime-events".into()))
