@@ -26,9 +26,11 @@ describe('hardening: a continuation-frame flood (item 4)', () => {
           if (!(await c.write(empty))) break;
           sent += 1000;
         }
+        // The close frame may be lost to the reset our own late writes provoke: the server's
+        // count of connections closed for their rate says what happened.
         const close = await c.closeFrame(5000);
-        assert.ok(close, `the server sent a close frame (after ${sent} continuation frames)`);
-        assert.ok([4429, 1009].includes(close.code), `closed with ${close.code} ${close.reason}`);
+        if (close) assert.equal(close.code, 4429, `closed with ${close.code} ${close.reason}`);
+        await h.waitUntil(() => server.stats().connections.closed.rate_limited === 1, 'the flooder is closed for its rate (4429)');
         assert.ok(sent < 200_000, `closed after ${sent} frames`);
         // The others are served as before.
         const other = await h.connectReady(h.wsUrl(server));
@@ -48,7 +50,8 @@ describe('hardening: a continuation-frame flood (item 4)', () => {
         const empty = Buffer.concat(Array.from({ length: 1000 }, () => k.clientFrame(0x0, Buffer.alloc(0), false)));
         for (let i = 0; i < 50 && !c.ended && !c.frames.some((f) => f.opcode === 8); i++) await c.write(empty);
         const close = await c.closeFrame(5000);
-        assert.equal(close?.code, 1009, `closed with ${JSON.stringify(close)}`);
+        if (close) assert.equal(close.code, 1009, `closed with ${JSON.stringify(close)}`);
+        await h.waitUntil(() => server.stats().connections.closed.too_large === 1, 'the flooder is closed (1009)');
       } finally {
         c.destroy();
       }

@@ -27,7 +27,7 @@ use crate::auth::{self, Authenticator, Claims};
 use crate::bus::Bus;
 use crate::clock;
 use crate::config::{Limits, ServerConfig};
-use crate::connection::{self, Ended};
+use crate::connection::{self, Ended, Metered};
 use crate::endpoints;
 use crate::error::{codes, Error, Result};
 use crate::event::Offset;
@@ -404,7 +404,7 @@ fn log_close(peer: SocketAddr, user: &str, ended: &Ended, duration_ms: u64) {
 
 /// An upgraded connection, ready to serve.
 struct Session {
-    ws: WebSocketStream<TcpStream>,
+    ws: connection::Ws,
     feed: Feed,
     client: connection::Client,
     _slots: (Slot, Option<IpSlot>),
@@ -449,8 +449,10 @@ async fn handshake(
     // Subscribe before the welcome frame: an event published after the client saw the welcome
     // is never missed. The welcome's offset is taken at the same instant (see `Hub::open`).
     let (feed, start) = shared.bus.hub().open(parcels.as_deref());
+    let settings = &shared.settings;
+    let metered = Metered::new(stream, settings.messages_per_second, settings.message_burst);
     let ws = WebSocketStream::from_partially_read(
-        stream,
+        metered,
         head.rest,
         Role::Server,
         Some(shared.ws_config),

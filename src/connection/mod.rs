@@ -32,7 +32,8 @@ use crate::protocol::{check_parcel_ids, parse_request, Disconnect, MessageError,
 mod limits;
 mod write;
 
-use limits::{ByteBudget, TokenBucket};
+use limits::ByteBudget;
+pub(crate) use limits::{Metered, Tripped};
 use write::{close_frame, close_ws, guarded, write, Guarded, Written};
 
 /// Time allowed to deliver a close frame before the socket is simply dropped.
@@ -148,7 +149,7 @@ impl fmt::Display for Ended {
     }
 }
 
-type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<Metered<TcpStream>>;
 
 /// The connection's state between frames.
 struct Conn<'a> {
@@ -162,7 +163,6 @@ struct Conn<'a> {
     last_seen: Instant,
     /// When the unanswered ping was sent.
     ping_sent: Option<Instant>,
-    bucket: TokenBucket,
     /// Bytes this client may draw with its requests (replays, acks, errors): small requests
     /// cannot buy huge answers.
     budget: ByteBudget,
@@ -204,7 +204,6 @@ pub(crate) fn run<'a>(
         client,
         last_seen: now,
         ping_sent: None,
-        bucket: TokenBucket::new(settings.messages_per_second, settings.message_burst),
         budget: ByteBudget::new(),
         skip_through: None,
         first_sent: None,
@@ -416,6 +415,14 @@ impl Conn<'_> {
             Some(Ok(message)) => message,
             Some(Err(WsError::Capacity(_))) => return Err(self.close(Disconnect::TooLarge).await),
             Some(Err(WsError::Utf8(_))) => return Err(self.close(Disconnect::InvalidUtf8).await),
+            Some(Err(WsError::Io(e))) if Tripped::of(&e).is_some() => {
+                // Charged per frame as it arrived (see `limits::Metered`).
+                let why = match Tripped::of(&e) {
+                    Some(Tripped::TooFragmented) => Disconnect::TooFragmented,
+                    _ => Disconnect::RateLimited,
+                };
+                return Err(self.close(why).await);
+            }
             Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_))) => {
                 return Err(Disconnect::ClientClosed.into())
             }
@@ -432,9 +439,6 @@ impl Conn<'_> {
             // clean close with its own code rather than 1006.
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
             return Err(Disconnect::ClientClosed.into());
-        }
-        if !self.bucket.take(self.last_seen) {
-            return Err(self.close(Disconnect::RateLimited).await);
         }
         match message {
             Message::Text(text) => match parse_request(&text) {
