@@ -789,6 +789,8 @@ mod tests {
             server.close_clients.clone(),
         );
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 2560, "a connection task grew to {size} bytes");
+        // 2,560 before the hardening; the frame meter (`Metered`), the reply budget and the
+        // user claim kept for refresh checks add ~350 bytes.
+        assert!(size <= 3072, "a connection task grew to {size} bytes");
     }
 }

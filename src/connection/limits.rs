@@ -262,7 +262,8 @@ mod tests {
         // A non-final text frame, then empty masked continuation frames.
         let mut m = Metered::new((), 0.0, 1.0);
         let mut bytes = vec![0x01, 0x81, 1, 2, 3, 4, b'{' ^ 1];
-        for _ in 0..MAX_FRAGMENTS {
+        // The text frame is fragment 1; 62 continuations make 63.
+        for _ in 0..MAX_FRAGMENTS - 2 {
             bytes.extend_from_slice(&[0x00, 0x80, 0, 0, 0, 0]);
         }
         // Split anywhere: the scan keeps its place across reads.
@@ -270,13 +271,16 @@ mod tests {
         assert_eq!(m.scan(a), Ok(()));
         assert_eq!(m.scan(b), Ok(()));
         assert_eq!(m.scan(&[0x00, 0x80, 0, 0]), Ok(()));
-        assert_eq!(m.scan(&[0, 0]), Err(Tripped::TooFragmented));
+        assert_eq!(m.scan(&[0, 0]), Ok(()), "fragment 64 is allowed");
+        assert_eq!(m.scan(&[0x00, 0x80, 0, 0, 0, 0]), Err(Tripped::TooFragmented));
         let mut rated = Metered::new((), 10.0, 2.0);
         let ping = [0x89, 0x80, 0, 0, 0, 0];
         assert_eq!(rated.scan(&ping), Ok(()));
         assert_eq!(rated.scan(&ping), Ok(()));
         assert_eq!(rated.scan(&ping), Err(Tripped::RateLimited));
-        assert_eq!(rated.scan(&[0x88, 0x80, 0, 0, 0, 0]), Ok(()), "a close always passes");
+        let mut drained = Metered::new((), 10.0, 1.0);
+        assert_eq!(drained.scan(&ping), Ok(()));
+        assert_eq!(drained.scan(&[0x88, 0x80, 0, 0, 0, 0]), Ok(()), "a close always passes");
     }
 
     #[test]

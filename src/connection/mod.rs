@@ -279,7 +279,7 @@ impl Conn<'_> {
                     continue;
                 }
             }
-            if !self.budget.take(ws_frame_len(frame.bytes.len()) as u64, Instant::now()) {
+            if !self.budget.take(ws_frame_len(frame.bytes.len()), Instant::now()) {
                 // Over its byte budget: the rest is for the client to refetch.
                 let current = self.hub.head().or(self.client.start);
                 return self.send(Message::text(frame::resync_required(since, current))).await;
@@ -601,7 +601,7 @@ impl Conn<'_> {
     /// Sends a reply to a client request, charged to the client's byte budget: a client whose
     /// requests draw more than the budget allows is closed (4429).
     async fn reply(&mut self, text: String) -> Result<(), Ended> {
-        if !self.budget.take(ws_frame_len(text.len()) as u64, Instant::now()) {
+        if !self.budget.take(ws_frame_len(text.len()), Instant::now()) {
             return Err(self.close(Disconnect::RateLimited).await);
         }
         self.send(Message::text(text)).await
