@@ -161,6 +161,11 @@ impl Hub {
         }
     }
 
+    /// Whether publishers gave up waiting for the slowest readers (they are being overrun).
+    pub(crate) fn is_overrun(&self) -> bool {
+        self.overrun.load(Ordering::Relaxed)
+    }
+
     /// Whether a dispatch is waiting for a slow connection right now.
     pub(crate) fn is_waiting(&self) -> bool {
         self.waiting.load(Ordering::Relaxed)

@@ -338,6 +338,7 @@ async fn accept_loop(
                     let refusal = Refusal::from(refused);
                     shared.ops.metrics.refused(refusal);
                     let (status, code) = (refusal.status(), refusal.code());
+                    log::debug!(peer:% = peer, status, code; "server: refused {peer}: {status} {code}");
                     let response = http::json_response(status, code, refusal.message(), &[]);
                     let _ = stream.try_write(&response);
                 }
@@ -450,7 +451,8 @@ async fn handshake(
     // is never missed. The welcome's offset is taken at the same instant (see `Hub::open`).
     let (feed, start) = shared.bus.hub().open(parcels.as_deref());
     let settings = &shared.settings;
-    let metered = Metered::new(stream, settings.messages_per_second, settings.message_burst);
+    let (rate, burst) = (settings.messages_per_second * 4.0, settings.message_burst * 4.0);
+    let metered = Metered::new(stream, rate, burst);
     let ws = WebSocketStream::from_partially_read(
         metered,
         head.rest,

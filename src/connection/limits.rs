@@ -39,8 +39,9 @@ impl Tripped {
 
 /// The client's socket, charged per frame as bytes arrive: tungstenite only yields whole
 /// messages, so a message that never ends (empty continuation frames) would otherwise never be
-/// seen. Every frame but a close takes a token of the message bucket; a message's fragments are
-/// capped. Once tripped, every read fails with the [`Tripped`] reason.
+/// seen. Every frame but a close takes a token of a frame bucket (four times the message rate
+/// and burst, so that whole messages meet the message limit first); a message's fragments are
+/// capped. Once tripped, the next read fails with the [`Tripped`] reason.
 pub(crate) struct Metered<S> {
     inner: S,
     bucket: TokenBucket,
@@ -51,7 +52,10 @@ pub(crate) struct Metered<S> {
     /// Payload bytes of the current frame still to skip.
     payload: u64,
     fragments: u32,
+    /// Set when a limit tripped: the next read fails with it, once.
     tripped: Option<Tripped>,
+    /// After that failure, bytes pass unscanned (the close handshake drains them).
+    reported: bool,
 }
 
 impl<S> Metered<S> {
@@ -65,6 +69,7 @@ impl<S> Metered<S> {
             payload: 0,
             fragments: 0,
             tripped: None,
+            reported: false,
         }
     }
 
@@ -144,22 +149,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if let Some(why) = self.tripped {
+        let this = &mut *self;
+        if let (Some(why), false) = (this.tripped, this.reported) {
+            this.reported = true;
             return Poll::Ready(Err(io::Error::other(why)));
         }
         let before = buf.filled().len();
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            if this.tripped.is_none() {
+                // The bytes go through (whole messages among them are still answered, and
+                // counted by the message rate); the next read reports the limit.
                 if let Err(why) = this.scan(&buf.filled()[before..]) {
                     this.tripped = Some(why);
-                    buf.set_filled(before);
-                    return Poll::Ready(Err(io::Error::other(why)));
                 }
-                Poll::Ready(Ok(()))
             }
-            other => other,
         }
+        result
     }
 }
 

@@ -32,7 +32,7 @@ use crate::protocol::{check_parcel_ids, parse_request, Disconnect, MessageError,
 mod limits;
 mod write;
 
-use limits::ByteBudget;
+use limits::{ByteBudget, TokenBucket};
 pub(crate) use limits::{Metered, Tripped};
 use write::{close_frame, close_ws, guarded, write, Guarded, Written};
 
@@ -163,6 +163,7 @@ struct Conn<'a> {
     last_seen: Instant,
     /// When the unanswered ping was sent.
     ping_sent: Option<Instant>,
+    bucket: TokenBucket,
     /// Bytes this client may draw with its requests (replays, acks, errors): small requests
     /// cannot buy huge answers.
     budget: ByteBudget,
@@ -204,6 +205,7 @@ pub(crate) fn run<'a>(
         client,
         last_seen: now,
         ping_sent: None,
+        bucket: TokenBucket::new(settings.messages_per_second, settings.message_burst),
         budget: ByteBudget::new(),
         skip_through: None,
         first_sent: None,
@@ -439,6 +441,9 @@ impl Conn<'_> {
             // clean close with its own code rather than 1006.
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
             return Err(Disconnect::ClientClosed.into());
+        }
+        if !self.bucket.take(self.last_seen) {
+            return Err(self.close(Disconnect::RateLimited).await);
         }
         match message {
             Message::Text(text) => match parse_request(&text) {

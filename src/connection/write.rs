@@ -52,7 +52,8 @@ pub(super) async fn write(
                         if blocked >= settings.send_timeout {
                             return Written::Stuck;
                         }
-                        if reads_ring && blocked >= settings.stall_timeout && hub.is_waiting() {
+                        let held = hub.is_waiting() || hub.is_overrun();
+                        if reads_ring && blocked >= settings.stall_timeout && held {
                             return Written::Stalled;
                         }
                     }
