@@ -66,10 +66,19 @@ export interface ServerOptions {
    * `REALTIME_ALLOWED_ORIGINS` (comma-separated); default: any origin.
    */
   allowedOrigins?: string[];
-  /** Most clients at once in this server (503 beyond); 0: no limit. `REALTIME_MAX_CONNECTIONS`, default 0. */
+  /**
+   * Most connections at once in this server, counted from accept (503 beyond); 0: no limit but
+   * the open-file bound. `REALTIME_MAX_CONNECTIONS`; default: the open-file limit minus headroom.
+   */
   maxConnections?: number;
-  /** Most clients at once from one IP (429 beyond); 0: no limit. `REALTIME_MAX_CONNECTIONS_PER_IP`, default 0. */
+  /** Most connections at once from one IP (429 beyond); 0: no limit (behind a proxy). `REALTIME_MAX_CONNECTIONS_PER_IP`, default 256. */
   maxConnectionsPerIp?: number;
+  /** Handshakes in progress at once (503 beyond); 0: no limit. `REALTIME_MAX_HANDSHAKES`; default: half the connection limit, at least 128. */
+  maxHandshakes?: number;
+  /** Handshakes in progress at once from one IP (429 beyond); 0: no limit. `REALTIME_MAX_HANDSHAKES_PER_IP`, default 32. */
+  maxHandshakesPerIp?: number;
+  /** Time a client has to send its request head (408 beyond). `REALTIME_HEAD_TIMEOUT_MS`, default 3000. */
+  headTimeoutMs?: number;
   /** Most parcel ids one connection may follow. `REALTIME_MAX_SUBSCRIPTIONS`, default 1000. */
   maxSubscriptions?: number;
   /** Messages per second a client may send, sustained (4429 beyond). `REALTIME_MESSAGES_PER_SECOND`, default 20. */

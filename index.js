@@ -190,7 +190,7 @@ function busOptionsFrom(options, env) {
 const SERVER_OPTIONS = new Set([
   'port', 'host', 'path', 'jwtSecret', 'redisUrl', 'channel', 'redisRequired', 'validateUser',
   'maxMessageBytes', 'handshakeTimeoutMs', 'pingIntervalMs', 'pongTimeoutMs', 'allowedOrigins',
-  'maxConnections', 'maxConnectionsPerIp', 'maxSubscriptions', 'messagesPerSecond', 'messageBurst',
+  'maxConnections', 'maxConnectionsPerIp', 'maxHandshakes', 'maxHandshakesPerIp', 'headTimeoutMs', 'maxSubscriptions', 'messagesPerSecond', 'messageBurst',
   'historySize', 'historyTtlMs', 'dashboard', 'drainMs',
 ]);
 
@@ -202,6 +202,9 @@ const NUMERIC_OPTIONS = {
   pongTimeoutMs: ['REALTIME_PONG_TIMEOUT_MS', 1, true],
   maxConnections: ['REALTIME_MAX_CONNECTIONS', 0, true],
   maxConnectionsPerIp: ['REALTIME_MAX_CONNECTIONS_PER_IP', 0, true],
+  maxHandshakes: ['REALTIME_MAX_HANDSHAKES', 0, true],
+  maxHandshakesPerIp: ['REALTIME_MAX_HANDSHAKES_PER_IP', 0, true],
+  headTimeoutMs: ['REALTIME_HEAD_TIMEOUT_MS', 1, true],
   maxSubscriptions: ['REALTIME_MAX_SUBSCRIPTIONS', 0, true],
   messagesPerSecond: ['REALTIME_MESSAGES_PER_SECOND', 0, false],
   messageBurst: ['REALTIME_MESSAGE_BURST', 1, false],

@@ -32,6 +32,10 @@ async function main() {
     jwtSecret: args.secret,
     redisUrl: redisUrl ?? null,
     redisRequired: Boolean(redisUrl),
+    // The load generators open thousands of connections (and hundreds of handshakes at once)
+    // from one loopback address each: the per-address limits are for the open internet.
+    maxConnectionsPerIp: 0,
+    maxHandshakesPerIp: 0,
   });
   serve({
     publishOne: rt.publishParcelUpdate,

@@ -327,6 +327,9 @@ pub struct NativeServerOptions {
     pub allowed_origins: Option<Vec<String>>,
     pub max_connections: Option<u32>,
     pub max_connections_per_ip: Option<u32>,
+    pub max_handshakes: Option<u32>,
+    pub max_handshakes_per_ip: Option<u32>,
+    pub head_timeout_ms: Option<u32>,
     pub max_subscriptions: Option<u32>,
     pub messages_per_second: Option<f64>,
     pub message_burst: Option<f64>,
@@ -442,10 +445,19 @@ pub async fn start_server(
     }
     config.allowed_origins = options.allowed_origins;
     if let Some(n) = options.max_connections {
-        config.max_connections = n as usize;
+        config.max_connections = Some(n as usize);
+    }
+    if let Some(n) = options.max_handshakes {
+        config.max_handshakes = Some(n as usize);
+    }
+    if let Some(n) = options.max_handshakes_per_ip {
+        config.max_handshakes_per_ip = Some(n as usize);
+    }
+    if let Some(ms) = options.head_timeout_ms {
+        config.head_timeout = Duration::from_millis(ms as u64);
     }
     if let Some(n) = options.max_connections_per_ip {
-        config.max_connections_per_ip = n as usize;
+        config.max_connections_per_ip = Some(n as usize);
     }
     if let Some(n) = options.max_subscriptions {
         config.max_subscriptions = n as usize;

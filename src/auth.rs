@@ -122,18 +122,23 @@ pub fn user_id(claims: &Claims) -> Option<String> {
     })
 }
 
+/// The claim [`user_id`] reads, with its exact JSON value (so `1` and `"1"` differ).
+pub fn user_claim(claims: &Claims) -> Option<(&'static str, Value)> {
+    ["sub", "id", "userId", "user_id"].iter().find_map(|k| match claims.get(*k)? {
+        v @ (Value::String(_) | Value::Number(_)) => Some((*k, v.clone())),
+        _ => None,
+    })
+}
+
 /// What a `Sec-WebSocket-Protocol` offer says: the token it carries (`bearer.<JWT>`) and the
-/// protocol to echo (`realtime-events` when offered; else the bearer one, since a browser fails
-/// the connection unless the server picks one of the offered protocols).
+/// protocol to echo: `realtime-events` when offered, else none (the bearer one is never echoed:
+/// the token would appear in the response; the server refuses such an offer).
 pub fn token_from_protocols(offer: Option<&str>) -> (Option<String>, Option<String>) {
     let Some(offer) = offer else { return (None, None) };
     let protocols: Vec<&str> = offer.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
     let bearer = protocols.iter().find(|p| p.starts_with(BEARER_PROTOCOL_PREFIX));
-    let echo = if protocols.contains(&SUBPROTOCOL) {
-        Some(SUBPROTOCOL.to_string())
-    } else {
-        bearer.map(|p| p.to_string())
-    };
+    // Never the bearer one: that would put the token in the response (and proxies' logs).
+    let echo = protocols.contains(&SUBPROTOCOL).then(|| SUBPROTOCOL.to_string());
     (bearer.map(|p| p[BEARER_PROTOCOL_PREFIX.len()..].to_string()), echo)
 }
 
@@ -217,10 +222,7 @@ mod tests {
             token_from_protocols(Some("realtime-events, bearer.a.b.c")),
             (Some("a.b.c".into()), Some("realtime-events".into()))
         );
-        assert_eq!(
-            token_from_protocols(Some("bearer.a.b.c")),
-            (Some("a.b.c".into()), Some("bearer.a.b.c".into()))
-        );
+        assert_eq!(token_from_protocols(Some("bearer.a.b.c")), (Some("a.b.c".into()), None));
         assert_eq!(
             token_from_protocols(Some("realtime-events")),
             (None, Some("realtime-events".into()))

@@ -35,10 +35,23 @@ pub struct ServerConfig {
     /// Browser origins allowed to connect (`scheme://host[:port]`); `None`: any, an empty list:
     /// none. Requests without an `Origin` header (servers, CLIs) are judged by their token alone.
     pub allowed_origins: Option<Vec<String>>,
-    /// Most WebSocket clients at once in this server; 0: no limit. Over it: HTTP 503.
-    pub max_connections: usize,
-    /// Most WebSocket clients at once from one IP address; 0: no limit. Over it: HTTP 429.
-    pub max_connections_per_ip: usize,
+    /// Most connections at once in this server, counted from `accept` (handshakes included);
+    /// `None`: the open-file limit minus headroom (see [`Limits`]); `Some(0)`: no limit (the
+    /// open-file bound still applies). Over it: HTTP 503.
+    pub max_connections: Option<usize>,
+    /// Most connections at once from one IP address, counted from `accept`; `None`:
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_IP`]; `Some(0)`: no limit (behind a proxy that hides
+    /// client addresses). Over it: HTTP 429.
+    pub max_connections_per_ip: Option<usize>,
+    /// Handshakes in progress at once (request head, token, `validateUser`); `None`: half of
+    /// the connection limit, at least 128. Over it: HTTP 503.
+    pub max_handshakes: Option<usize>,
+    /// Handshakes in progress at once from one IP address; `None`:
+    /// [`DEFAULT_MAX_HANDSHAKES_PER_IP`]; `Some(0)`: no limit. Over it: HTTP 429.
+    pub max_handshakes_per_ip: Option<usize>,
+    /// Time a client has to send its request head (shorter than `handshake_timeout`, which
+    /// also covers `validateUser`). Over it: HTTP 408.
+    pub head_timeout: Duration,
     /// Most parcel ids one connection may follow.
     pub max_subscriptions: usize,
     /// Inbound messages a client may send per second (sustained; 0: no limit) and in a burst;
@@ -65,14 +78,70 @@ impl ServerConfig {
             ping_interval: Some(Duration::from_secs(25)),
             pong_timeout: Duration::from_secs(10),
             allowed_origins: None,
-            max_connections: 0,
-            max_connections_per_ip: 0,
+            max_connections: None,
+            max_connections_per_ip: None,
+            max_handshakes: None,
+            max_handshakes_per_ip: None,
+            head_timeout: Duration::from_secs(3),
             max_subscriptions: 1000,
             messages_per_second: 20.0,
             message_burst: 40.0,
             dashboard: true,
         }
     }
+}
+
+/// Connections one IP address may hold by default (`maxConnectionsPerIp`).
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Handshakes one IP address may have in progress by default (`maxHandshakesPerIp`).
+pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 32;
+
+/// The connection limits in force, resolved from [`ServerConfig`] and the process's open-file
+/// limit. 0 means "no limit" for each, except `fd_cap`, always on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_handshakes: usize,
+    pub max_handshakes_per_ip: usize,
+    /// Connections the open-file limit leaves room for (`RLIMIT_NOFILE` minus headroom for the
+    /// listener, Redis, logs and the Node process): beyond it, a connection is refused at once
+    /// (503) instead of `accept` failing with EMFILE while clients wait in the backlog.
+    pub fd_cap: usize,
+}
+
+impl Limits {
+    pub fn resolve(config: &ServerConfig, nofile: usize) -> Limits {
+        let headroom = (nofile / 10).max(64);
+        let fd_cap = nofile.saturating_sub(headroom).max(16);
+        let max_connections = match config.max_connections {
+            None => fd_cap,
+            Some(n) => n,
+        };
+        let bound = if max_connections == 0 { fd_cap } else { max_connections.min(fd_cap) };
+        Limits {
+            max_connections,
+            max_connections_per_ip: config
+                .max_connections_per_ip
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP),
+            max_handshakes: config.max_handshakes.unwrap_or((bound / 2).max(128).min(bound)),
+            max_handshakes_per_ip: config
+                .max_handshakes_per_ip
+                .unwrap_or(DEFAULT_MAX_HANDSHAKES_PER_IP),
+            fd_cap,
+        }
+    }
+}
+
+/// The process's soft open-file limit (`RLIMIT_NOFILE`); 1,024 if it cannot be read.
+pub fn open_file_limit() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
+        return if ok { 1 << 20 } else { 1024 };
+    }
+    (limit.rlim_cur as usize).min(1 << 24)
 }
 
 /// How events travel between processes.

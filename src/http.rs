@@ -14,6 +14,8 @@ pub struct RequestHead {
     /// The path without the query string.
     pub path: String,
     pub query: Option<String>,
+    /// The minor HTTP version: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    pub version: u8,
     headers: Vec<(String, String)>,
     /// Bytes read past the head (a client may pipeline its first frame); handed to the WebSocket.
     pub rest: Vec<u8>,
@@ -23,6 +25,11 @@ impl RequestHead {
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// How many times a header appears.
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
     }
 
     /// Whether a comma-separated header contains `token` (case-insensitive), e.g.
@@ -70,6 +77,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<RequestHe
                     .collect();
                 return Ok(RequestHead {
                     method: req.method.unwrap_or("").to_string(),
+                    version: req.version.unwrap_or(0),
                     path,
                     query,
                     headers,

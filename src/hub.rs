@@ -121,6 +121,14 @@ pub struct Hub {
     /// Set while `dispatch` waits for room; connections then signal progress.
     waiting: AtomicBool,
     progress: Notify,
+    /// The longest one dispatch waits for room (the server's `stall_timeout`, in ms). Past it,
+    /// the ring overruns its slowest readers (they get `Lagged` and are cut with 1013): no
+    /// connection, whatever it is doing (a replay, a filter change, a blocked write), holds
+    /// publishers longer than this.
+    max_wait_ms: AtomicU64,
+    /// Set when a wait ran out: dispatch no longer waits until the ring is below high water
+    /// again (the readers it waited for are being overrun).
+    overrun: AtomicBool,
     /// Parcel id → connections that asked for it. Held for reading across the whole of a
     /// dispatch, so a connection changing its filter (a write) sees a clean seam.
     index: RwLock<Index>,
@@ -145,6 +153,8 @@ impl Hub {
             high_water: capacity / 2,
             waiting: AtomicBool::new(false),
             progress: Notify::new(),
+            max_wait_ms: AtomicU64::new(500),
+            overrun: AtomicBool::new(false),
             index: RwLock::new(Index::default()),
             next_conn: AtomicU64::new(0),
             next_seq: AtomicU32::new(1),
@@ -234,11 +244,20 @@ impl Hub {
 
     async fn wait_for_room(&self) {
         if self.frames.len() < self.high_water {
+            self.overrun.store(false, Ordering::Relaxed);
+            return;
+        }
+        if self.overrun.load(Ordering::Relaxed) {
             return;
         }
         self.waiting.store(true, Ordering::SeqCst);
         let started = std::time::Instant::now();
+        let max_wait = Duration::from_millis(self.max_wait_ms.load(Ordering::Relaxed));
         while self.frames.len() >= self.high_water {
+            if started.elapsed() >= max_wait {
+                self.overrun.store(true, Ordering::Relaxed);
+                break;
+            }
             // A progress signal, or a periodic re-check in case a connection was dropped.
             let _ = tokio::time::timeout(Duration::from_millis(1), self.progress.notified()).await;
         }
@@ -246,11 +265,28 @@ impl Hub {
         self.waiting.store(false, Ordering::SeqCst);
     }
 
+    /// Bounds how long one dispatch waits for the slowest ring reader (see `max_wait_ms`); the
+    /// smallest bound asked for wins (several servers may share one bus).
+    pub(crate) fn bound_wait(&self, max: Duration) {
+        let ms = max.as_millis().clamp(1, u64::MAX as u128) as u64;
+        self.max_wait_ms.fetch_min(ms, Ordering::Relaxed);
+    }
+
+    /// The ring's size: a reader with more pending has been overrun.
+    pub(crate) fn capacity(&self) -> usize {
+        self.high_water * 2
+    }
+
     /// Called by a connection after it has written a batch: wakes a waiting dispatch.
     pub(crate) fn consumed(&self) {
         if self.waiting.load(Ordering::Relaxed) {
             self.progress.notify_one();
         }
+    }
+
+    /// Whether publishers gave up waiting for the slowest readers (they are being overrun).
+    pub(crate) fn is_overrun(&self) -> bool {
+        self.overrun.load(Ordering::Relaxed)
     }
 
     /// Whether a dispatch is waiting for a slow connection right now.
@@ -593,6 +629,20 @@ impl Feed {
     }
 
     /// Whether this feed has lost events (only filtered feeds learn it before their next read).
+    /// Whether this feed has lost events already, or is one publishers stopped waiting for: a
+    /// filtered feed marked lost, a ring cursor overrun (its next read is `Lagged`), or one at
+    /// high water or more behind after a dispatch's wait ran out.
+    pub fn fell_behind(&self) -> bool {
+        match &self.source {
+            Source::All(ring) => {
+                let behind = ring.len();
+                behind > self.hub.capacity()
+                    || (behind >= self.hub.high_water && self.hub.overrun.load(Ordering::Relaxed))
+            }
+            _ => self.has_lost(),
+        }
+    }
+
     pub fn has_lost(&self) -> bool {
         matches!(&self.source, Source::Only { lost, .. } if lost.load(Ordering::Relaxed))
             || self.direct.as_ref().is_some_and(|d| d.lost.load(Ordering::Relaxed))

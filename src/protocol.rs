@@ -263,6 +263,11 @@ disconnects! {
     Stuck => None, "", "stuck", "not reading; write timed out";
     /// It sent a message over `maxMessageBytes`.
     TooLarge => Some(1009), "message too large", "too_large", "message too large";
+    /// It sent a message in more fragments than allowed.
+    TooFragmented => Some(1009), "message in too many fragments", "too_large",
+        "message in too many fragments";
+    /// It sent a text message that is not UTF-8.
+    InvalidUtf8 => Some(1007), "text message is not UTF-8", "protocol_error", "invalid UTF-8";
     /// It broke the WebSocket protocol.
     ProtocolError => Some(1002), "protocol error", "protocol_error", "protocol error";
     /// Its token expired without a successful `refresh`.
@@ -272,6 +277,9 @@ disconnects! {
     /// A `refresh` carried a valid token of another user.
     RefreshOtherUser => Some(4403), "refresh token is for another user", "refresh_refused",
         "refresh refused: token for another user";
+    /// A `refresh` carried a token without `exp` for a connection whose token had one.
+    RefreshWithoutExp => Some(4403), "refresh token has no exp", "refresh_refused",
+        "refresh refused: token without exp";
     /// It did not answer the server's ping in time.
     HeartbeatTimeout => Some(4408), "no answer to ping", "heartbeat_timeout", "no answer to ping";
     /// It sent messages faster than `messagesPerSecond` / `messageBurst`.
@@ -324,6 +332,18 @@ refusals! {
     Malformed => 400, "BAD_REQUEST", "Malformed HTTP request";
     /// No `Sec-WebSocket-Key`.
     MissingKey => 400, "BAD_REQUEST", "Missing Sec-WebSocket-Key";
+    /// An upgrade over HTTP/1.0 (RFC 6455 asks for 1.1).
+    OldHttp => 400, "BAD_REQUEST", "WebSocket upgrades need HTTP/1.1";
+    /// No `Host` header.
+    MissingHost => 400, "BAD_REQUEST", "Missing Host";
+    /// A `Sec-WebSocket-Key` that is not 16 base64-encoded bytes.
+    BadKey => 400, "BAD_REQUEST", "Sec-WebSocket-Key must be 16 base64-encoded bytes";
+    /// `Authorization`, `Sec-WebSocket-Key`, `Origin` or `Host` given twice.
+    DuplicateHeader => 400, "BAD_REQUEST",
+        "Host, Authorization, Sec-WebSocket-Key and Origin may appear once";
+    /// Only `bearer.<JWT>` offered as subprotocol: echoing it would put the token in the answer.
+    SubprotocolRequired => 400, "SUBPROTOCOL_REQUIRED",
+        "Offer the realtime-events subprotocol beside bearer.<JWT>";
     /// `?parcels=` holds an invalid id.
     InvalidParcels => 400, "INVALID_PARCELS", "?parcels= holds an invalid parcel id";
     /// `?parcels=` lists more than `maxSubscriptions`.
@@ -522,7 +542,8 @@ mod tests {
     #[test]
     fn codes_are_unique_where_they_must_be() {
         let labels = Disconnect::metric_labels();
-        assert_eq!(labels.len(), Disconnect::ALL.len() - 1, "only refresh shares its label");
+        // Shared labels: the refresh refusals (3), too_large (2), protocol_error (2).
+        assert_eq!(labels.len(), Disconnect::ALL.len() - 4, "only these share their label");
         let codes = Refusal::codes();
         assert!(codes.contains(&"TOKEN_EXPIRED") && codes.contains(&"DRAINING"));
         assert_eq!(codes.iter().collect::<HashSet<_>>().len(), codes.len());

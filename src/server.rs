@@ -26,8 +26,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, Authenticator, Claims};
 use crate::bus::Bus;
 use crate::clock;
-use crate::config::ServerConfig;
-use crate::connection::{self, Ended};
+use crate::config::{Limits, ServerConfig};
+use crate::connection::{self, Ended, Metered};
 use crate::endpoints;
 use crate::error::{codes, Error, Result};
 use crate::event::Offset;
@@ -76,6 +76,12 @@ struct Shared {
     ops: connection::Context,
     /// Open connections per client address (only kept when that limit is on).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Handshakes in progress per client address.
+    ip_handshakes: Mutex<HashMap<IpAddr, usize>>,
+    /// Handshakes in progress.
+    handshakes: AtomicUsize,
+    /// The limits in force (see `config::Limits`).
+    limits: Limits,
     /// Connections admitted or being admitted (only kept when `max_connections` is on).
     slots: AtomicUsize,
 }
@@ -153,6 +159,10 @@ impl Server {
             .max_write_buffer_size(1024 * 1024)
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
+        let limits = Limits::resolve(&config, crate::config::open_file_limit());
+        log_limits(&limits);
+        // No connection holds publishers longer than this, whatever phase it is in.
+        bus.hub().bound_wait(config.stall_timeout);
         let settings = connection::Settings {
             send_timeout: config.send_timeout,
             stall_timeout: config.stall_timeout,
@@ -166,6 +176,9 @@ impl Server {
         let shared = Arc::new(Shared {
             settings,
             per_ip: Mutex::new(HashMap::new()),
+            ip_handshakes: Mutex::new(HashMap::new()),
+            handshakes: AtomicUsize::new(0),
+            limits,
             slots: AtomicUsize::new(0),
             auth: Authenticator::new(&config.jwt_secret, config.jwt_leeway),
             config,
@@ -309,15 +322,27 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                tracker.spawn(handle(
-                    stream,
-                    peer,
-                    shared.clone(),
-                    shutdown.clone(),
-                    close_clients.clone(),
-                ));
-            }
+            Ok((stream, peer)) => match at_accept(&shared, peer.ip()) {
+                Ok(tickets) => {
+                    tracker.spawn(handle(
+                        stream,
+                        peer,
+                        shared.clone(),
+                        tickets,
+                        shutdown.clone(),
+                        close_clients.clone(),
+                    ));
+                }
+                Err(refused) => {
+                    // Cheap: no task, no read; one non-blocking write, then the socket closes.
+                    let refusal = Refusal::from(refused);
+                    shared.ops.metrics.refused(refusal);
+                    let (status, code) = (refusal.status(), refusal.code());
+                    log::debug!(peer:% = peer, status, code; "server: refused {peer}: {status} {code}");
+                    let response = http::json_response(status, code, refusal.message(), &[]);
+                    let _ = stream.try_write(&response);
+                }
+            },
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning; the listener stays open.
                 log::warn!("server: accept failed: {e}");
@@ -332,6 +357,7 @@ async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    tickets: Tickets,
     shutdown: CancellationToken,
     close_clients: CancellationToken,
 ) {
@@ -340,7 +366,8 @@ async fn handle(
     // The block ends the handshake's locals before the long await (their storage would otherwise
     // stay in the task for the connection's whole life).
     let (serve, user, _slots, guard) = {
-        let Some(session) = Box::pin(handshake(stream, peer, &shared, &shutdown)).await else {
+        let Some(session) = Box::pin(handshake(stream, peer, &shared, tickets, &shutdown)).await
+        else {
             return;
         };
         let Session { ws, feed, client, _slots, guard } = session;
@@ -378,10 +405,10 @@ fn log_close(peer: SocketAddr, user: &str, ended: &Ended, duration_ms: u64) {
 
 /// An upgraded connection, ready to serve.
 struct Session {
-    ws: WebSocketStream<TcpStream>,
+    ws: connection::Ws,
     feed: Feed,
     client: connection::Client,
-    _slots: (Option<Slot>, Option<IpSlot>),
+    _slots: (Slot, Option<IpSlot>),
     guard: ClientGuard,
 }
 
@@ -429,12 +456,14 @@ async fn handshake(
     mut stream: TcpStream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
+    tickets: Tickets,
     shutdown: &CancellationToken,
 ) -> Option<Session> {
+    let Tickets { slot, ip_slot, handshake: _handshake, ip_handshake: _ip_handshake } = tickets;
     let _ = stream.set_nodelay(true);
     let admitted = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        r = tokio::time::timeout(shared.config.handshake_timeout, admit(&mut stream, peer, shared)) => r,
+        r = tokio::time::timeout(shared.config.handshake_timeout, admit(&mut stream, shared)) => r,
     };
     let admitted = match admitted {
         Ok(Ok(admitted)) => admitted,
@@ -450,7 +479,8 @@ async fn handshake(
         }
         Err(_) => return refuse(stream, peer, shared, Refused::HandshakeTimeout.into()).await,
     };
-    let Admitted { head, claims, protocol, parcels, since, ip_slot, slot } = admitted;
+    let Admitted { head, claims, protocol, parcels, since } = admitted;
+    drop((_handshake, _ip_handshake));
     let key = head.header("sec-websocket-key").unwrap_or_default();
     let accept = http::switching_protocols(&derive_accept_key(key.as_bytes()), protocol.as_deref());
     if stream.write_all(&accept).await.is_err() {
@@ -461,8 +491,11 @@ async fn handshake(
     let user = auth::user_id(&claims);
     let hub::Opened { feed, start, inbox } =
         shared.bus.hub().open(parcels.as_deref(), user.as_deref());
+    let settings = &shared.settings;
+    let (rate, burst) = (settings.messages_per_second * 4.0, settings.message_burst * 4.0);
+    let metered = Metered::new(stream, rate, burst);
     let ws = WebSocketStream::from_partially_read(
-        stream,
+        metered,
         head.rest,
         Role::Server,
         Some(shared.ws_config),
@@ -534,10 +567,6 @@ struct Admitted {
     parcels: Option<Vec<String>>,
     /// `?since=OFFSET`: resume from there.
     since: Option<Offset>,
-    /// This connection's place in the per-IP count, released when it ends.
-    ip_slot: Option<IpSlot>,
-    /// This connection's place under `max_connections`, released when it ends.
-    slot: Option<Slot>,
 }
 
 /// One connection's place under `max_connections`: taken before the (possibly slow) token and
@@ -550,27 +579,93 @@ impl Drop for Slot {
     }
 }
 
-fn reserve_slot(shared: &Arc<Shared>) -> Result<Option<Slot>, Refused> {
-    let max = shared.config.max_connections;
-    if max == 0 {
-        return Ok(None);
-    }
+fn reserve_slot(shared: &Arc<Shared>) -> Result<Slot, Refused> {
+    let limits = &shared.limits;
+    let max = match limits.max_connections {
+        0 => limits.fd_cap,
+        n => n.min(limits.fd_cap),
+    };
     if shared.slots.fetch_add(1, Ordering::AcqRel) >= max {
         shared.slots.fetch_sub(1, Ordering::AcqRel);
         return Err(Refused::TooManyConnections);
     }
-    Ok(Some(Slot(shared.clone())))
+    Ok(Slot(shared.clone()))
+}
+
+/// What a connection holds from `accept` on: its places under the connection limits (kept
+/// until it ends) and under the handshake limits (given back once it is upgraded or refused).
+struct Tickets {
+    slot: Slot,
+    ip_slot: Option<IpSlot>,
+    handshake: Handshake,
+    ip_handshake: Option<IpSlot>,
+}
+
+/// One place under `max_handshakes`.
+struct Handshake(Arc<Shared>);
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Takes a new connection's places, or says why it is refused at once (before any read).
+fn at_accept(shared: &Arc<Shared>, ip: IpAddr) -> Result<Tickets, Refused> {
+    let slot = reserve_slot(shared)?;
+    let ip_slot = reserve_ip_slot(shared, ip, false)?;
+    let max = shared.limits.max_handshakes;
+    if max > 0 && shared.handshakes.fetch_add(1, Ordering::AcqRel) >= max {
+        shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+        return Err(Refused::TooManyConnections);
+    }
+    if max == 0 {
+        shared.handshakes.fetch_add(1, Ordering::AcqRel);
+    }
+    let handshake = Handshake(shared.clone());
+    let ip_handshake = reserve_ip_slot(shared, ip, true)?;
+    Ok(Tickets { slot, ip_slot, handshake, ip_handshake })
+}
+
+#[inline(never)]
+fn log_limits(limits: &Limits) {
+    let Limits {
+        max_connections,
+        max_connections_per_ip,
+        max_handshakes,
+        max_handshakes_per_ip,
+        fd_cap,
+    } = *limits;
+    log::info!(
+        max_connections, max_connections_per_ip, max_handshakes, max_handshakes_per_ip, fd_cap;
+        "server: limits maxConnections={max_connections} maxConnectionsPerIp={max_connections_per_ip} \
+         maxHandshakes={max_handshakes} maxHandshakesPerIp={max_handshakes_per_ip} \
+         (open-file bound {fd_cap}; 0: no limit)"
+    );
 }
 
 /// One connection's share of its IP address's count.
 struct IpSlot {
     shared: Arc<Shared>,
     ip: IpAddr,
+    /// A place among the address's handshakes (else among its connections).
+    handshake: bool,
+}
+
+impl Shared {
+    fn ip_map(&self, handshake: bool) -> &Mutex<HashMap<IpAddr, usize>> {
+        if handshake {
+            &self.ip_handshakes
+        } else {
+            &self.per_ip
+        }
+    }
 }
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.shared.ip_map(self.handshake);
+        let mut per_ip = map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = per_ip.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
@@ -582,17 +677,18 @@ impl Drop for IpSlot {
 
 /// Reads the request and decides: upgrade or a refusal. Cheap checks come first, so a flood of
 /// bad requests costs little; the token is verified only for requests that could be admitted.
-async fn admit(
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    shared: &Arc<Shared>,
-) -> Result<Admitted, NotUpgraded> {
+async fn admit(stream: &mut TcpStream, shared: &Arc<Shared>) -> Result<Admitted, NotUpgraded> {
     let config = &shared.config;
-    let head = http::read_head(stream).await.map_err(|e| match e {
-        HeadError::Closed => NotUpgraded::Gone,
-        HeadError::Malformed => Refused::Malformed.into(),
-        HeadError::TooLarge => Refused::HeadersTooLarge.into(),
-    })?;
+    // Its own short deadline: a client that trickles its head holds a descriptor and a
+    // handshake place only this long (`handshake_timeout` also covers `validateUser`).
+    let head = match tokio::time::timeout(config.head_timeout, http::read_head(stream)).await {
+        Err(_) => return Err(Refused::HandshakeTimeout.into()),
+        Ok(head) => head.map_err(|e| match e {
+            HeadError::Closed => NotUpgraded::Gone,
+            HeadError::Malformed => Refused::Malformed.into(),
+            HeadError::TooLarge => Refused::HeadersTooLarge.into(),
+        })?,
+    };
     if let Some(response) = endpoints::answer(&head, config, || shared.snapshot()) {
         return Err(NotUpgraded::Answered(response));
     }
@@ -614,15 +710,32 @@ async fn admit(
     if head.header("sec-websocket-key").is_none_or(|k| k.trim().is_empty()) {
         return Err(Refused::MissingKey.into());
     }
+    if head.version < 1 {
+        return Err(Refused::OldHttp.into());
+    }
+    if head.header("host").is_none_or(|h| h.trim().is_empty()) {
+        return Err(Refused::MissingHost.into());
+    }
+    if ["host", "authorization", "sec-websocket-key", "origin"]
+        .iter()
+        .any(|name| head.header_count(name) > 1)
+    {
+        return Err(Refused::DuplicateHeader.into());
+    }
+    if !key_is_valid(head.header("sec-websocket-key").unwrap_or_default()) {
+        return Err(Refused::BadKey.into());
+    }
     if let Some(origin) = head.header("origin") {
         if !origin_allowed(config.allowed_origins.as_deref(), origin) {
             return Err(Refused::OriginNotAllowed.into());
         }
     }
-    let slot = reserve_slot(shared)?;
-    let ip_slot = reserve_ip_slot(shared, peer.ip())?;
     let (protocol_token, protocol) =
         auth::token_from_protocols(head.header("sec-websocket-protocol"));
+    if protocol_token.is_some() && protocol.is_none() {
+        // Never echo a token: a browser needs one of its offers back, so it must offer ours.
+        return Err(Refused::SubprotocolRequired.into());
+    }
     let token = auth::token_from_request(head.query.as_deref(), head.header("authorization"))
         .or(protocol_token)
         .unwrap_or_default();
@@ -645,7 +758,15 @@ async fn admit(
         None => None,
         Some(since) => Some(since.parse::<Offset>().map_err(|_| Refused::InvalidOffset)?),
     };
-    Ok(Admitted { head, claims, protocol, parcels, since, ip_slot, slot })
+    Ok(Admitted { head, claims, protocol, parcels, since })
+}
+
+/// RFC 6455: the key is 16 random bytes, base64-encoded (24 characters).
+fn key_is_valid(key: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .is_ok_and(|bytes| bytes.len() == 16)
 }
 
 /// `scheme://host[:port]` compared case-insensitively; no list allows every origin.
@@ -656,18 +777,24 @@ fn origin_allowed(allowed: Option<&[String]>, origin: &str) -> bool {
     })
 }
 
-fn reserve_ip_slot(shared: &Arc<Shared>, ip: IpAddr) -> Result<Option<IpSlot>, Refused> {
-    let limit = shared.config.max_connections_per_ip;
+fn reserve_ip_slot(
+    shared: &Arc<Shared>,
+    ip: IpAddr,
+    handshake: bool,
+) -> Result<Option<IpSlot>, Refused> {
+    let limits = &shared.limits;
+    let limit =
+        if handshake { limits.max_handshakes_per_ip } else { limits.max_connections_per_ip };
     if limit == 0 {
         return Ok(None);
     }
-    let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+    let mut per_ip = shared.ip_map(handshake).lock().unwrap_or_else(|e| e.into_inner());
     let count = per_ip.entry(ip).or_insert(0);
     if *count >= limit {
         return Err(Refused::TooManyFromIp);
     }
     *count += 1;
-    Ok(Some(IpSlot { shared: shared.clone(), ip }))
+    Ok(Some(IpSlot { shared: shared.clone(), ip, handshake }))
 }
 
 /// `?parcels=a,b,c` (each percent-decoded by the caller's query parser, split on commas).
@@ -701,15 +828,19 @@ mod tests {
         config.host = "127.0.0.1".into();
         config.port = 0;
         let server = super::Server::start(config, bus, None).await.unwrap();
+        let tickets = super::at_accept(&server.shared, peer.ip()).ok().unwrap();
         let task = super::handle(
             stream,
             peer,
             server.shared.clone(),
+            tickets,
             server.shutdown.clone(),
             server.close_clients.clone(),
         );
         let size = std::mem::size_of_val(&task);
-        // 2,504 bytes before events addressed to users; their queue and merge cost ~150.
-        assert!(size <= 2688, "a connection task grew to {size} bytes");
+        // 2,504 bytes before the hardening and events addressed to users; the frame meter
+        // (`Metered`), the reply budget, the user claim kept for refresh checks and the user's
+        // queue of addressed events add ~500.
+        assert!(size <= 3200, "a connection task grew to {size} bytes");
     }
 }

@@ -208,7 +208,7 @@ async fn a_client_that_never_reads_is_cut_and_others_are_unharmed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_http_with_a_json_code() {
     let (server, _bus) = start(BusConfig::default()).await;
-    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    let upgrade = "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
     let cases = [
         (format!("GET /other HTTP/1.1\r\n{upgrade}\r\n"), "404", "NOT_FOUND"),
         ("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_string(), "426", "UPGRADE_REQUIRED"),

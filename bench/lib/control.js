@@ -56,6 +56,9 @@ async function publishRun(publishOne, opts) {
   const inflight = [];
   let inflightCount = 0;
   const callNs = [];
+  // Optional publisher data of about `dataBytes` (the package's API takes it; the baseline
+  // ignores it).
+  const data = opts.dataBytes ? { note: 'x'.repeat(opts.dataBytes) } : undefined;
   const onError = (err) => {
     errors += 1;
     if (!firstError) firstError = `${err.code || ''} ${err.message}`;
@@ -65,7 +68,7 @@ async function publishRun(publishOne, opts) {
     const id = `b${seq}-${stampNs(seq - base)}`;
     seq += 1;
     try {
-      return publishOne(id);
+      return data === undefined ? publishOne(id) : publishOne(id, data);
     } catch (err) {
       onError(err);
       return undefined;

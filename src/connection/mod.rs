@@ -33,11 +33,17 @@ use crate::protocol::{check_parcel_ids, parse_request, Disconnect, MessageError,
 mod limits;
 mod write;
 
-use limits::TokenBucket;
-use write::{close_frame, close_ws, write, Written};
+use limits::{ByteBudget, TokenBucket};
+pub(crate) use limits::{Metered, Tripped};
+use write::{close_frame, close_ws, guarded, write, Guarded, Written};
 
 /// Time allowed to deliver a close frame before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The same for a client being cut because it does not read: its socket is full, so the close
+/// frame rarely gets out; its file descriptor is released soon.
+const CUT_CLOSE_TIMEOUT: Duration = Duration::from_millis(250);
+/// Longest a replay (`?since=` or `resume`) may take; a client that reads it slower is cut (1013).
+const REPLAY_MAX_TIME: Duration = Duration::from_secs(30);
 
 /// Per-connection rules, from the server's configuration.
 #[derive(Debug, Clone)]
@@ -68,6 +74,9 @@ pub(crate) struct Context {
 /// Who is on the other end, as the handshake established it.
 pub(crate) struct Client {
     pub user: Option<String>,
+    /// The claim that names the user, exactly as the token gave it (name and JSON value): a
+    /// refresh must carry the same.
+    pub user_claim: Option<(&'static str, serde_json::Value)>,
     /// When the token expires (its `exp` plus the leeway), if it has one.
     pub expires_at: Option<Instant>,
     /// Parcel ids asked for at connect (`?parcels=`).
@@ -92,8 +101,9 @@ impl Client {
         inbox: Vec<Frame>,
     ) -> Self {
         let user = auth::user_id(claims);
+        let user_claim = auth::user_claim(claims);
         let inbox = (!inbox.is_empty()).then(|| inbox.into_boxed_slice());
-        Self { user, expires_at: expiry(claims, leeway), parcels, since, start, inbox }
+        Self { user, user_claim, expires_at: expiry(claims, leeway), parcels, since, start, inbox }
     }
 }
 
@@ -155,7 +165,7 @@ impl fmt::Display for Ended {
     }
 }
 
-type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<Metered<TcpStream>>;
 
 /// The connection's state between frames.
 struct Conn<'a> {
@@ -170,6 +180,9 @@ struct Conn<'a> {
     /// When the unanswered ping was sent.
     ping_sent: Option<Instant>,
     bucket: TokenBucket,
+    /// Bytes this client may draw with its requests (replays, acks, errors): small requests
+    /// cannot buy huge answers.
+    budget: ByteBudget,
     /// Live frames at or before this offset were already replayed: skip them.
     skip_through: Option<Offset>,
     /// The offset of the first event sent on this connection.
@@ -209,6 +222,7 @@ pub(crate) fn run<'a>(
         last_seen: now,
         ping_sent: None,
         bucket: TokenBucket::new(settings.messages_per_second, settings.message_burst),
+        budget: ByteBudget::new(),
         skip_through: None,
         first_sent: None,
         ops,
@@ -286,6 +300,7 @@ impl Conn<'_> {
         let filter = self.feed.parcel_ids();
         let user = self.client.user.clone();
         let mut replayed = 0usize;
+        let started = Instant::now();
         for frame in frames {
             if first_sent.is_some_and(|first| frame.offset.is_some_and(|o| o >= first)) {
                 continue;
@@ -299,6 +314,15 @@ impl Conn<'_> {
                 if !parcel_id_of(&frame.bytes).is_some_and(|id| ids.contains(&id)) {
                     continue;
                 }
+            }
+            if !self.budget.take(ws_frame_len(frame.bytes.len()), Instant::now()) {
+                // Over its byte budget: the rest is for the client to refetch.
+                let current = self.hub.head().or(self.client.start);
+                let reply = frame::resync_required(since, current);
+                return self.send(Message::text(reply)).await.map(|()| false);
+            }
+            if started.elapsed() >= REPLAY_MAX_TIME || self.feed.fell_behind() {
+                return Err(Box::pin(self.too_slow(0)).await);
             }
             replayed += 1;
             self.feed_frame(Message::Text(frame.bytes)).await?;
@@ -427,6 +451,15 @@ impl Conn<'_> {
             None => return Err(Disconnect::ClientClosed.into()),
             Some(Ok(message)) => message,
             Some(Err(WsError::Capacity(_))) => return Err(self.close(Disconnect::TooLarge).await),
+            Some(Err(WsError::Utf8(_))) => return Err(self.close(Disconnect::InvalidUtf8).await),
+            Some(Err(WsError::Io(e))) if Tripped::of(&e).is_some() => {
+                // Charged per frame as it arrived (see `limits::Metered`).
+                let why = match Tripped::of(&e) {
+                    Some(Tripped::TooFragmented) => Disconnect::TooFragmented,
+                    _ => Disconnect::RateLimited,
+                };
+                return Err(self.close(why).await);
+            }
             Some(Err(e)) => {
                 let ended = Ended::socket(e);
                 if ended.why == Disconnect::ClientClosed {
@@ -450,7 +483,7 @@ impl Conn<'_> {
         match message {
             Message::Text(text) => match parse_request(&text) {
                 Ok(request) => self.handle(request).await,
-                Err(reply) => self.send(Message::text(reply)).await,
+                Err(reply) => self.reply(reply).await,
             },
             Message::Binary(_) => {
                 let reply = frame::error(
@@ -475,7 +508,7 @@ impl Conn<'_> {
             Request::Subscribe { parcel_ids, .. } => {
                 let ids = match check_parcel_ids(parcel_ids) {
                     Ok(ids) => ids,
-                    Err(reply) => return self.send(Message::text(reply)).await,
+                    Err(reply) => return self.reply(reply).await,
                 };
                 if self.feed.count_after_adding(&ids) > self.settings.max_subscriptions {
                     let reply = frame::error(
@@ -496,7 +529,7 @@ impl Conn<'_> {
             Request::Unsubscribe { parcel_ids } => {
                 let ids = match check_parcel_ids(parcel_ids) {
                     Ok(ids) => ids,
-                    Err(reply) => return self.send(Message::text(reply)).await,
+                    Err(reply) => return self.reply(reply).await,
                 };
                 self.feed.unsubscribe(&ids);
                 self.ack(Ack::Unsubscribed).await
@@ -515,7 +548,7 @@ impl Conn<'_> {
     /// Acknowledges a (un)subscribe with the state that results from it.
     async fn ack(&mut self, ack: Ack) -> Result<(), Ended> {
         let state = frame::subscription(ack, self.feed.parcel_ids().as_ref());
-        self.send(Message::text(state)).await
+        self.reply(state).await
     }
 
     async fn refresh(&mut self, token: &str) -> Result<(), Ended> {
@@ -527,8 +560,12 @@ impl Conn<'_> {
                 return Err(ended);
             }
         };
-        if auth::user_id(&claims) != self.client.user {
+        if auth::user_claim(&claims) != self.client.user_claim {
             return Err(self.close(Disconnect::RefreshOtherUser).await);
+        }
+        if self.client.expires_at.is_some() && claims.get("exp").is_none() {
+            // A connection with an expiry keeps one: a token without `exp` would never expire.
+            return Err(self.close(Disconnect::RefreshWithoutExp).await);
         }
         self.client.expires_at = expiry(&claims, self.settings.jwt_leeway);
         self.send(Message::text(frame::refreshed(claims.get("exp")))).await
@@ -578,20 +615,24 @@ impl Conn<'_> {
         if let Message::Text(text) = &message {
             self.ops.metrics.frames_sent(1, ws_frame_len(text.len()));
         }
-        match tokio::time::timeout(self.settings.send_timeout, self.ws.feed(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Ended::socket(e)),
-            Err(_) => Err(Disconnect::Stuck.into()),
+        let written = guarded(&self.feed, self.settings, self.ws.feed(message)).await;
+        self.after_guarded(written).await
+    }
+
+    /// What a guarded write's outcome means for the connection.
+    async fn after_guarded(&mut self, written: Guarded) -> Result<(), Ended> {
+        match written {
+            Guarded::Done => Ok(()),
+            Guarded::Failed(e) => Err(Ended::socket(e)),
+            Guarded::Stuck => Err(Disconnect::Stuck.into()),
+            Guarded::FellBehind => Err(Box::pin(self.too_slow(0)).await),
         }
     }
 
-    /// Flushes what was fed.
+    /// Flushes what was fed, under the same rule as every write.
     async fn ws_flush(&mut self) -> Result<(), Ended> {
-        match tokio::time::timeout(self.settings.send_timeout, self.ws.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Ended::socket(e)),
-            Err(_) => Err(Disconnect::Stuck.into()),
-        }
+        let written = guarded(&self.feed, self.settings, self.ws.flush()).await;
+        self.after_guarded(written).await
     }
 
     /// Sends one message (and everything fed before it).
@@ -599,11 +640,17 @@ impl Conn<'_> {
         if let Message::Text(text) = &message {
             self.ops.metrics.control_sent(ws_frame_len(text.len()));
         }
-        match tokio::time::timeout(self.settings.send_timeout, self.ws.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Ended::socket(e)),
-            Err(_) => Err(Disconnect::Stuck.into()),
+        let written = guarded(&self.feed, self.settings, self.ws.send(message)).await;
+        self.after_guarded(written).await
+    }
+
+    /// Sends a reply to a client request, charged to the client's byte budget: a client whose
+    /// requests draw more than the budget allows is closed (4429).
+    async fn reply(&mut self, text: String) -> Result<(), Ended> {
+        if !self.budget.take(ws_frame_len(text.len()), Instant::now()) {
+            return Err(self.close(Disconnect::RateLimited).await);
         }
+        self.send(Message::text(text)).await
     }
 
     /// Cuts a client that cannot keep up: first gives up its place in the ring (so publishers
@@ -612,7 +659,7 @@ impl Conn<'_> {
         // Everything it skipped and everything still waiting for it: events it will never get.
         let behind = behind + self.feed.pending() as u64;
         self.feed.detach();
-        close_ws(&mut self.ws, Disconnect::TooSlow, self.settings.send_timeout).await;
+        close_ws(&mut self.ws, Disconnect::TooSlow, CUT_CLOSE_TIMEOUT).await;
         Ended { dropped: behind, ..Disconnect::TooSlow.into() }
     }
 

@@ -52,7 +52,8 @@ pub(super) async fn write(
                         if blocked >= settings.send_timeout {
                             return Written::Stuck;
                         }
-                        if reads_ring && blocked >= settings.stall_timeout && hub.is_waiting() {
+                        let held = hub.is_waiting() || hub.is_overrun();
+                        if reads_ring && blocked >= settings.stall_timeout && held {
                             return Written::Stalled;
                         }
                     }
@@ -64,6 +65,50 @@ pub(super) async fn write(
         Ok(None) => Written::Done,
         Ok(Some(n)) => Written::Lagged(n),
         Err(e) => Written::Failed(e),
+    }
+}
+
+pub(super) enum Guarded {
+    Done,
+    /// The feed was overrun (publishers stopped waiting for it) while the write was blocked.
+    FellBehind,
+    Stuck,
+    Failed(WsError),
+}
+
+/// Runs a write outside the event batches (the welcome, a replay, a filter change's seam, a
+/// control reply, the drain notice) under the same rules as a batch: blocked for
+/// `send_timeout`, it is stuck; if the publishers gave up waiting for this connection
+/// meanwhile (its feed fell behind), it is cut as too slow at once.
+pub(super) async fn guarded(
+    feed: &Feed,
+    settings: &Settings,
+    write: impl Future<Output = Result<(), WsError>>,
+) -> Guarded {
+    let mut write = std::pin::pin!(write);
+    let poll_once = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx)));
+    let result = match poll_once.await {
+        Poll::Ready(result) => result,
+        Poll::Pending => {
+            let started = Instant::now();
+            loop {
+                tokio::select! {
+                    result = write.as_mut() => break result,
+                    _ = tokio::time::sleep(STALL_CHECK) => {
+                        if started.elapsed() >= settings.send_timeout {
+                            return Guarded::Stuck;
+                        }
+                        if feed.fell_behind() {
+                            return Guarded::FellBehind;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => Guarded::Done,
+        Err(e) => Guarded::Failed(e),
     }
 }
 
