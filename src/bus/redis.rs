@@ -58,6 +58,35 @@ fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::new(codes::REDIS_UNAVAILABLE, format!("Redis is unavailable: {e}"))
 }
 
+/// A failed connect as the caller must see it: credentials that Redis refused are a
+/// misconfiguration (`ERR_REDIS_AUTH`, never a silent fallback), anything else is unavailability.
+fn classify(e: redis::RedisError) -> Error {
+    let text = e.to_string();
+    let code = e.code().unwrap_or_default();
+    let has = |word: &str| code == word || text.contains(word);
+    if e.kind() == redis::ErrorKind::AuthenticationFailed || has("WRONGPASS") || has("NOAUTH") {
+        Error::new(
+            codes::REDIS_AUTH,
+            format!(
+                "Redis refused the credentials ({text}): put the right user and password in \
+                 redisUrl (redis://USER:PASSWORD@host:port, percent-encoded), or check the \
+                 server's requirepass / ACL user"
+            ),
+        )
+    } else if has("NOPERM") {
+        Error::new(
+            codes::REDIS_AUTH,
+            format!(
+                "the Redis ACL user may not run what the bus needs ({text}): grant it the \
+                 channel (&CHANNEL), its history key (~CHANNEL:*) and PUBLISH, SUBSCRIBE, \
+                 EVALSHA, EVAL, XADD, XRANGE, XREVRANGE, XTRIM, XINFO"
+            ),
+        )
+    } else {
+        unavailable(e)
+    }
+}
+
 /// The stream that holds the shared history of `channel`.
 pub fn stream_key(channel: &str) -> String {
     format!("{channel}:history")
@@ -70,7 +99,7 @@ impl RedisBus {
         channel: &str,
         retention: Retention,
         hub: Arc<Hub>,
-        connected: watch::Sender<bool>,
+        connected: Arc<watch::Sender<bool>>,
         shutdown: CancellationToken,
     ) -> Result<Self> {
         let client = redis::Client::open(url)
@@ -85,7 +114,7 @@ impl RedisBus {
         )
         .await
         .map_err(|_| unavailable("connection timed out"))?
-        .map_err(unavailable)?;
+        .map_err(classify)?;
         let pubsub = subscribe(&client, channel).await?;
         let stream = stream_key(channel);
         let history = (retention.max_events > 0).then(|| StreamHistory {
@@ -97,9 +126,10 @@ impl RedisBus {
         if let Some(history) = &history {
             // New clients start at the newest entry; "0-0" when the stream is empty.
             let mut conn = publisher.clone();
-            let newest = newest_offset(&mut conn, &stream).await.map_err(unavailable)?;
+            let newest = newest_offset(&mut conn, &stream).await.map_err(classify)?;
             let head = newest.unwrap_or(Offset { ms: 0, seq: 0 });
-            hub.set_head(head);
+            // Replaces the head of a memory history this bus may have run before Redis answered.
+            hub.reset_head(head);
             last = Some(head);
             hub.set_history(Some(Arc::new(history.clone()) as Arc<dyn History>));
         }
@@ -152,7 +182,7 @@ async fn subscribe(client: &redis::Client, channel: &str) -> Result<PubSub> {
     tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| unavailable("connection timed out"))?
-        .map_err(unavailable)
+        .map_err(classify)
 }
 
 type Entries = Vec<(String, Vec<Vec<u8>>)>;
@@ -284,7 +314,7 @@ struct Receiver {
     channel: String,
     history: Option<StreamHistory>,
     hub: Arc<Hub>,
-    connected: watch::Sender<bool>,
+    connected: Arc<watch::Sender<bool>>,
     /// The newest offset dispatched: what a catch-up starts from, and what deduplicates.
     last: Option<Offset>,
 }
