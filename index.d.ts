@@ -44,7 +44,9 @@ export interface ServerOptions {
   channel?: string;
   /**
    * When Redis is configured but unreachable at start: true rejects with ERR_REDIS_UNAVAILABLE,
-   * false (default; `REDIS_REQUIRED=1` sets true) falls back to the in-memory bus with a warning.
+   * false (default; `REDIS_REQUIRED=1` sets true) falls back to the in-memory bus with a warning
+   * and switches to Redis by itself once it answers (`GET /ready` is 503 until then). Credentials
+   * that Redis refuses reject with ERR_REDIS_AUTH either way.
    */
   redisRequired?: boolean;
   /**
@@ -198,6 +200,7 @@ export type ErrorCode =
   | 'ERR_PORT_IN_USE'
   | 'ERR_LISTEN_FAILED'
   | 'ERR_REDIS_UNAVAILABLE'
+  | 'ERR_REDIS_AUTH'
   | 'ERR_BUS_CONFLICT'
   | 'ERR_PUBLISH_QUEUE_FULL'
   | 'ERR_BUS_CLOSED'
