@@ -51,6 +51,61 @@ describe('misconfiguration fails loudly', { skip }, () => {
   });
 });
 
+describe('rediss:// (TLS)', { skip: topo.tlsSkipReason() }, () => {
+  let certs;
+  let plain;
+  let mutual;
+  after(async () => {
+    await plain?.stop();
+    await mutual?.stop();
+  });
+
+  test('a private CA verifies the server; mutual TLS with a client certificate; events cross two servers over TLS', async () => {
+    certs = topo.makeCertificates();
+    plain = await topo.startTlsRedis(certs);
+    mutual = await topo.startTlsRedis(certs, { mutual: true });
+    const ca = certs.pem(certs.ca);
+    const r = await tryStart({ redisUrl: plain.url, redisTls: { ca }, redisRequired: true });
+    assert.equal(r.ready && r.ready.mode, 'redis', JSON.stringify(r));
+    // Mutual TLS through the environment variables npm start reads (paths).
+    const env = { REDIS_TLS_CA_FILE: certs.ca, REDIS_TLS_CERT_FILE: certs.client.cert, REDIS_TLS_KEY_FILE: certs.client.key };
+    const m = await tryStart({ redisUrl: mutual.url, redisRequired: true }, env);
+    assert.equal(m.ready && m.ready.mode, 'redis', JSON.stringify(m));
+
+    const tlsOptions = { ca, cert: certs.pem(certs.client.cert), key: certs.pem(certs.client.key) };
+    const a = h.spawnServer({ redisUrl: mutual.url, redisTls: tlsOptions, redisRequired: true, pingIntervalMs: 0 });
+    const b = h.spawnServer({ redisUrl: mutual.url, redisTls: tlsOptions, redisRequired: true, pingIntervalMs: 0 });
+    try {
+      const [, aPort] = await a.waitForOutput(/^ready (\d+) redis\n/m, { ms: 15_000 });
+      const [, bPort] = await b.waitForOutput(/^ready (\d+) redis\n/m, { ms: 15_000 });
+      const onB = await h.connectReady(h.wsUrl(Number(bPort)));
+      a.write('publish over-tls 3');
+      await a.waitForOutput(/^published over-tls$/m);
+      await onB.waitFor(4);
+      assert.deepEqual(onB.messages.slice(1), [1, 2, 3].map((i) => h.frame(`over-tls-${i}`)));
+      assert.ok(Number(aPort) > 0);
+      await onB.close();
+    } finally {
+      await Promise.all([a.stop(), b.stop()]);
+    }
+  });
+
+  test('a wrong CA, no CA (system roots) and a missing client certificate reject with ERR_REDIS_TLS', async () => {
+    const wrongCa = await tryStart({ redisUrl: plain.url, redisTls: { ca: certs.pem(certs.otherCa) } });
+    assert.equal(wrongCa.rejected && wrongCa.rejected.code, 'ERR_REDIS_TLS', JSON.stringify(wrongCa));
+    assert.match(wrongCa.rejected.message, /redisTls\.ca/, 'the message names the fix');
+    const systemRoots = await tryStart({ redisUrl: plain.url });
+    assert.equal(systemRoots.rejected && systemRoots.rejected.code, 'ERR_REDIS_TLS', JSON.stringify(systemRoots));
+    const noClientCert = await tryStart({ redisUrl: mutual.url, redisTls: { ca: certs.pem(certs.ca) } });
+    assert.ok(noClientCert.rejected, `mutual TLS without a client certificate must be refused: ${JSON.stringify(noClientCert)}`);
+    assert.equal(noClientCert.rejected.code, 'ERR_REDIS_TLS', noClientCert.rejected.message);
+    const bad = await tryStart({ redisUrl: plain.url, redisTls: { ca: 'not a pem' } });
+    assert.equal(bad.rejected && bad.rejected.code, 'ERR_INVALID_OPTION');
+    const notTls = await tryStart({ redisUrl: `redis://127.0.0.1:${plain.port}`, redisTls: { ca: certs.pem(certs.ca) } });
+    assert.equal(notTls.rejected && notTls.rejected.code, 'ERR_INVALID_OPTION', JSON.stringify(notTls));
+  });
+});
+
 describe('a bad start recovers', { skip }, () => {
   const procs = [];
   const clients = [];

@@ -256,6 +256,7 @@ struct Pump {
 /// What connecting to Redis takes (cloned into the background retry).
 struct Connector {
     url: String,
+    tls: Option<crate::config::RedisTls>,
     channel: String,
     retention: crate::history::Retention,
     hub: Arc<Hub>,
@@ -267,8 +268,17 @@ impl Connector {
     async fn connect(&self) -> Result<redis::RedisBus> {
         let (hub, connected, shutdown) =
             (self.hub.clone(), self.connected.clone(), self.shutdown.clone());
-        redis::RedisBus::connect(&self.url, &self.channel, self.retention, hub, connected, shutdown)
-            .await
+        let tls = self.tls.as_ref();
+        redis::RedisBus::connect(
+            &self.url,
+            tls,
+            &self.channel,
+            self.retention,
+            hub,
+            connected,
+            shutdown,
+        )
+        .await
     }
 }
 
@@ -351,6 +361,7 @@ impl Pump {
     fn connector(&self) -> Connector {
         Connector {
             url: self.config.redis_url.clone().unwrap_or_default(),
+            tls: self.config.redis_tls.clone(),
             channel: self.config.channel.clone(),
             retention: self.config.history,
             hub: self.hub.clone(),
