@@ -40,11 +40,19 @@ export interface ServerOptions {
    * in-memory bus (one process).
    */
   redisUrl?: string | null;
+  /**
+   * TLS for a `rediss://` redisUrl, as PEM text. Default: REDIS_TLS_CA_FILE, REDIS_TLS_CERT_FILE,
+   * REDIS_TLS_KEY_FILE (paths), else the system roots and no client certificate. A certificate
+   * that does not verify rejects startServer with ERR_REDIS_TLS.
+   */
+  redisTls?: RedisTlsOptions;
   /** Redis pub/sub channel. Default: `REDIS_CHANNEL`, else 'parcel_events'. */
   channel?: string;
   /**
    * When Redis is configured but unreachable at start: true rejects with ERR_REDIS_UNAVAILABLE,
-   * false (default; `REDIS_REQUIRED=1` sets true) falls back to the in-memory bus with a warning.
+   * false (default; `REDIS_REQUIRED=1` sets true) falls back to the in-memory bus with a warning
+   * and switches to Redis by itself once it answers (`GET /ready` is 503 until then). Credentials
+   * that Redis refuses reject with ERR_REDIS_AUTH either way.
    */
   redisRequired?: boolean;
   /**
@@ -196,6 +204,17 @@ export declare class Server {
   close(options?: CloseOptions): Promise<void>;
 }
 
+/** TLS to Redis (`rediss://`). */
+export interface RedisTlsOptions {
+  /** The CA(s) that signed the server's certificate (PEM); default: the system roots. */
+  ca?: string;
+  /** Client certificate and key (PEM), for mutual TLS; both or neither. */
+  cert?: string;
+  key?: string;
+  /** Default true. false accepts any server certificate: for tests only. */
+  rejectUnauthorized?: boolean;
+}
+
 /** Error codes set on the `code` property of every error this module raises. */
 export type ErrorCode =
   | 'ERR_INVALID_PARCEL_ID'
@@ -207,6 +226,8 @@ export type ErrorCode =
   | 'ERR_PORT_IN_USE'
   | 'ERR_LISTEN_FAILED'
   | 'ERR_REDIS_UNAVAILABLE'
+  | 'ERR_REDIS_AUTH'
+  | 'ERR_REDIS_TLS'
   | 'ERR_BUS_CONFLICT'
   | 'ERR_PUBLISH_QUEUE_FULL'
   | 'ERR_BUS_CLOSED'

@@ -5,6 +5,7 @@
 // JSON encoding, WebSocket and Redis work happens on the engine's tokio threads.
 'use strict';
 
+const fs = require('node:fs');
 const path = require('node:path');
 
 const native = loadAddon();
@@ -162,11 +163,47 @@ function envFlag(value) {
   return value === '1' || value === 'true' || value === 'yes';
 }
 
+/** `redisTls: {ca, cert, key, rejectUnauthorized}` (PEM strings), else REDIS_TLS_*_FILE paths. */
+function redisTlsFrom(options, env) {
+  let tls = options.redisTls;
+  if (tls == null) {
+    const files = { ca: env.REDIS_TLS_CA_FILE, cert: env.REDIS_TLS_CERT_FILE, key: env.REDIS_TLS_KEY_FILE };
+    if (!Object.values(files).some(Boolean)) return undefined;
+    tls = {};
+    for (const [key, file] of Object.entries(files)) {
+      if (!file) continue;
+      try {
+        tls[key] = fs.readFileSync(file, 'utf8');
+      } catch (err) {
+        throw makeError('ERR_INVALID_OPTION', `REDIS_TLS_${key.toUpperCase()}_FILE: cannot read ${file}: ${err.message}`);
+      }
+    }
+  }
+  if (typeof tls !== 'object' || Array.isArray(tls)) {
+    throw makeError('ERR_INVALID_OPTION', 'redisTls must be an object { ca?, cert?, key?, rejectUnauthorized? }');
+  }
+  for (const key of Object.keys(tls)) {
+    if (!['ca', 'cert', 'key', 'rejectUnauthorized'].includes(key)) {
+      throw makeError('ERR_INVALID_OPTION', `redisTls: unknown field "${key}" (ca, cert, key, rejectUnauthorized)`);
+    }
+  }
+  for (const key of ['ca', 'cert', 'key']) {
+    if (tls[key] != null && (typeof tls[key] !== 'string' || !tls[key].includes('-----BEGIN'))) {
+      throw makeError('ERR_INVALID_OPTION', `redisTls.${key} must be PEM text (-----BEGIN ...)`);
+    }
+  }
+  if (tls.rejectUnauthorized != null && typeof tls.rejectUnauthorized !== 'boolean') {
+    throw makeError('ERR_INVALID_OPTION', 'redisTls.rejectUnauthorized must be a boolean');
+  }
+  return { ca: tls.ca ?? undefined, cert: tls.cert ?? undefined, key: tls.key ?? undefined, rejectUnauthorized: tls.rejectUnauthorized ?? undefined };
+}
+
 function busOptionsFrom(options, env) {
   const redisUrl = 'redisUrl' in options ? options.redisUrl : env.REDIS_URL;
   if (redisUrl != null && typeof redisUrl !== 'string') {
     throw makeError('ERR_INVALID_OPTION', 'redisUrl must be a string (redis://host:port) or null');
   }
+  const redisTls = redisTlsFrom(options, env);
   const channel = options.channel ?? env.REDIS_CHANNEL ?? DEFAULT_CHANNEL;
   if (typeof channel !== 'string' || channel === '') {
     throw makeError('ERR_INVALID_OPTION', 'channel must be a non-empty string');
@@ -184,11 +221,11 @@ function busOptionsFrom(options, env) {
     }
     history[key] = value ?? undefined;
   }
-  return { redisUrl: redisUrl || undefined, channel, redisRequired, ...history };
+  return { redisUrl: redisUrl || undefined, redisTls, channel, redisRequired, ...history };
 }
 
 const SERVER_OPTIONS = new Set([
-  'port', 'host', 'path', 'jwtSecret', 'redisUrl', 'channel', 'redisRequired', 'validateUser',
+  'port', 'host', 'path', 'jwtSecret', 'redisUrl', 'redisTls', 'channel', 'redisRequired', 'validateUser',
   'maxMessageBytes', 'handshakeTimeoutMs', 'pingIntervalMs', 'pongTimeoutMs', 'allowedOrigins',
   'maxConnections', 'maxConnectionsPerIp', 'maxHandshakes', 'maxHandshakesPerIp', 'headTimeoutMs', 'maxSubscriptions', 'messagesPerSecond', 'messageBurst',
   'historySize', 'historyTtlMs', 'dashboard', 'drainMs',

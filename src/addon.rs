@@ -117,6 +117,7 @@ fn bus_with(config: BusConfig) -> napi::Result<Arc<Bus>> {
         if !bus.has_failed() {
             let running = bus.config();
             if running.redis_url != config.redis_url
+                || running.redis_tls != config.redis_tls
                 || running.channel != config.channel
                 || running.history != config.history
             {
@@ -136,9 +137,19 @@ fn bus_with(config: BusConfig) -> napi::Result<Arc<Bus>> {
     Ok(bus)
 }
 
+/// `redisTls`: PEM text (index.js reads the REDIS_TLS_*_FILE files).
+#[napi(object)]
+pub struct RedisTlsOptions {
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub reject_unauthorized: Option<bool>,
+}
+
 #[napi(object)]
 pub struct BusOptions {
     pub redis_url: Option<String>,
+    pub redis_tls: Option<RedisTlsOptions>,
     pub channel: Option<String>,
     pub redis_required: Option<bool>,
     /// Events kept for clients that resume; 0 turns history (and offsets) off.
@@ -150,6 +161,12 @@ impl From<&BusOptions> for BusConfig {
     fn from(o: &BusOptions) -> Self {
         let mut config = BusConfig {
             redis_url: o.redis_url.clone().filter(|u| !u.is_empty()),
+            redis_tls: o.redis_tls.as_ref().map(|t| crate::config::RedisTls {
+                ca: t.ca.clone(),
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+                reject_unauthorized: t.reject_unauthorized.unwrap_or(true),
+            }),
             ..BusConfig::default()
         };
         if let Some(channel) = &o.channel {

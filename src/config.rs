@@ -149,6 +149,8 @@ pub fn open_file_limit() -> usize {
 pub struct BusConfig {
     /// `redis://…`; `None` runs the in-memory bus (one process).
     pub redis_url: Option<String>,
+    /// TLS settings for a `rediss://` URL (`None`: the system roots, no client certificate).
+    pub redis_tls: Option<RedisTls>,
     /// The Redis pub/sub channel.
     pub channel: String,
     /// With Redis configured but unreachable at start: `true` fails, `false` falls back to the
@@ -170,6 +172,7 @@ impl Default for BusConfig {
     fn default() -> Self {
         Self {
             redis_url: None,
+            redis_tls: None,
             channel: DEFAULT_CHANNEL.to_string(),
             redis_required: false,
             fanout_capacity: 4096,
@@ -177,6 +180,30 @@ impl Default for BusConfig {
             history: crate::history::Retention::default(),
             inbox: crate::inbox::InboxLimits::default(),
         }
+    }
+}
+
+/// TLS to Redis (`rediss://`), PEM text.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct RedisTls {
+    /// The CA(s) that signed the server's certificate; `None`: the system roots.
+    pub ca: Option<String>,
+    /// A client certificate and its key, for mutual TLS.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// `false` accepts any server certificate (tests only: it defeats TLS's purpose).
+    pub reject_unauthorized: bool,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is a secret: never printed.
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.is_some())
+            .field("cert", &self.cert.is_some())
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("reject_unauthorized", &self.reject_unauthorized)
+            .finish()
     }
 }
 

@@ -3,6 +3,7 @@
 //! | path | what |
 //! | --- | --- |
 //! | `GET /health` | JSON status for load balancers and readiness probes: 200 when the server can take clients, 503 when it cannot (draining, or `redisRequired` with Redis down) |
+//! | `GET /ready` | JSON readiness for orchestrators: 200 when this instance should get clients, 503 while draining or while a configured Redis is not in use (the bus fell back to memory at start and is still retrying) |
 //! | `GET /metrics` | Prometheus text exposition (format 0.0.4) |
 //! | `GET /stats` | the same figures as JSON (what `server.stats()` returns); dashboard only |
 //! | `GET /` | the live dashboard, one self-contained page (`dashboard.html`); dashboard only |
@@ -24,6 +25,7 @@ const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Health,
+    Ready,
     Metrics,
     Stats,
     Dashboard,
@@ -35,6 +37,7 @@ fn route(path: &str, config: &ServerConfig) -> Option<Route> {
     }
     match path {
         "/health" => Some(Route::Health),
+        "/ready" => Some(Route::Ready),
         "/metrics" => Some(Route::Metrics),
         "/stats" if config.dashboard => Some(Route::Stats),
         "/" if config.dashboard => Some(Route::Dashboard),
@@ -69,6 +72,23 @@ pub(crate) fn answer(
                 snap.health.http_status(),
                 "application/json",
                 snap.health_json().as_bytes(),
+                &[],
+                head_only,
+            )
+        }
+        Route::Ready => {
+            let status = snapshot().status;
+            let ready = !status.draining
+                && status.bus_mode != "failed"
+                && (!status.redis_configured || status.bus_mode == "redis");
+            let body = format!(
+                r#"{{"ready":{ready},"bus":"{}","redisConfigured":{},"draining":{}}}"#,
+                status.bus_mode, status.redis_configured, status.draining
+            );
+            http::response(
+                if ready { 200 } else { 503 },
+                "application/json",
+                body.as_bytes(),
                 &[],
                 head_only,
             )
@@ -109,6 +129,7 @@ mod tests {
     fn routes_leave_the_websocket_path_alone() {
         let mut config = ServerConfig::new("s");
         assert_eq!(route("/health", &config), Some(Route::Health));
+        assert_eq!(route("/ready", &config), Some(Route::Ready));
         assert_eq!(route("/", &config), Some(Route::Dashboard));
         assert_eq!(route("/ws", &config), None);
         assert_eq!(route("/other", &config), None);

@@ -59,6 +59,10 @@ pub mod codes {
     pub const PORT_IN_USE: &str = "ERR_PORT_IN_USE";
     pub const LISTEN_FAILED: &str = "ERR_LISTEN_FAILED";
     pub const REDIS_UNAVAILABLE: &str = "ERR_REDIS_UNAVAILABLE";
+    /// Redis refused the credentials of `redisUrl` (or the ACL user lacks a permission).
+    pub const REDIS_AUTH: &str = "ERR_REDIS_AUTH";
+    /// TLS with Redis failed: the server's certificate was not trusted, or the client's refused.
+    pub const REDIS_TLS: &str = "ERR_REDIS_TLS";
     pub const BUS_CONFLICT: &str = "ERR_BUS_CONFLICT";
     pub const TARGETING_UNAVAILABLE: &str = "ERR_TARGETING_UNAVAILABLE";
     pub const PUBLISH_QUEUE_FULL: &str = "ERR_PUBLISH_QUEUE_FULL";

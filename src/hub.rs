@@ -316,6 +316,11 @@ impl Hub {
         }
     }
 
+    /// Replaces the head, even with an older offset (the bus moved to another history).
+    pub(crate) fn reset_head(&self, offset: Offset) {
+        *self.head.lock().unwrap_or_else(|e| e.into_inner()) = Some(offset);
+    }
+
     /// The newest offset known, if the bus keeps a history.
     pub fn head(&self) -> Option<Offset> {
         *self.head.lock().unwrap_or_else(|e| e.into_inner())

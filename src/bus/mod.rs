@@ -13,8 +13,11 @@
 //! published. In Redis mode the hub is fed only by the subscription, so every process, this one
 //! included, sees exactly the events Redis delivered, once each.
 
+mod memory;
 mod redis;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -24,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{redact_url, BusConfig};
 use crate::error::{codes, Error, Result};
 use crate::event::Event;
-use crate::history::{History, MemoryHistory};
 use crate::hub::{Hub, Sink};
 
 /// Which bus is running.
@@ -112,15 +114,15 @@ impl Bus {
         let (connected_tx, redis_connected) = watch::channel(false);
         let shutdown = CancellationToken::new();
         let ack_sink = Arc::new(RwLock::new(None));
-        tokio::spawn(pump(
-            config.clone(),
-            rx,
-            hub.clone(),
-            state_tx,
-            connected_tx,
-            shutdown.clone(),
-            ack_sink.clone(),
-        ));
+        let ctx = Pump {
+            config: config.clone(),
+            hub: hub.clone(),
+            state: state_tx,
+            connected: Arc::new(connected_tx),
+            shutdown: shutdown.clone(),
+            ack_sink: ack_sink.clone(),
+        };
+        tokio::spawn(pump(ctx, rx));
         Arc::new(Bus { config, queue, hub, state, redis_connected, shutdown, ack_sink })
     }
 
@@ -241,112 +243,214 @@ impl Drop for Bus {
     }
 }
 
-/// Drains the publish queue in order, in batches, for as long as the bus lives.
-async fn pump(
+/// What the pump needs besides its queue.
+struct Pump {
     config: BusConfig,
-    mut queue: mpsc::Receiver<Publish>,
     hub: Arc<Hub>,
     state: watch::Sender<State>,
-    connected: watch::Sender<bool>,
+    connected: Arc<watch::Sender<bool>>,
     shutdown: CancellationToken,
     ack_sink: Arc<RwLock<Option<AckSink>>>,
-) {
-    let mut backend = match &config.redis_url {
-        None => None,
-        Some(url) => {
-            let retention = config.history;
-            let shutdown = shutdown.clone();
-            match redis::RedisBus::connect(
-                url,
-                &config.channel,
-                retention,
-                hub.clone(),
-                connected,
-                shutdown,
-            )
-            .await
-            {
-                Ok(redis) => {
-                    log::info!("bus: redis at {} (channel {})", redact_url(url), config.channel);
-                    Some(redis)
-                }
-                Err(e) if config.redis_required || e.code() == codes::INVALID_OPTION => {
-                    log::error!("bus: {e}");
-                    state.send_replace(State::Failed(e.clone()));
-                    queue.close();
-                    let mut rest = Vec::new();
-                    while let Some(p) = queue.recv().await {
-                        rest.push(p);
-                    }
-                    settle(&mut rest, &Err(e.clone()), &ack_sink);
-                    return;
-                }
-                Err(e) => {
-                    log::warn!(
-                        "bus: Redis unreachable ({e}); falling back to the in-memory bus: \
-                         events stay in this process. Set redisRequired to refuse instead."
-                    );
-                    None
-                }
-            }
-        }
-    };
-    state.send_replace(State::Ready(if backend.is_some() { Mode::Redis } else { Mode::Memory }));
-    // Memory mode keeps its history here; Redis mode's lives in Redis (set up by the backend).
-    let memory_history = (backend.is_none() && config.history.max_events > 0).then(|| {
-        let history = Arc::new(MemoryHistory::new(config.history));
-        hub.set_head(history.head());
-        hub.set_history(Some(history.clone() as Arc<dyn History>));
-        history
-    });
+}
 
+/// What connecting to Redis takes (cloned into the background retry).
+struct Connector {
+    url: String,
+    tls: Option<crate::config::RedisTls>,
+    channel: String,
+    retention: crate::history::Retention,
+    hub: Arc<Hub>,
+    connected: Arc<watch::Sender<bool>>,
+    shutdown: CancellationToken,
+}
+
+impl Connector {
+    async fn connect(&self) -> Result<redis::RedisBus> {
+        let (hub, connected, shutdown) =
+            (self.hub.clone(), self.connected.clone(), self.shutdown.clone());
+        let tls = self.tls.as_ref();
+        redis::RedisBus::connect(
+            &self.url,
+            tls,
+            &self.channel,
+            self.retention,
+            hub,
+            connected,
+            shutdown,
+        )
+        .await
+    }
+}
+
+enum Backend {
+    Memory(memory::MemoryBus),
+    Redis(redis::RedisBus),
+}
+
+/// A Redis connection being retried in the background after a bad start.
+type Late = Pin<Box<dyn Future<Output = redis::RedisBus> + Send>>;
+
+/// Drains the publish queue in order, in batches, for as long as the bus lives.
+async fn pump(ctx: Pump, mut queue: mpsc::Receiver<Publish>) {
+    let Some((mut backend, mut late)) = ctx.start().await else {
+        ctx.refuse_all(&mut queue).await;
+        return;
+    };
     const BATCH: usize = 256;
     let mut batch = Vec::with_capacity(BATCH);
-    while queue.recv_many(&mut batch, BATCH).await > 0 {
-        match backend.as_mut() {
-            None => {
-                let n = batch.len() as u64;
-                for p in batch.iter_mut() {
-                    // The event moves into the history; the batch keeps an empty shell to settle.
-                    let event = std::mem::replace(&mut p.event, Event::placeholder());
-                    let event = match &memory_history {
-                        Some(history) => history.record(event),
-                        None => event,
-                    };
-                    hub.dispatch(&event).await;
+    loop {
+        tokio::select! {
+            n = queue.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    return;
                 }
-                hub.metrics().published(n);
-                settle(&mut batch, &Ok(()), &ack_sink);
-            }
-            Some(redis) => {
-                // While Redis is unreachable the batch is retried and later publishes wait in the
-                // queue, in order: the queue is the bounded buffer. Only a full queue rejects.
-                let mut attempt = 0u32;
-                let result = loop {
-                    match redis.publish(batch.iter().map(|p| &p.event)).await {
-                        Ok(()) => break Ok(()),
-                        Err(e) if shutdown.is_cancelled() => break Err(e),
-                        Err(e) => {
-                            if attempt == 0 {
-                                log::warn!("bus: {e}; holding publishes until Redis is back");
-                                hub.metrics().set_held(batch.len() as u64);
-                            }
-                            tokio::time::sleep(backoff(attempt)).await;
-                            attempt = attempt.saturating_add(1);
-                        }
+                let result = match &mut backend {
+                    Backend::Memory(memory) => {
+                        memory.publish(&mut batch).await;
+                        Ok(())
                     }
+                    Backend::Redis(redis) => ctx.publish_with_retry(redis, &batch).await,
                 };
-                if attempt > 0 && result.is_ok() {
-                    log::info!("bus: Redis is back; held publishes sent");
-                }
-                hub.metrics().set_held(0);
-                match &result {
-                    Ok(()) => hub.metrics().published(batch.len() as u64),
-                    Err(_) => hub.metrics().publish_failed(batch.len() as u64),
-                }
-                settle(&mut batch, &result, &ack_sink);
+                settle(&mut batch, &result, &ctx.ack_sink);
+            }
+            redis = async { late.as_mut().expect("polled only when set").await }, if late.is_some() => {
+                late = None;
+                ctx.switch_to_redis();
+                backend = Backend::Redis(redis);
             }
         }
+    }
+}
+
+impl Pump {
+    /// Connects to Redis if configured. `None`: the start failed (the state says why); else the
+    /// backend, and the background retry when Redis was unreachable at start.
+    async fn start(&self) -> Option<(Backend, Option<Late>)> {
+        let Some(url) = self.config.redis_url.clone() else {
+            self.state.send_replace(State::Ready(Mode::Memory));
+            return Some((
+                Backend::Memory(memory::MemoryBus::start(&self.config, self.hub.clone())),
+                None,
+            ));
+        };
+        match self.connector().connect().await {
+            Ok(redis) => {
+                log::info!("bus: redis at {} (channel {})", redact_url(&url), self.config.channel);
+                self.state.send_replace(State::Ready(Mode::Redis));
+                Some((Backend::Redis(redis), None))
+            }
+            // A misconfiguration (credentials, an invalid URL) never falls back silently.
+            Err(e) if self.config.redis_required || e.code() != codes::REDIS_UNAVAILABLE => {
+                log::error!("bus: {e}");
+                self.state.send_replace(State::Failed(e));
+                None
+            }
+            Err(e) => {
+                log::warn!(
+                    "bus: Redis unreachable ({e}); falling back to the in-memory bus: events \
+                     stay in this process until Redis answers (retrying in the background; \
+                     GET /ready answers 503 meanwhile). Set redisRequired to refuse instead."
+                );
+                self.state.send_replace(State::Ready(Mode::Memory));
+                let memory = memory::MemoryBus::start(&self.config, self.hub.clone());
+                Some((Backend::Memory(memory), Some(Box::pin(self.retry_connect()))))
+            }
+        }
+    }
+
+    fn connector(&self) -> Connector {
+        Connector {
+            url: self.config.redis_url.clone().unwrap_or_default(),
+            tls: self.config.redis_tls.clone(),
+            channel: self.config.channel.clone(),
+            retention: self.config.history,
+            hub: self.hub.clone(),
+            connected: self.connected.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    /// Connects with backoff until Redis answers (logging each new kind of failure once).
+    fn retry_connect(&self) -> impl Future<Output = redis::RedisBus> + Send + 'static {
+        let connector = self.connector();
+        async move {
+            let mut attempt = 0u32;
+            let mut last_code = codes::REDIS_UNAVAILABLE;
+            loop {
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt = attempt.saturating_add(1);
+                match connector.connect().await {
+                    Ok(redis) => return redis,
+                    Err(e) if e.code() != last_code => {
+                        log::error!("bus: Redis answers but cannot be used: {e}");
+                        last_code = e.code();
+                    }
+                    Err(e) => log::debug!("bus: Redis connect attempt {attempt} failed: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Redis answered after a bad start: from now on events go through it. Connected clients
+    /// stay, and are told to resync: the offsets they hold are this process's own.
+    fn switch_to_redis(&self) {
+        let url = self.config.redis_url.as_deref().unwrap_or_default();
+        log::warn!(
+            "bus: Redis at {} answers now; switched from the in-memory bus to Redis (channel {}); \
+             connected clients are told to resync (offsets change)",
+            redact_url(url),
+            self.config.channel
+        );
+        self.hub.resync_all();
+        self.state.send_replace(State::Ready(Mode::Redis));
+    }
+
+    /// Sends a batch to Redis, retrying while Redis is unreachable: later publishes wait in the
+    /// queue meanwhile, in order (the queue is the bounded buffer; only a full queue rejects).
+    async fn publish_with_retry(
+        &self,
+        redis: &mut redis::RedisBus,
+        batch: &[Publish],
+    ) -> Result<()> {
+        let hub = &self.hub;
+        let mut attempt = 0u32;
+        let result = loop {
+            match redis.publish(batch.iter().map(|p| &p.event)).await {
+                Ok(()) => break Ok(()),
+                Err(e) if self.shutdown.is_cancelled() => break Err(e),
+                Err(e) => {
+                    if attempt == 0 {
+                        log::warn!("bus: {e}; holding publishes until Redis is back");
+                        hub.metrics().set_held(batch.len() as u64);
+                    }
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        };
+        if attempt > 0 && result.is_ok() {
+            log::info!("bus: Redis is back; held publishes sent");
+        }
+        hub.metrics().set_held(0);
+        match &result {
+            Ok(()) => hub.metrics().published(batch.len() as u64),
+            Err(_) => hub.metrics().publish_failed(batch.len() as u64),
+        }
+        result
+    }
+
+    /// After a failed start: every publish, queued or still to come, gets the start's error.
+    async fn refuse_all(&self, queue: &mut mpsc::Receiver<Publish>) {
+        let error = match &*self.state.borrow() {
+            State::Failed(e) => e.clone(),
+            _ => Error::new(codes::BUS_CLOSED, "the bus has stopped"),
+        };
+        queue.close();
+        let mut rest = Vec::new();
+        while let Some(p) = queue.recv().await {
+            rest.push(p);
+        }
+        settle(&mut rest, &Err(error), &self.ack_sink);
     }
 }
 

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff;
+use crate::config::RedisTls;
 use crate::error::{codes, Error, Result};
 use crate::event::Frame;
 use crate::event::{Event, Offset};
@@ -58,6 +59,94 @@ fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::new(codes::REDIS_UNAVAILABLE, format!("Redis is unavailable: {e}"))
 }
 
+/// The client for `url`; a `rediss://` URL with the CA, client certificate and verification
+/// that `tls` asks for.
+fn client(url: &str, tls: Option<&RedisTls>) -> Result<redis::Client> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        Error::new(codes::INVALID_OPTION, format!("invalid redisUrl: {e}"))
+    };
+    if !url.starts_with("rediss://") {
+        if tls.is_some() {
+            return Err(Error::new(
+                codes::INVALID_OPTION,
+                "redisTls is set but redisUrl is not rediss://: use rediss://host:port for TLS",
+            ));
+        }
+        return redis::Client::open(url).map_err(|e| invalid(&e));
+    }
+    let default = RedisTls { reject_unauthorized: true, ..RedisTls::default() };
+    let tls = tls.unwrap_or(&default);
+    let url = match (tls.reject_unauthorized, url.contains('#')) {
+        (false, false) => format!("{url}#insecure"),
+        _ => url.to_string(),
+    };
+    let client_tls = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: cert.as_bytes().to_vec(),
+            client_key: key.as_bytes().to_vec(),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(Error::new(
+                codes::INVALID_OPTION,
+                "redisTls.cert and redisTls.key go together (mutual TLS needs both)",
+            ))
+        }
+    };
+    let certificates = redis::TlsCertificates {
+        client_tls,
+        root_cert: tls.ca.as_ref().map(|ca| ca.as_bytes().to_vec()),
+    };
+    redis::Client::build_with_tls(url.as_str(), certificates).map_err(|e| {
+        Error::new(codes::INVALID_OPTION, format!("invalid redisTls or redisUrl: {e}"))
+    })
+}
+
+/// A failed connect as the caller must see it: credentials that Redis refused are a
+/// misconfiguration (`ERR_REDIS_AUTH`, never a silent fallback), anything else is unavailability.
+fn classify(e: redis::RedisError) -> Error {
+    let text = e.to_string();
+    let code = e.code().unwrap_or_default();
+    let has = |word: &str| code == word || text.contains(word);
+    if e.kind() == redis::ErrorKind::AuthenticationFailed || has("WRONGPASS") || has("NOAUTH") {
+        Error::new(
+            codes::REDIS_AUTH,
+            format!(
+                "Redis refused the credentials ({text}): put the right user and password in \
+                 redisUrl (redis://USER:PASSWORD@host:port, percent-encoded), or check the \
+                 server's requirepass / ACL user"
+            ),
+        )
+    } else if is_tls_failure(&text) {
+        Error::new(
+            codes::REDIS_TLS,
+            format!(
+                "TLS with Redis failed ({text}): set redisTls.ca (REDIS_TLS_CA_FILE) to the CA \
+                 that signed the server's certificate, connect to a host name the certificate \
+                 names, and for mutual TLS give redisTls.cert and redisTls.key \
+                 (REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE)"
+            ),
+        )
+    } else if has("NOPERM") {
+        Error::new(
+            codes::REDIS_AUTH,
+            format!(
+                "the Redis ACL user may not run what the bus needs ({text}): grant it the \
+                 channel (&CHANNEL), its history key (~CHANNEL:*) and PUBLISH, SUBSCRIBE, \
+                 EVALSHA, EVAL, XADD, XRANGE, XREVRANGE, XTRIM, XINFO"
+            ),
+        )
+    } else {
+        unavailable(e)
+    }
+}
+
+/// Whether a connect error came from the TLS layer (rustls reports these as I/O errors).
+fn is_tls_failure(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    ["certificate", "unknownissuer", "tls", "alert", "handshake"].iter().any(|w| text.contains(w))
+}
+
 /// The stream that holds the shared history of `channel`.
 pub fn stream_key(channel: &str) -> String {
     format!("{channel}:history")
@@ -67,14 +156,14 @@ impl RedisBus {
     /// Connects both connections and subscribes, or fails within a few seconds.
     pub(super) async fn connect(
         url: &str,
+        tls: Option<&RedisTls>,
         channel: &str,
         retention: Retention,
         hub: Arc<Hub>,
-        connected: watch::Sender<bool>,
+        connected: Arc<watch::Sender<bool>>,
         shutdown: CancellationToken,
     ) -> Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::new(codes::INVALID_OPTION, format!("invalid redisUrl: {e}")))?;
+        let client = client(url, tls)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -85,7 +174,7 @@ impl RedisBus {
         )
         .await
         .map_err(|_| unavailable("connection timed out"))?
-        .map_err(unavailable)?;
+        .map_err(classify)?;
         let pubsub = subscribe(&client, channel).await?;
         let stream = stream_key(channel);
         let history = (retention.max_events > 0).then(|| StreamHistory {
@@ -97,9 +186,10 @@ impl RedisBus {
         if let Some(history) = &history {
             // New clients start at the newest entry; "0-0" when the stream is empty.
             let mut conn = publisher.clone();
-            let newest = newest_offset(&mut conn, &stream).await.map_err(unavailable)?;
+            let newest = newest_offset(&mut conn, &stream).await.map_err(classify)?;
             let head = newest.unwrap_or(Offset { ms: 0, seq: 0 });
-            hub.set_head(head);
+            // Replaces the head of a memory history this bus may have run before Redis answered.
+            hub.reset_head(head);
             last = Some(head);
             hub.set_history(Some(Arc::new(history.clone()) as Arc<dyn History>));
         }
@@ -152,7 +242,7 @@ async fn subscribe(client: &redis::Client, channel: &str) -> Result<PubSub> {
     tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| unavailable("connection timed out"))?
-        .map_err(unavailable)
+        .map_err(classify)
 }
 
 type Entries = Vec<(String, Vec<Vec<u8>>)>;
@@ -284,7 +374,7 @@ struct Receiver {
     channel: String,
     history: Option<StreamHistory>,
     hub: Arc<Hub>,
-    connected: watch::Sender<bool>,
+    connected: Arc<watch::Sender<bool>>,
     /// The newest offset dispatched: what a catch-up starts from, and what deduplicates.
     last: Option<Offset>,
 }
