@@ -35,6 +35,12 @@ export interface ServerOptions {
   path?: string;
   /** HS256 secret shared with the Auth module. Default: `JWT_SECRET`. Required. */
   jwtSecret?: string;
+  /** When set, a token's `aud` must be (or contain) this, else 401 TOKEN_AUDIENCE_INVALID. Env `JWT_AUDIENCE`. */
+  jwtAudience?: string;
+  /** When set, a token's `iss` must be this, else 401 TOKEN_ISSUER_INVALID. Env `JWT_ISSUER`. */
+  jwtIssuer?: string;
+  /** Refuse tokens without `exp` (401 TOKEN_EXP_REQUIRED), at connect and on refresh. Env `JWT_REQUIRE_EXP=1`. Default false. */
+  jwtRequireExp?: boolean;
   /**
    * Redis URL for multi-process broadcasting. Default: `REDIS_URL`. Absent, empty or null: the
    * in-memory bus (one process).

@@ -225,7 +225,7 @@ function busOptionsFrom(options, env) {
 }
 
 const SERVER_OPTIONS = new Set([
-  'port', 'host', 'path', 'jwtSecret', 'redisUrl', 'redisTls', 'channel', 'redisRequired', 'validateUser',
+  'port', 'host', 'path', 'jwtSecret', 'jwtAudience', 'jwtIssuer', 'jwtRequireExp', 'redisUrl', 'redisTls', 'channel', 'redisRequired', 'validateUser',
   'maxMessageBytes', 'handshakeTimeoutMs', 'pingIntervalMs', 'pongTimeoutMs', 'allowedOrigins',
   'maxConnections', 'maxConnectionsPerIp', 'maxHandshakes', 'maxHandshakesPerIp', 'headTimeoutMs', 'maxSubscriptions', 'messagesPerSecond', 'messageBurst',
   'historySize', 'historyTtlMs', 'dashboard', 'drainMs',
@@ -369,6 +369,16 @@ function resolveServerOptions(options, env = process.env) {
   if (!jwtSecret) {
     throw makeError('ERR_MISSING_JWT_SECRET', 'a JWT secret is required: set JWT_SECRET (in the environment, or in a .env file beside your app) or pass jwtSecret (the Auth module\'s HS256 secret)');
   }
+  const jwtChecks = {};
+  for (const [key, envName] of [['jwtAudience', 'JWT_AUDIENCE'], ['jwtIssuer', 'JWT_ISSUER']]) {
+    const value = options[key] ?? (env[envName] || undefined);
+    if (value != null && (typeof value !== 'string' || value === '')) {
+      throw makeError('ERR_INVALID_OPTION', `${key} must be a non-empty string`);
+    }
+    jwtChecks[key] = value ?? undefined;
+  }
+  const jwtRequireExp = options.jwtRequireExp ?? envFlag(env.JWT_REQUIRE_EXP);
+  if (typeof jwtRequireExp !== 'boolean') throw makeError('ERR_INVALID_OPTION', 'jwtRequireExp must be a boolean');
   const { validateUser } = options;
   if (validateUser != null && typeof validateUser !== 'function') {
     throw makeError('ERR_INVALID_OPTION', 'validateUser must be a function (claims) => boolean | Promise<boolean>');
@@ -385,6 +395,8 @@ function resolveServerOptions(options, env = process.env) {
       port,
       path: wsPath,
       jwtSecret,
+      ...jwtChecks,
+      jwtRequireExp,
       ...numeric,
       allowedOrigins: originsOption(options, env),
       dashboard: resolveDashboard(options, env),

@@ -18,25 +18,27 @@ describe('hardening: a continuation-frame flood (item 4)', () => {
       const c = await k.rawSession(server.port);
       try {
         await c.write(k.clientFrame(0x1, '{', false));
-        // Up to 200,000 empty masked continuation frames (1.2 MB), in writes of 1,000.
+        // Empty masked continuation frames, 1,000 per write, until the server says it closed the
+        // flooder (its own count: the client's writes land in socket buffers long before the
+        // server reads them, so the client cannot tell how many frames the server took). Today's
+        // code never closes it.
         const empty = Buffer.concat(Array.from({ length: 1000 }, () => k.clientFrame(0x0, Buffer.alloc(0), false)));
+        const cut = () => {
+          const closed = server.stats().connections.closed;
+          return closed.too_large + closed.rate_limited;
+        };
+        const deadline = Date.now() + 30_000;
         let sent = 0;
-        const deadline = Date.now() + 15_000;
-        while (sent < 200_000 && !c.ended && !c.frames.some((f) => f.opcode === 8) && Date.now() < deadline) {
+        while (cut() === 0 && !c.ended && Date.now() < deadline) {
           if (!(await c.write(empty))) break;
           sent += 1000;
+          if (sent % 20_000 === 0) await h.delay(5); // let the server catch up with the buffers
         }
-        // The close frame may be lost to the reset our own late writes provoke: the server's
-        // count of connections closed for their rate says what happened.
+        await h.waitUntil(() => cut() === 1, 'the flooder is closed (1009 or 4429)');
+        // The close frame may be lost to the reset our own late writes provoke.
         const close = await c.closeFrame(5000);
         // (The fragment cap, 64, meets it before the frame rate's burst, 160: 1009.)
         if (close) assert.ok([1009, 4429].includes(close.code), `closed with ${close.code} ${close.reason}`);
-        const { closed } = server.stats().connections;
-        await h.waitUntil(() => {
-          const now = server.stats().connections.closed;
-          return now.too_large + now.rate_limited === closed.too_large + closed.rate_limited + 0 || now.too_large + now.rate_limited === 1;
-        }, 'the flooder is closed (1009 or 4429)');
-        assert.ok(sent < 200_000, `closed after ${sent} frames`);
         // The others are served as before.
         const other = await h.connectReady(h.wsUrl(server));
         await rt.publishParcelUpdate('after-flood');

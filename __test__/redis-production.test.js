@@ -157,6 +157,7 @@ describe('a bad start recovers', { skip }, () => {
     await a.waitForOutput(/^published from-a$/m);
     await onB.waitFor(3);
     assert.deepEqual(onB.messages.slice(1), [h.frame('from-b'), h.frame('from-a')]);
+    await c.waitFor(5);
     assert.equal(c.messages.length, 5);
     assert.equal(c.messages[4], h.frame('from-a'));
     assert.equal((await h.httpGet(port, '/ready')).body.bus, 'redis');

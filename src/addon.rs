@@ -336,6 +336,9 @@ pub struct NativeServerOptions {
     pub port: u32,
     pub path: String,
     pub jwt_secret: String,
+    pub jwt_audience: Option<String>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_require_exp: Option<bool>,
     pub max_message_bytes: Option<u32>,
     pub handshake_timeout_ms: Option<u32>,
     /// 0 turns heartbeats off.
@@ -461,6 +464,11 @@ pub async fn start_server(
         config.pong_timeout = Duration::from_millis(ms as u64);
     }
     config.allowed_origins = options.allowed_origins;
+    config.jwt_checks = crate::auth::TokenChecks {
+        audience: options.jwt_audience,
+        issuer: options.jwt_issuer,
+        require_exp: options.jwt_require_exp.unwrap_or(false),
+    };
     if let Some(n) = options.max_connections {
         config.max_connections = Some(n as usize);
     }

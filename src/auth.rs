@@ -24,16 +24,34 @@ pub enum AuthError {
     Expired,
     NotYetValid,
     AlgorithmNotAllowed,
+    AudienceInvalid,
+    IssuerInvalid,
+    ExpRequired,
+}
+
+/// Optional checks beyond the signature and `exp`/`nbf` (`jwtAudience`, `jwtIssuer`,
+/// `jwtRequireExp`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenChecks {
+    /// `aud` must be (or contain) this.
+    pub audience: Option<String>,
+    /// `iss` must be this.
+    pub issuer: Option<String>,
+    /// A token without `exp` (one that never expires) is refused.
+    pub require_exp: bool,
 }
 
 impl AuthError {
-    pub const ALL: [AuthError; 6] = [
+    pub const ALL: [AuthError; 9] = [
         AuthError::Missing,
         AuthError::Malformed,
         AuthError::BadSignature,
         AuthError::Expired,
         AuthError::NotYetValid,
         AuthError::AlgorithmNotAllowed,
+        AuthError::AudienceInvalid,
+        AuthError::IssuerInvalid,
+        AuthError::ExpRequired,
     ];
 
     pub fn code(self) -> &'static str {
@@ -44,6 +62,9 @@ impl AuthError {
             AuthError::Expired => "TOKEN_EXPIRED",
             AuthError::NotYetValid => "TOKEN_NOT_YET_VALID",
             AuthError::AlgorithmNotAllowed => "TOKEN_ALGORITHM_NOT_ALLOWED",
+            AuthError::AudienceInvalid => "TOKEN_AUDIENCE_INVALID",
+            AuthError::IssuerInvalid => "TOKEN_ISSUER_INVALID",
+            AuthError::ExpRequired => "TOKEN_EXP_REQUIRED",
         }
     }
 
@@ -57,6 +78,15 @@ impl AuthError {
             AuthError::Expired => "Invalid token: expired",
             AuthError::NotYetValid => "Invalid token: not valid yet (nbf)",
             AuthError::AlgorithmNotAllowed => "Invalid token: only HS256 is accepted",
+            AuthError::AudienceInvalid => {
+                "Invalid token: its aud is not this service's (jwtAudience)"
+            }
+            AuthError::IssuerInvalid => {
+                "Invalid token: its iss is not the expected issuer (jwtIssuer)"
+            }
+            AuthError::ExpRequired => {
+                "Invalid token: it has no exp, and tokens must expire (jwtRequireExp)"
+            }
         }
     }
 }
@@ -68,13 +98,25 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(secret: &str, leeway: Duration) -> Self {
+    pub fn new(secret: &str, leeway: Duration, checks: &TokenChecks) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.required_spec_claims.clear();
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.validate_aud = false;
+        if let Some(audience) = &checks.audience {
+            validation.set_audience(&[audience]);
+            validation.validate_aud = true;
+            validation.required_spec_claims.insert("aud".into());
+        }
+        if let Some(issuer) = &checks.issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        if checks.require_exp {
+            validation.required_spec_claims.insert("exp".into());
+        }
         validation.leeway = leeway.as_secs();
         Self { key: DecodingKey::from_secret(secret.as_bytes()), validation }
     }
@@ -96,6 +138,14 @@ impl Authenticator {
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
+                ErrorKind::InvalidAudience => AuthError::AudienceInvalid,
+                ErrorKind::InvalidIssuer => AuthError::IssuerInvalid,
+                ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+                    "exp" => AuthError::ExpRequired,
+                    "aud" => AuthError::AudienceInvalid,
+                    "iss" => AuthError::IssuerInvalid,
+                    _ => AuthError::Malformed,
+                },
                 _ => AuthError::Malformed,
             })
     }
@@ -177,7 +227,7 @@ mod tests {
     }
 
     fn auth() -> Authenticator {
-        Authenticator::new(SECRET, Duration::from_secs(5))
+        Authenticator::new(SECRET, Duration::from_secs(5), &TokenChecks::default())
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct ServerConfig {
     pub jwt_secret: String,
     /// Clock skew tolerated on `exp` and `nbf`.
     pub jwt_leeway: Duration,
+    /// Optional audience, issuer and exp checks of every token (at connect and on refresh).
+    pub jwt_checks: crate::auth::TokenChecks,
     /// Largest inbound message (clients only send small control messages). Larger: close 1009.
     pub max_message_bytes: usize,
     /// Time a client has to send its HTTP upgrade request (and `validateUser` to answer).
@@ -71,6 +73,7 @@ impl ServerConfig {
             path: DEFAULT_PATH.to_string(),
             jwt_secret: jwt_secret.into(),
             jwt_leeway: Duration::from_secs(5),
+            jwt_checks: crate::auth::TokenChecks::default(),
             max_message_bytes: 16 * 1024,
             handshake_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),

@@ -42,6 +42,7 @@ mod server;
 #[cfg(feature = "node")]
 mod addon;
 
+pub use auth::TokenChecks;
 pub use bus::{Bus, Mode};
 pub use config::{BusConfig, ServerConfig};
 pub use error::{codes, Error, Result};

@@ -180,7 +180,7 @@ impl Server {
             handshakes: AtomicUsize::new(0),
             limits,
             slots: AtomicUsize::new(0),
-            auth: Authenticator::new(&config.jwt_secret, config.jwt_leeway),
+            auth: Authenticator::new(&config.jwt_secret, config.jwt_leeway, &config.jwt_checks),
             config,
             bus,
             validator,
