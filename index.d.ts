@@ -81,6 +81,19 @@ export interface ServerOptions {
    */
   allowedOrigins?: string[];
   /**
+   * Host names the operations endpoints (`/health`, `/ready`, `/metrics`, `/stats`, the dashboard)
+   * answer to, beyond IP literals, `localhost` and single-label names: exact (`'realtime.internal'`),
+   * a suffix (`'.svc.cluster.local'`) or `'*'` (any). Another `Host` gets 403 `HOST_NOT_ALLOWED`
+   * (a page on a rebinding DNS name cannot read them). `REALTIME_ALLOWED_HOSTS` (comma-separated).
+   */
+  allowedHosts?: string[];
+  /**
+   * When set (16 characters or more), the operations endpoints need it, whatever the `Host`:
+   * `Authorization: Bearer <opsToken>` or `?ops_token=` (the dashboard passes its own on);
+   * else 401 `OPS_TOKEN_REQUIRED`. `REALTIME_OPS_TOKEN`.
+   */
+  opsToken?: string;
+  /**
    * Most connections at once in this server, counted from accept (503 beyond); 0: no limit but
    * the open-file bound. `REALTIME_MAX_CONNECTIONS`; default: the open-file limit minus headroom.
    */

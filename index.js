@@ -226,7 +226,7 @@ function busOptionsFrom(options, env) {
 
 const SERVER_OPTIONS = new Set([
   'port', 'host', 'path', 'jwtSecret', 'jwtAudience', 'jwtIssuer', 'jwtRequireExp', 'redisUrl', 'redisTls', 'channel', 'redisRequired', 'validateUser',
-  'maxMessageBytes', 'handshakeTimeoutMs', 'pingIntervalMs', 'pongTimeoutMs', 'allowedOrigins',
+  'maxMessageBytes', 'handshakeTimeoutMs', 'pingIntervalMs', 'pongTimeoutMs', 'allowedOrigins', 'allowedHosts', 'opsToken',
   'maxConnections', 'maxConnectionsPerIp', 'maxHandshakes', 'maxHandshakesPerIp', 'headTimeoutMs', 'maxSubscriptions', 'messagesPerSecond', 'messageBurst',
   'historySize', 'historyTtlMs', 'dashboard', 'drainMs',
 ]);
@@ -317,6 +317,22 @@ function originsOption(options, env) {
   return origins;
 }
 
+/** allowedHosts / REALTIME_ALLOWED_HOSTS and opsToken / REALTIME_OPS_TOKEN: who may read /health, /metrics, /stats, /. */
+function opsOptions(options, env) {
+  let hosts = options.allowedHosts;
+  if (hosts == null && env.REALTIME_ALLOWED_HOSTS) {
+    hosts = env.REALTIME_ALLOWED_HOSTS.split(',').map((o) => o.trim()).filter(Boolean);
+  }
+  if (hosts != null && (!Array.isArray(hosts) || !hosts.every((o) => typeof o === 'string' && /^(\*|\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?)$/i.test(o)))) {
+    throw makeError('ERR_INVALID_OPTION', 'allowedHosts must be an array of host names (no port): "realtime.internal", ".svc.cluster.local" (a suffix) or "*" (any)');
+  }
+  const opsToken = options.opsToken ?? (env.REALTIME_OPS_TOKEN || undefined);
+  if (opsToken != null && (typeof opsToken !== 'string' || opsToken.length < 16)) {
+    throw makeError('ERR_INVALID_OPTION', 'opsToken must be a string of at least 16 characters');
+  }
+  return { allowedHosts: hosts ?? undefined, opsToken: opsToken ?? undefined };
+}
+
 const MAX_U32 = 0xffffffff;
 
 /** drainMs: an integer of milliseconds, from an option or a REALTIME_DRAIN_MS-style string. */
@@ -399,6 +415,7 @@ function resolveServerOptions(options, env = process.env) {
       jwtRequireExp,
       ...numeric,
       allowedOrigins: originsOption(options, env),
+      ...opsOptions(options, env),
       dashboard: resolveDashboard(options, env),
       bus: busOptionsFrom(options, env),
     },

@@ -99,7 +99,7 @@ describe('hardening: audience, issuer and exp checks (item 7)', () => {
 });
 
 describe('hardening: the operations endpoints and the Host header (item 7)', () => {
-  test('by default /stats, /metrics, /health and / answer 403 HOST_NOT_ALLOWED to a foreign Host, and serve IP hosts and localhost', { todo: 'issue 10 item 7: not implemented yet (Host allow-list / opsToken for the operations endpoints)' }, () =>
+  test('by default /stats, /metrics, /health and / answer 403 HOST_NOT_ALLOWED to a foreign Host, and serve IP hosts and localhost', () =>
     k.withServer({}, async (server) => {
       for (const p of ['/stats', '/metrics', '/health', '/']) {
         const r = await h.httpGet(server.port, p, { Host: `rebound.example:${server.port}` });
@@ -111,17 +111,23 @@ describe('hardening: the operations endpoints and the Host header (item 7)', () 
       }
     }));
 
-  test('allowedHosts adds names; with opsToken, the endpoints need it (401 without) whatever the Host', { todo: 'issue 10 item 7: not implemented yet (Host allow-list / opsToken for the operations endpoints)' }, async () => {
+  test('allowedHosts adds names; with opsToken, the endpoints need it (401 without) whatever the Host', async () => {
     await k.withServer({ allowedHosts: ['realtime.internal'] }, async (server) => {
       assert.equal((await h.httpGet(server.port, '/stats', { Host: 'realtime.internal:3006' })).status, 200);
       assert.equal((await h.httpGet(server.port, '/stats', { Host: 'other.internal' })).status, 403);
     });
-    await k.withServer({ opsToken: 'ops-secret' }, async (server) => {
+    await k.withServer({ opsToken: 'ops-secret-0123456789' }, async (server) => {
       const none = await h.httpGet(server.port, '/metrics', { Host: `127.0.0.1:${server.port}` });
       assert.equal(none.status, 401);
       assert.equal(none.body?.code, 'OPS_TOKEN_REQUIRED');
-      const ok = await h.httpGet(server.port, '/metrics', { Host: 'anything.example', Authorization: 'Bearer ops-secret' });
+      const ok = await h.httpGet(server.port, '/metrics', { Host: 'anything.example', Authorization: 'Bearer ops-secret-0123456789' });
       assert.equal(ok.status, 200);
+      // The dashboard's own fetches carry the page's ?ops_token= on; a wrong token is refused.
+      assert.equal((await h.httpGet(server.port, '/stats?ops_token=ops-secret-0123456789', { Host: 'x.example' })).status, 200);
+      assert.equal((await h.httpGet(server.port, '/stats?ops_token=ops-secret-0123456780')).status, 401);
+      // The WebSocket path is not an operations endpoint: clients connect as before.
+      const c = await h.connectReady(h.wsUrl(server));
+      await c.close();
     });
   });
 });

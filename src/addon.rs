@@ -345,6 +345,8 @@ pub struct NativeServerOptions {
     pub ping_interval_ms: Option<u32>,
     pub pong_timeout_ms: Option<u32>,
     pub allowed_origins: Option<Vec<String>>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub ops_token: Option<String>,
     pub max_connections: Option<u32>,
     pub max_connections_per_ip: Option<u32>,
     pub max_handshakes: Option<u32>,
@@ -464,6 +466,8 @@ pub async fn start_server(
         config.pong_timeout = Duration::from_millis(ms as u64);
     }
     config.allowed_origins = options.allowed_origins;
+    config.allowed_hosts = options.allowed_hosts.unwrap_or_default();
+    config.ops_token = options.ops_token;
     config.jwt_checks = crate::auth::TokenChecks {
         audience: options.jwt_audience,
         issuer: options.jwt_issuer,

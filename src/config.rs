@@ -37,6 +37,13 @@ pub struct ServerConfig {
     /// Browser origins allowed to connect (`scheme://host[:port]`); `None`: any, an empty list:
     /// none. Requests without an `Origin` header (servers, CLIs) are judged by their token alone.
     pub allowed_origins: Option<Vec<String>>,
+    /// Host names (beyond IP literals, `localhost` and single-label names) the operations
+    /// endpoints answer to: exact (`realtime.internal`), a suffix (`.svc.cluster.local`) or `*`
+    /// (any). Another `Host` gets 403, so a page on a rebinding DNS name cannot read them.
+    pub allowed_hosts: Vec<String>,
+    /// When set, the operations endpoints need it (`Authorization: Bearer …` or `?ops_token=`),
+    /// whatever the `Host`; without it: 401.
+    pub ops_token: Option<String>,
     /// Most connections at once in this server, counted from `accept` (handshakes included);
     /// `None`: the open-file limit minus headroom (see [`Limits`]); `Some(0)`: no limit (the
     /// open-file bound still applies). Over it: HTTP 503.
@@ -81,6 +88,8 @@ impl ServerConfig {
             ping_interval: Some(Duration::from_secs(25)),
             pong_timeout: Duration::from_secs(10),
             allowed_origins: None,
+            allowed_hosts: Vec::new(),
+            ops_token: None,
             max_connections: None,
             max_connections_per_ip: None,
             max_handshakes: None,

@@ -353,6 +353,13 @@ refusals! {
         "?since= must be an offset as received, e.g. 1732590000000-5";
     /// The browser's `Origin` is not in `allowedOrigins`.
     OriginNotAllowed => 403, "ORIGIN_NOT_ALLOWED", "This Origin may not connect (see allowedOrigins)";
+    /// An operations endpoint asked for under a `Host` that is not this server's (DNS
+    /// rebinding): not an IP, `localhost`, a single-label name or in `allowedHosts`.
+    HostNotAllowed => 403, "HOST_NOT_ALLOWED",
+        "This Host may not read the operations endpoints (see allowedHosts, opsToken)";
+    /// `opsToken` is set and the request to an operations endpoint does not carry it.
+    OpsTokenRequired => 401, "OPS_TOKEN_REQUIRED",
+        "The operations endpoints need the opsToken: Authorization: Bearer <opsToken>";
     /// `validateUser` said no, threw or rejected.
     UserRejected => 403, "USER_REJECTED", "User is not allowed to connect";
     /// Another path than the WebSocket path (and not an operations endpoint).

@@ -689,8 +689,11 @@ async fn admit(stream: &mut TcpStream, shared: &Arc<Shared>) -> Result<Admitted,
             HeadError::TooLarge => Refused::HeadersTooLarge.into(),
         })?,
     };
-    if let Some(response) = endpoints::answer(&head, config, || shared.snapshot()) {
-        return Err(NotUpgraded::Answered(response));
+    if let Some(answer) = endpoints::answer(&head, config, || shared.snapshot()) {
+        return Err(match answer {
+            Ok(response) => NotUpgraded::Answered(response),
+            Err(refused) => refused.into(),
+        });
     }
     if shared.ops.drain.is_draining() {
         return Err(Refused::Draining.into());
