@@ -776,8 +776,10 @@ function subscribeToParcelEvents(callback) {
   const sub = { callback };
   subscribers.add(sub);
   if (subscribers.size === 1) native.setEventSink(dispatch);
-  // In memory mode nothing can arrive from outside: the subscription does not hold the process.
-  const keepsAlive = native.busInfo().mode !== 'memory';
+  // Without Redis nothing can arrive from outside: the subscription does not hold the process.
+  // (Decided by the configuration, not the mode of the moment: a bus still connecting, or one
+  // that fell back to memory and retries, will carry other processes' events.)
+  const keepsAlive = native.busInfo().redisConfigured;
   if (keepsAlive) hold();
   let active = true;
   return function unsubscribe() {

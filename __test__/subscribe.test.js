@@ -179,26 +179,6 @@ describe('process lifetime', () => {
     assert.match(p.out(), /^\{"type":"parcel_updated","parcel_id":"round-trip","offset":"\d+-1"\}\n$/);
   });
 
-  test('an active subscription keeps the process alive until unsubscribe', async () => {
-    // Nothing but the subscription holds this process (a signal handler does not).
-    const p = run(`
-      const rt = require(${PKG});
-      const unsubscribe = rt.subscribeToParcelEvents((event) => {
-        console.log('got ' + event.parcel_id);
-        unsubscribe();
-      });
-      process.on('SIGUSR2', () => rt.publishParcelUpdate('on-signal'));
-      console.log('ready');
-    `);
-    await p.waitForOutput(/^ready\n/);
-    await h.delay(300);
-    assert.equal(p.exitInfo, null, `exited while subscribed: ${p.err()}`);
-    p.child.kill('SIGUSR2');
-    const exit = await p.waitForExit(8000);
-    assert.deepEqual(exit, { code: 0, signal: null }, p.err());
-    assert.equal(p.out(), 'ready\ngot on-signal\n');
-  });
-
   test('a process that starts a server and closes it exits by itself', async () => {
     const p = run(`
       const rt = require(${PKG});

@@ -194,15 +194,19 @@ pub struct BusInfo {
     /// "memory", "redis", or "starting" (connecting to Redis), or "none" (no bus yet).
     pub mode: String,
     pub redis_connected: bool,
+    /// A Redis URL is configured: events may come from other processes (now or once Redis
+    /// answers), whatever the mode is at the moment.
+    pub redis_configured: bool,
 }
 
 #[napi(catch_unwind)]
 pub fn bus_info() -> BusInfo {
     match &global().bus {
-        None => BusInfo { mode: "none".into(), redis_connected: false },
+        None => BusInfo { mode: "none".into(), redis_connected: false, redis_configured: false },
         Some(bus) => BusInfo {
             mode: bus.mode().map_or("starting", |m| m.as_str()).into(),
             redis_connected: bus.redis_connected(),
+            redis_configured: bus.config().redis_url.is_some(),
         },
     }
 }
