@@ -96,7 +96,9 @@ describe('hardening: a slow replayer (item 1)', () => {
         await h.waitUntil(() => by.arrived.size >= 3000 || Date.now() > deadline, 'the bystander has every live event', 30_000);
         const { worst, missing } = worstDelay(sent, by.arrived, Date.now());
         assert.equal(missing, 0, 'the bystander received every live event');
-        assert.ok(worst < 3000, `the bystander's worst delay was ${worst} ms`);
+        // Wide, for a loaded machine: the fix holds it about stall_timeout (500 ms); unfixed, the
+        // dispatch froze for 21 s and publishing stopped (the count above).
+        assert.ok(worst < 10_000, `the bystander's worst delay was ${worst} ms`);
         // The attacker was cut (1013, too slow), and only the bystander is left.
         await h.waitUntil(() => server.stats().connections.closed.too_slow >= 1, 'the slow replayer is cut', 15_000);
         await h.waitUntil(() => server.clientCount === 1, 'only the bystander is left', 15_000);
