@@ -58,7 +58,7 @@ describe('redis bus', { skip }, () => {
 
   test('with redisUrl set, busMode is "redis"', () => {
     assert.equal(server.busMode, 'redis');
-    assert.deepEqual(rt._busInfo(), { mode: 'redis', redisConnected: true });
+    assert.deepEqual(rt._busInfo(), { mode: 'redis', redisConnected: true, redisConfigured: true });
   });
 
   test('an event PUBLISHed with redis-cli reaches WebSocket clients', async () => {
