@@ -1,21 +1,19 @@
-// Shared helpers for the node:test suites. Real parts only: npm `ws` clients, npm `jsonwebtoken`
-// tokens, a private `redis-server`, child Node processes.
+// Helpers for the node:test suites: npm `ws` clients and HTTP refusals, child Node processes
+// running this package, the drain assertions. Ports, processes, redis-server, tokens and waiting
+// come from the kit the benchmark shares (test-kit/), re-exported here.
 'use strict';
 
 const assert = require('node:assert/strict');
-const { spawn, spawnSync } = require('node:child_process');
 const http = require('node:http');
-const fs = require('node:fs');
-const net = require('node:net');
 const path = require('node:path');
 
 const WebSocket = require('ws');
-const jwt = require('jsonwebtoken');
 
+const kit = require('../test-kit');
+
+const { SECRET, DEFAULT_TIMEOUT, sign, delay, withTimeout, waitUntil } = kit;
 const PKG = path.resolve(__dirname, '..');
-const SECRET = 'test-secret-for-realtime-events';
 const WELCOME = '{"type":"connected","message":"WebSocket connection established"}';
-const DEFAULT_TIMEOUT = 5000;
 
 /** A frame without its trailing `"offset":"<ms>-<seq>"` field (the engine always puts it last). */
 function withoutOffset(frame) {
@@ -25,35 +23,6 @@ function withoutOffset(frame) {
 /** The exact frame the engine sends for a parcel id (without its offset). */
 function frame(parcelId) {
   return `{"type":"parcel_updated","parcel_id":${JSON.stringify(parcelId)}}`;
-}
-
-/** An HS256 token signed like the Auth module signs it (npm jsonwebtoken). */
-function sign(claims = { sub: 'user-1' }, options = {}, secret = SECRET) {
-  return jwt.sign(claims, secret, { algorithm: 'HS256', ...options });
-}
-
-function delay(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Runs `promise` with a deadline; rejects with a message naming what was awaited. */
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** Polls `check()` until it returns a truthy value; fails loudly with `what` after `ms`. */
-async function waitUntil(check, what, ms = DEFAULT_TIMEOUT, every = 20) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting until ${what}`);
-    await delay(every);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -257,66 +226,7 @@ function httpGet(port, p, headers = {}, method = 'GET') {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Ports and processes
-
-/** The kernel's ephemeral range (where outgoing connections take their local ports). */
-function ephemeralRange() {
-  try {
-    const [lo, hi] = fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
-    if (lo > 0 && hi >= lo) return [lo, hi];
-  } catch {}
-  return [32768, 60999];
-}
-
-function canListen(port, host) {
-  return new Promise((resolve) => {
-    const srv = net.createServer();
-    srv.once('error', () => resolve(false));
-    srv.listen({ port, host, exclusive: true }, () => srv.close(() => resolve(true)));
-  });
-}
-
-const handedOut = new Set();
-
-/**
- * A port that is free right now, for servers that must listen on a port chosen in advance (child
- * processes, restarts on the same port). It is taken below the ephemeral range, so that no
- * outgoing connection can grab it between now and the moment the server binds it.
- */
-async function freePort() {
-  const [lo] = ephemeralRange();
-  const min = 10_000;
-  const max = Math.max(min + 1000, lo - 1);
-  for (let attempt = 0; attempt < 200; attempt++) {
-    const port = min + Math.floor(Math.random() * (max - min));
-    if (handedOut.has(port)) continue;
-    if ((await canListen(port, '0.0.0.0')) && (await canListen(port, '127.0.0.1'))) {
-      handedOut.add(port);
-      return port;
-    }
-  }
-  throw new Error('no free port found');
-}
-
-const children = new Set();
-process.on('exit', () => {
-  for (const child of children) {
-    try {
-      killTree(child, 'SIGKILL');
-    } catch {}
-  }
-});
-
-/** Kills a child, or its whole process group when it was spawned with `group: true`. */
-function killTree(child, signal) {
-  if (child.groupLeader) {
-    try {
-      process.kill(-child.pid, signal);
-      return;
-    } catch {}
-  }
-  child.kill(signal);
-}
+// Processes (the kit's, started clean in the package folder)
 
 /** process.env without the variables the package reads, so that children start clean. */
 function cleanEnv(extra = {}) {
@@ -336,104 +246,11 @@ function cleanEnv(extra = {}) {
 }
 
 /**
- * Spawns a child process and records its output.
- * Returns {child, out(), err(), waitForOutput(regex), exited, kill(signal), write(line)}.
- */
-/**
- * A child process with its output captured. `group: true` makes it lead a process group of its
- * own, which stop() and the cleanup kill whole (for a child that spawns others, such as npm);
- * `child.kill()` still signals the child alone.
+ * A child process with its output captured (see test-kit/proc.js): `group: true` makes it lead
+ * a process group of its own, which stop() and the cleanup kill whole.
  */
 function spawnProcess(command, args, { env = cleanEnv(), cwd = PKG, group = false } = {}) {
-  const child = spawn(command, args, { env, cwd, stdio: ['pipe', 'pipe', 'pipe'], detached: group });
-  child.groupLeader = group;
-  children.add(child);
-  let stdout = '';
-  let stderr = '';
-  const waiters = new Set();
-  const notify = () => {
-    for (const w of [...waiters]) w();
-  };
-  child.stdout.on('data', (d) => {
-    stdout += d.toString('utf8');
-    notify();
-  });
-  child.stderr.on('data', (d) => {
-    stderr += d.toString('utf8');
-    notify();
-  });
-  let exitInfo = null;
-  const exited = new Promise((resolve) => {
-    child.on('close', (code, signal) => {
-      children.delete(child);
-      exitInfo = { code, signal };
-      resolve(exitInfo);
-      notify();
-    });
-  });
-  child.on('error', (err) => {
-    stderr += `\n[spawn error] ${err.message}`;
-  });
-  child.stdin.on('error', () => {});
-  const proc = {
-    child,
-    pid: child.pid,
-    exited,
-    out: () => stdout,
-    err: () => stderr,
-    get exitInfo() {
-      return exitInfo;
-    },
-    /** Resolves with the regex match once stdout (or `stream`) matches; fails loudly. */
-    waitForOutput(regex, { stream = 'stdout', ms = DEFAULT_TIMEOUT } = {}) {
-      return new Promise((resolve, reject) => {
-        const check = () => {
-          const text = stream === 'stdout' ? stdout : stderr;
-          const m = regex.exec(text);
-          if (m) {
-            done();
-            resolve(m);
-          } else if (exitInfo) {
-            done();
-            reject(new Error(`process exited (${JSON.stringify(exitInfo)}) before ${stream} matched ${regex}\n` +
-              `stdout: ${stdout}\nstderr: ${stderr}`));
-          }
-        };
-        const timer = setTimeout(() => {
-          done();
-          reject(new Error(`timed out after ${ms} ms waiting for ${stream} to match ${regex}\n` +
-            `stdout: ${stdout}\nstderr: ${stderr}`));
-        }, ms);
-        const done = () => {
-          clearTimeout(timer);
-          waiters.delete(check);
-        };
-        waiters.add(check);
-        check();
-      });
-    },
-    /** Waits for the exit; fails loudly (and kills) after `ms`. */
-    async waitForExit(ms = DEFAULT_TIMEOUT) {
-      try {
-        return await withTimeout(exited, ms, `process ${child.pid} to exit by itself`);
-      } catch (err) {
-        killTree(child, 'SIGKILL');
-        throw new Error(`${err.message}\nstdout: ${stdout}\nstderr: ${stderr}`);
-      }
-    },
-    write(line) {
-      child.stdin.write(`${line}\n`);
-    },
-    /** Kills (SIGKILL unless told) and waits for the exit. */
-    async stop(signal = 'SIGKILL') {
-      if (!exitInfo) {
-        killTree(child, signal);
-        await exited;
-      }
-      return exitInfo;
-    },
-  };
-  return proc;
+  return kit.spawnProcess(command, args, { env, cwd, group });
 }
 
 /** Runs `node -e script` (the script can require the package as PKG). */
@@ -478,72 +295,6 @@ function spawnServer(options = {}, spawnOptions) {
   `, spawnOptions);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Redis
-
-function redisInstalled() {
-  return ['redis-server', 'redis-cli'].every((cmd) => {
-    const r = spawnSync(cmd, ['--version'], { encoding: 'utf8' });
-    return !r.error && r.status === 0;
-  });
-}
-
-/**
- * The `skip` option for Redis tests: a reason when redis-server is missing, unless
- * REQUIRE_REDIS=1, in which case the tests run (and fail).
- */
-function redisSkipReason() {
-  if (redisInstalled()) return false;
-  if (process.env.REQUIRE_REDIS === '1') return false;
-  return 'redis-server/redis-cli are not installed (set REQUIRE_REDIS=1 to make this a failure)';
-}
-
-function redisCli(port, args) {
-  const r = spawnSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { encoding: 'utf8', timeout: 5000 });
-  if (r.error) throw r.error;
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-/**
- * Starts a private redis-server on a free loopback port and waits until it answers PING.
- * Returns {url, port, stop(), kill(signal), restart()}.
- */
-async function startRedis() {
-  if (!redisInstalled()) throw new Error('redis-server or redis-cli is not installed (REQUIRE_REDIS=1)');
-  const port = await freePort();
-  let proc = null;
-  const launch = async () => {
-    proc = spawnProcess('redis-server', [
-      '--port', String(port), '--save', '', '--appendonly', 'no', '--bind', '127.0.0.1',
-    ]);
-    await waitUntil(() => {
-      if (proc.exitInfo) throw new Error(`redis-server exited: ${proc.out()} ${proc.err()}`);
-      const r = redisCli(port, ['PING']);
-      return r.status === 0 && r.stdout.trim() === 'PONG';
-    }, `redis-server on port ${port} answers PING`, 10_000, 50);
-  };
-  await launch();
-  return {
-    port,
-    url: `redis://127.0.0.1:${port}`,
-    get pid() {
-      return proc.pid;
-    },
-    /** Sends `signal` and waits for the process to be gone. */
-    async kill(signal = 'SIGKILL') {
-      await proc.stop(signal);
-    },
-    async stop() {
-      await proc.stop('SIGTERM');
-    },
-    /** Starts it again on the same port (after kill/stop). */
-    async restart() {
-      if (!proc.exitInfo) await proc.stop('SIGKILL');
-      await launch();
-    },
-  };
-}
-
 /**
  * Serves an Express `app` on a free loopback port: `{ post(path) → status, close() }` (close
  * cuts keep-alive connections).
@@ -585,15 +336,15 @@ module.exports = {
   refusal,
   expectRefusal,
   httpGet,
-  freePort,
+  freePort: kit.freePort,
   cleanEnv,
   spawnProcess,
   spawnNodeScript,
   spawnServer,
-  redisInstalled,
-  redisSkipReason,
-  redisCli,
-  startRedis,
+  redisInstalled: kit.redisInstalled,
+  redisSkipReason: kit.redisSkipReason,
+  redisCli: kit.redisCli,
+  startRedis: () => kit.startRedis(),
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -628,11 +379,6 @@ async function withEnv(vars, fn) {
       else process.env[k] = v;
     }
   }
-}
-
-/** Seconds since the epoch, as JWT `exp` counts them. */
-function nowSeconds() {
-  return Math.floor(Date.now() / 1000);
 }
 
 /**
@@ -760,5 +506,5 @@ function assertMovedWithoutLoss({ prefix, published, movers, moved, resumers, ba
 
 Object.assign(module.exports, {
   lastOffset, resumeOnClose, eventIds, moveOnNotice, publishContinuously, assertMovedWithoutLoss,
-  dataFrame, expectClose, withEnv, nowSeconds, connectProtocols, refusalProtocols, assertRefusal,
+  dataFrame, expectClose, withEnv, nowSeconds: kit.nowSeconds, connectProtocols, refusalProtocols, assertRefusal,
 });
