@@ -70,33 +70,17 @@ class Client {
   /** Resolves with all messages once at least `n` arrived; fails loudly after `ms`. */
   waitFor(n, ms = DEFAULT_TIMEOUT) {
     if (this.messages.length >= n) return Promise.resolve(this.messages);
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        if (this.messages.length >= n) {
-          done();
-          resolve(this.messages);
-        } else if (this.closeInfo) {
-          done();
-          reject(new Error(
-            `connection closed (${this.closeInfo.code} ${this.closeInfo.reason}) after ` +
-              `${this.messages.length} of ${n} messages: ${JSON.stringify(this.messages.slice(-3))}`,
-          ));
-        }
-      };
-      const timer = setTimeout(() => {
-        done();
-        reject(new Error(
-          `timed out after ${ms} ms: got ${this.messages.length} of ${n} messages; last: ` +
-            JSON.stringify(this.messages.slice(-3)),
-        ));
-      }, ms);
-      const done = () => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-      };
-      this.waiters.add(check);
-      check();
-    });
+    return kit.whenNotified(this.waiters, () => {
+      if (this.messages.length >= n) return this.messages;
+      if (this.closeInfo) {
+        throw new Error(
+          `connection closed (${this.closeInfo.code} ${this.closeInfo.reason}) after ` +
+            `${this.messages.length} of ${n} messages: ${JSON.stringify(this.messages.slice(-3))}`,
+        );
+      }
+      return undefined;
+    }, ms, () => `timed out after ${ms} ms: got ${this.messages.length} of ${n} messages; last: ` +
+      JSON.stringify(this.messages.slice(-3)));
   }
 
   /** The next frame not consumed yet. */

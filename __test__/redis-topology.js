@@ -11,6 +11,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 
+const kit = require('../test-kit');
 const h = require('./helpers');
 
 const NO_PERSISTENCE = ['--save', '', '--appendonly', 'no', '--bind', '127.0.0.1'];
@@ -86,30 +87,16 @@ function tlsCli(port, certs, args) {
 async function startNode(args, { cli = (port, a) => h.redisCli(port, a), port, dir } = {}) {
   port = port ?? (await h.freePort());
   dir = dir ?? tempDir(`node-${port}`);
-  let proc;
-  const launch = async () => {
-    proc = h.spawnProcess('redis-server', ['--port', String(port), '--dir', dir, ...NO_PERSISTENCE, ...args]);
-    await h.waitUntil(() => {
-      if (proc.exitInfo) throw new Error(`redis-server exited: ${proc.out()} ${proc.err()}`);
+  const node = await kit.startRedis({
+    port,
+    args: ['--dir', dir, ...args],
+    ready: () => {
       const r = cli(port, ['PING']);
       return r.status === 0 && /PONG|NOAUTH/.test(r.stdout);
-    }, `redis-server on port ${port} answers PING`, 10_000, 50);
-  };
-  await launch();
-  return {
-    port,
-    dir,
-    get proc() {
-      return proc;
     },
-    async kill(signal = 'SIGKILL') {
-      await proc.stop(signal);
-    },
-    async restart() {
-      if (!proc.exitInfo) await proc.stop('SIGKILL');
-      await launch();
-    },
-  };
+  });
+  node.dir = dir;
+  return node;
 }
 
 /**

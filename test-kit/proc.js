@@ -9,7 +9,7 @@ const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
 
-const { DEFAULT_TIMEOUT, withTimeout } = require('./wait');
+const { DEFAULT_TIMEOUT, withTimeout, whenNotified } = require('./wait');
 
 let verbose = false;
 /** Echo every child's output to stderr, prefixed with its name. */
@@ -131,30 +131,15 @@ class Child {
 
   /** Resolves with the regex match once stdout (or `stream`) matches; fails loudly. */
   waitForOutput(regex, { stream = 'stdout', ms = DEFAULT_TIMEOUT } = {}) {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        const m = regex.exec(stream === 'stdout' ? this.stdout : this.stderr);
-        if (m) {
-          done();
-          resolve(m);
-        } else if (this.exitInfo) {
-          done();
-          reject(new Error(`process exited (${JSON.stringify(this.exitInfo)}) before ${stream} matched ${regex}\n` +
-            `stdout: ${this.stdout}\nstderr: ${this.stderr}`));
-        }
-      };
-      const timer = setTimeout(() => {
-        done();
-        reject(new Error(`timed out after ${ms} ms waiting for ${stream} to match ${regex}\n` +
-          `stdout: ${this.stdout}\nstderr: ${this.stderr}`));
-      }, ms);
-      const done = () => {
-        clearTimeout(timer);
-        this.textWaiters.delete(check);
-      };
-      this.textWaiters.add(check);
-      check();
-    });
+    const output = () => `stdout: ${this.stdout}\nstderr: ${this.stderr}`;
+    return whenNotified(this.textWaiters, () => {
+      const m = regex.exec(stream === 'stdout' ? this.stdout : this.stderr);
+      if (m) return m;
+      if (this.exitInfo) {
+        throw new Error(`process exited (${JSON.stringify(this.exitInfo)}) before ${stream} matched ${regex}\n${output()}`);
+      }
+      return undefined;
+    }, ms, () => `timed out after ${ms} ms waiting for ${stream} to match ${regex}\n${output()}`);
   }
 
   /** Waits for the exit; fails loudly (and kills) after `ms`. */

@@ -61,13 +61,14 @@ function redisPing(port) {
 }
 
 /**
- * Starts a private redis-server (`bin`, default from PATH) on a free loopback port, with `args`
- * added to its command line, and waits until it answers PING.
- * Returns {url, port, pid, child, stop(), kill(signal), restart()}.
+ * Starts a private redis-server (`bin`, default from PATH) on `port` (default: a free one) on
+ * loopback, without persistence, with `args` added to its command line, and waits until
+ * `ready(port)` (default: it answers PING).
+ * Returns {url, port, pid, child (also as proc), stop(), kill(signal), restart()}.
  */
-async function startRedis({ bin = 'redis-server', args = [] } = {}) {
+async function startRedis({ bin = 'redis-server', args = [], port, ready = redisPing } = {}) {
   if (bin === 'redis-server' && !redisInstalled()) throw new Error('redis-server or redis-cli is not installed (REQUIRE_REDIS=1)');
-  const port = await freePort();
+  port = port ?? (await freePort());
   let child = null;
   const launch = async () => {
     child = new Child('redis', bin, [
@@ -75,7 +76,7 @@ async function startRedis({ bin = 'redis-server', args = [] } = {}) {
     ]);
     await waitUntil(async () => {
       if (child.exitInfo) throw new Error(`redis-server exited: ${child.out()} ${child.err()}`);
-      return redisPing(port);
+      return ready(port);
     }, `redis-server on port ${port} answers PING`, 10_000, 50);
   };
   await launch();
@@ -87,6 +88,9 @@ async function startRedis({ bin = 'redis-server', args = [] } = {}) {
     },
     /** The redis-server process (replaced by restart()). */
     get child() {
+      return child;
+    },
+    get proc() {
       return child;
     },
     /** Sends `signal` and waits for the process to be gone. */

@@ -27,4 +27,38 @@ async function waitUntil(check, what, ms = DEFAULT_TIMEOUT, every = 20) {
   }
 }
 
-module.exports = { DEFAULT_TIMEOUT, delay, withTimeout, waitUntil };
+/**
+ * Resolves with what `test()` returns once it returns something (not undefined), trying now and
+ * each time a function in `waiters` is called (whoever owns the set calls them all when its state
+ * changes); rejects when `test` throws, or after `ms` with the message `timeoutMessage()`.
+ */
+function whenNotified(waiters, test, ms, timeoutMessage) {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      let value;
+      try {
+        value = test();
+      } catch (err) {
+        done();
+        reject(err);
+        return;
+      }
+      if (value !== undefined) {
+        done();
+        resolve(value);
+      }
+    };
+    const timer = setTimeout(() => {
+      done();
+      reject(new Error(timeoutMessage()));
+    }, ms);
+    const done = () => {
+      clearTimeout(timer);
+      waiters.delete(check);
+    };
+    waiters.add(check);
+    check();
+  });
+}
+
+module.exports = { DEFAULT_TIMEOUT, delay, withTimeout, waitUntil, whenNotified };
