@@ -208,15 +208,15 @@ class Child {
    *   graceMs)` sends SIGTERM instead; either way SIGKILL follows after `graceMs` (5000).
    */
   async stop(how = 'SIGKILL', graceMs = 5000) {
-    if (this.exit) {
-      await this.exited;
-      return this.exitInfo;
-    }
     if (typeof how === 'string' && how.startsWith('SIG')) {
-      this.kill(how);
-      await this.exited;
+      // Waits for the output too (the pipes' close), as a test reads it afterwards.
+      if (!this.exitInfo) {
+        this.kill(how);
+        await this.exited;
+      }
       return this.exitInfo;
     }
+    if (this.exit) return this.exit;
     const exited = new Promise((resolve) => this.proc.once('exit', resolve));
     try {
       if (how) this.proc.stdin.write(`${how}\n`);
