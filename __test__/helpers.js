@@ -25,6 +25,11 @@ function frame(parcelId) {
   return `{"type":"parcel_updated","parcel_id":${JSON.stringify(parcelId)}}`;
 }
 
+/** The exact frame the engine sends for a parcel id with publisher data. */
+function dataFrame(parcelId, data) {
+  return `{"type":"parcel_updated","parcel_id":${JSON.stringify(parcelId)},"data":${JSON.stringify(data)}}`;
+}
+
 // ---------------------------------------------------------------------------------------------
 // WebSocket clients
 
@@ -147,10 +152,45 @@ async function connectReady(url, options) {
   return client;
 }
 
+/**
+ * Like `connect`, offering WebSocket subprotocols (as a browser's `new WebSocket(url, protocols)`
+ * does). Resolves with the Client (its `ws.protocol` is the one the server picked).
+ */
+function connectProtocols(url, protocols, options = {}, ms = DEFAULT_TIMEOUT) {
+  return connect(url, options, ms, protocols);
+}
+
 function wsUrl(server, { token = sign(), path: p = '/ws', host = '127.0.0.1' } = {}) {
   const query = token == null ? '' : `?token=${encodeURIComponent(token)}`;
   return `ws://${host}:${server.port ?? server}${p}${query}`;
 }
+
+/** Waits (at most `ms`) for the client to be closed; asserts the code (and reason if given). */
+async function expectClose(client, code, reason, ms = DEFAULT_TIMEOUT) {
+  const info = await withTimeout(client.closed, ms, `close ${code}`);
+  assert.equal(info.code, code, `close code (reason ${JSON.stringify(info.reason)})`);
+  if (reason !== undefined) assert.equal(info.reason, reason);
+  return info;
+}
+
+/** The offset of the last frame a client received that carried one (the welcome included). */
+function lastOffset(client) {
+  for (let i = client.raw.length - 1; i >= 0; i--) {
+    const m = /"offset":"(\d+-\d+)"/.exec(client.raw[i]);
+    if (m) return m[1];
+  }
+  return null;
+}
+
+/** The parcel ids of the parcel_updated frames a client received, in order. */
+function eventIds(client) {
+  return client.messages
+    .filter((m) => typeof m === 'string' && m.startsWith('{"type":"parcel_updated"'))
+    .map((m) => JSON.parse(m).parcel_id);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals and plain HTTP
 
 /**
  * Attempts a WebSocket upgrade that the server is expected to refuse; resolves with
@@ -172,6 +212,11 @@ function refusal(url, options = {}, ms = DEFAULT_TIMEOUT, protocols = undefined)
     });
   });
   return withTimeout(result, ms, `an HTTP refusal from ${url}`);
+}
+
+/** Like `refusal`, offering WebSocket subprotocols. */
+function refusalProtocols(url, protocols, options = {}, ms = DEFAULT_TIMEOUT) {
+  return refusal(url, options, ms, protocols);
 }
 
 /** An HTTP response read whole: {status, headers, body (parsed JSON, or undefined), raw}. */
@@ -198,6 +243,18 @@ async function expectRefusal(url, options, status, code) {
   return assertRefusal(await refusal(url, options), status, code);
 }
 
+/** Asserts a refusal's status and JSON body {error, code}; `r` from refusal/refusalProtocols. */
+function assertRefusal(r, status, code) {
+  assert.equal(r.status, status, `status for ${code}: body ${r.raw}`);
+  assert.match(r.headers['content-type'] ?? '', /^application\/json/);
+  assert.ok(r.body, `body is JSON: ${r.raw}`);
+  assert.deepEqual(Object.keys(r.body).sort(), ['code', 'error']);
+  assert.equal(r.body.code, code);
+  assert.equal(typeof r.body.error, 'string');
+  assert.ok(r.body.error.length > 0);
+  return r;
+}
+
 /** A plain HTTP request (no upgrade); resolves with {status, headers, body, raw}. */
 function httpGet(port, p, headers = {}, method = 'GET') {
   return withTimeout(new Promise((resolve, reject) => {
@@ -207,6 +264,28 @@ function httpGet(port, p, headers = {}, method = 'GET') {
     req.on('error', reject);
     req.end();
   }), DEFAULT_TIMEOUT, `GET ${p}`);
+}
+
+/**
+ * Serves an Express `app` on a free loopback port: `{ post(path) → status, close() }` (close
+ * cuts keep-alive connections).
+ */
+async function serveApp(app) {
+  const server = await new Promise((resolve) => {
+    const s = app.listen(0, '127.0.0.1', () => resolve(s));
+  });
+  const base = `http://127.0.0.1:${server.address().port}`;
+  return {
+    async post(path) {
+      const res = await fetch(`${base}${path}`, { method: 'POST' });
+      await res.text();
+      return res.status;
+    },
+    close() {
+      server.closeAllConnections?.();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -227,6 +306,24 @@ function cleanEnv(extra = {}) {
     else env[k] = String(v);
   }
   return env;
+}
+
+/** Runs `fn` with process.env[k] set (or deleted when undefined), restoring them afterwards. */
+async function withEnv(vars, fn) {
+  const saved = {};
+  for (const [k, v] of Object.entries(vars)) {
+    saved[k] = process.env[k];
+    if (v === undefined) delete process.env[k];
+    else process.env[k] = String(v);
+  }
+  try {
+    return await fn();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
 }
 
 /**
@@ -279,125 +376,8 @@ function spawnServer(options = {}, spawnOptions) {
   `, spawnOptions);
 }
 
-/**
- * Serves an Express `app` on a free loopback port: `{ post(path) → status, close() }` (close
- * cuts keep-alive connections).
- */
-async function serveApp(app) {
-  const server = await new Promise((resolve) => {
-    const s = app.listen(0, '127.0.0.1', () => resolve(s));
-  });
-  const base = `http://127.0.0.1:${server.address().port}`;
-  return {
-    async post(path) {
-      const res = await fetch(`${base}${path}`, { method: 'POST' });
-      await res.text();
-      return res.status;
-    },
-    close() {
-      server.closeAllConnections?.();
-      return new Promise((resolve) => server.close(resolve));
-    },
-  };
-}
-
-module.exports = {
-  serveApp,
-  withoutOffset,
-  PKG,
-  SECRET,
-  WELCOME,
-  DEFAULT_TIMEOUT,
-  frame,
-  sign,
-  delay,
-  withTimeout,
-  waitUntil,
-  Client,
-  connect,
-  connectReady,
-  wsUrl,
-  refusal,
-  expectRefusal,
-  httpGet,
-  freePort: kit.freePort,
-  cleanEnv,
-  spawnProcess,
-  spawnNodeScript,
-  spawnServer,
-  redisInstalled: kit.redisInstalled,
-  redisSkipReason: kit.redisSkipReason,
-  redisCli: kit.redisCli,
-  startRedis: () => kit.startRedis(),
-};
-
 // ---------------------------------------------------------------------------------------------
-// Additions for the heartbeat, refresh, subscription, data, limit and browser suites.
-
-/** The exact frame the engine sends for a parcel id with publisher data. */
-function dataFrame(parcelId, data) {
-  return `{"type":"parcel_updated","parcel_id":${JSON.stringify(parcelId)},"data":${JSON.stringify(data)}}`;
-}
-
-/** Waits (at most `ms`) for the client to be closed; asserts the code (and reason if given). */
-async function expectClose(client, code, reason, ms = DEFAULT_TIMEOUT) {
-  const info = await withTimeout(client.closed, ms, `close ${code}`);
-  assert.equal(info.code, code, `close code (reason ${JSON.stringify(info.reason)})`);
-  if (reason !== undefined) assert.equal(info.reason, reason);
-  return info;
-}
-
-/** Runs `fn` with process.env[k] set (or deleted when undefined), restoring them afterwards. */
-async function withEnv(vars, fn) {
-  const saved = {};
-  for (const [k, v] of Object.entries(vars)) {
-    saved[k] = process.env[k];
-    if (v === undefined) delete process.env[k];
-    else process.env[k] = String(v);
-  }
-  try {
-    return await fn();
-  } finally {
-    for (const [k, v] of Object.entries(saved)) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  }
-}
-
-/**
- * Like `connect`, offering WebSocket subprotocols (as a browser's `new WebSocket(url, protocols)`
- * does). Resolves with the Client (its `ws.protocol` is the one the server picked).
- */
-function connectProtocols(url, protocols, options = {}, ms = DEFAULT_TIMEOUT) {
-  return connect(url, options, ms, protocols);
-}
-
-/** Like `refusal`, offering WebSocket subprotocols. */
-function refusalProtocols(url, protocols, options = {}, ms = DEFAULT_TIMEOUT) {
-  return refusal(url, options, ms, protocols);
-}
-
-/** Asserts a refusal's status and JSON body {error, code}; `r` from refusal/refusalProtocols. */
-function assertRefusal(r, status, code) {
-  assert.equal(r.status, status, `status for ${code}: body ${r.raw}`);
-  assert.match(r.headers['content-type'] ?? '', /^application\/json/);
-  assert.ok(r.body, `body is JSON: ${r.raw}`);
-  assert.deepEqual(Object.keys(r.body).sort(), ['code', 'error']);
-  assert.equal(r.body.code, code);
-  assert.equal(typeof r.body.error, 'string');
-  assert.ok(r.body.error.length > 0);
-  return r;
-}
-
-/** The offset of the last frame a client received that carried one (the welcome included). */
-function lastOffset(client) {
-  for (let i = client.raw.length - 1; i >= 0; i--) {
-    const m = /"offset":"(\d+-\d+)"/.exec(client.raw[i]);
-    if (m) return m[1];
-  }
-  return null;
-}
+// Drains: clients that move on the notice or resume after the close, and what they must see
 
 /**
  * Clients that ignore the drain notice: on 1001 they reconnect to `url()` with
@@ -411,13 +391,6 @@ function resumeOnClose(group, url) {
     assert.ok(since, 'the old connection carried offsets');
     return connectReady(`${url()}&since=${encodeURIComponent(since)}`);
   }));
-}
-
-/** The parcel ids of the parcel_updated frames a client received, in order. */
-function eventIds(client) {
-  return client.messages
-    .filter((m) => typeof m === 'string' && m.startsWith('{"type":"parcel_updated"'))
-    .map((m) => JSON.parse(m).parcel_id);
 }
 
 /**
@@ -488,7 +461,45 @@ function assertMovedWithoutLoss({ prefix, published, movers, moved, resumers, ba
   return seams;
 }
 
-Object.assign(module.exports, {
-  lastOffset, resumeOnClose, eventIds, moveOnNotice, publishContinuously, assertMovedWithoutLoss,
-  dataFrame, expectClose, withEnv, nowSeconds: kit.nowSeconds, connectProtocols, refusalProtocols, assertRefusal,
-});
+module.exports = {
+  PKG,
+  SECRET,
+  WELCOME,
+  DEFAULT_TIMEOUT,
+  withoutOffset,
+  frame,
+  dataFrame,
+  sign,
+  nowSeconds: kit.nowSeconds,
+  delay,
+  withTimeout,
+  waitUntil,
+  Client,
+  connect,
+  connectReady,
+  connectProtocols,
+  wsUrl,
+  expectClose,
+  lastOffset,
+  eventIds,
+  refusal,
+  refusalProtocols,
+  expectRefusal,
+  assertRefusal,
+  httpGet,
+  serveApp,
+  freePort: kit.freePort,
+  cleanEnv,
+  withEnv,
+  spawnProcess,
+  spawnNodeScript,
+  spawnServer,
+  redisInstalled: kit.redisInstalled,
+  redisSkipReason: kit.redisSkipReason,
+  redisCli: kit.redisCli,
+  startRedis: () => kit.startRedis(),
+  resumeOnClose,
+  moveOnNotice,
+  publishContinuously,
+  assertMovedWithoutLoss,
+};
