@@ -39,68 +39,80 @@
   'use strict';
   /* global define */
   if (typeof module === 'object' && module && module.exports) {
-    var api = factory();
+    const api = factory();
     // One by one, so that Node's ESM loader finds the names: import { RealtimeClient } from ...
     module.exports.RealtimeClient = api.RealtimeClient;
     module.exports.compareOffsets = api.compareOffsets;
+    module.exports._protocol = api._protocol;
   } else if (typeof define === 'function' && define.amd) {
     define([], factory);
   } else {
     root.RealtimeEvents = factory();
   }
-})(typeof globalThis !== 'undefined' ? globalThis : typeof self !== 'undefined' ? self : this, function () {
+})(globalThis, () => {
   'use strict';
 
-  var SUBPROTOCOL = 'realtime-events';
-  var WS_CONNECTING = 0;
-  var WS_OPEN = 1;
+  /**
+   * What this client must agree on with the server (a test compares it with the engine's own
+   * table, src/protocol.rs): the subprotocol, the prefix of the token's subprotocol, the close
+   * codes it treats specially, the close code it sends itself (none of the server's), the longest
+   * parcel id, and its largest (un)subscribe message (within the server's default limit).
+   */
+  const PROTOCOL = Object.freeze({
+    subprotocol: 'realtime-events',
+    bearerPrefix: 'bearer.',
+    closeCodes: Object.freeze({
+      serverShutdown: 1001,
+      tooSlow: 1013,
+      tokenExpired: 4401,
+      refreshRefused: 4403,
+      rateLimited: 4429,
+    }),
+    /** Close code this client uses for a connection it gives up on (no frame for too long). */
+    ownCloseCode: 4000,
+    maxParcelIdBytes: 256,
+    /** Largest (un)subscribe message, in UTF-8 bytes (the server's default limit is 16384). */
+    maxMessageBytes: 8000,
+  });
+  const CLOSE = PROTOCOL.closeCodes;
+  /** Close codes after which the first reconnect is immediate (spread by jitter only). */
+  const RECONNECT_AT_ONCE = new Set([CLOSE.serverShutdown, CLOSE.tooSlow, CLOSE.tokenExpired, CLOSE.refreshRefused]);
+  const WS_CONNECTING = 0;
+  const WS_OPEN = 1;
   /** A connection that stayed open this long resets the backoff. */
-  var STABLE_MS = 5000;
+  const STABLE_MS = 5000;
   /** Largest `?parcels=` value (encoded) and id count put in the URL; beyond, see flush. */
-  var URL_PARCELS_MAX_CHARS = 2000;
-  var URL_PARCELS_MAX_IDS = 200;
-  /** Largest (un)subscribe message, in UTF-8 bytes (the server's default limit is 16384). */
-  var MESSAGE_MAX_BYTES = 8000;
-  /** Longest parcel id the server accepts, in UTF-8 bytes. */
-  var MAX_PARCEL_ID_BYTES = 256;
-  /** Close code this client uses for a connection it gives up on (no frame for too long). */
-  var CLOSE_HEARTBEAT = 4000;
+  const URL_PARCELS_MAX_CHARS = 2000;
+  const URL_PARCELS_MAX_IDS = 200;
+  const CLOSE_HEARTBEAT = PROTOCOL.ownCloseCode;
 
-  var EVENTS = ['parcel_updated', 'resync_required', 'resumed', 'state', 'error', 'disconnect', 'message'];
+  const EVENTS = ['parcel_updated', 'resync_required', 'resumed', 'state', 'error', 'disconnect', 'message'];
 
-  function noop() {}
-
-  function now() {
-    return Date.now();
-  }
+  const noop = () => {};
+  const now = () => Date.now();
 
   /** A TypeError with a `code`, for a programming error in the caller. */
   function typeError(code, message) {
-    var err = new TypeError(message);
+    const err = new TypeError(message);
     err.code = code;
     return err;
   }
 
   function makeError(code, message, extra) {
-    var err = new Error(message);
+    const err = new Error(message);
     err.code = code;
-    if (extra) {
-      for (var k in extra) {
-        if (Object.prototype.hasOwnProperty.call(extra, k) && extra[k] !== undefined) err[k] = extra[k];
-      }
+    for (const [k, v] of Object.entries(extra ?? {})) {
+      if (v !== undefined) err[k] = v;
     }
     return err;
   }
 
-  function describe(err) {
-    if (err && typeof err.message === 'string') return err.message;
-    return String(err);
-  }
+  const describe = (err) => (typeof err?.message === 'string' ? err.message : String(err));
 
   function utf8Length(s) {
-    var n = 0;
-    for (var i = 0; i < s.length; i++) {
-      var c = s.charCodeAt(i);
+    let n = 0;
+    for (let i = 0; i < s.length; i++) {
+      const c = s.charCodeAt(i);
       if (c < 0x80) n += 1;
       else if (c < 0x800) n += 2;
       else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
@@ -111,29 +123,26 @@
     return n;
   }
 
-  var LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?:^|[^\ud800-\udbff])[\udc00-\udfff]/;
+  const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?:^|[^\ud800-\udbff])[\udc00-\udfff]/;
 
   /** Throws a TypeError unless `ids` is an array of valid parcel ids; returns a copy. */
   function checkParcelIds(ids, what) {
-    if (!Array.isArray(ids)) throw typeError('ERR_INVALID_PARCEL_ID', what + ' must be an array of parcel ids');
-    var out = [];
-    for (var i = 0; i < ids.length; i++) {
-      var id = ids[i];
+    if (!Array.isArray(ids)) throw typeError('ERR_INVALID_PARCEL_ID', `${what} must be an array of parcel ids`);
+    for (const id of ids) {
       if (typeof id !== 'string' || id === '') {
-        throw typeError('ERR_INVALID_PARCEL_ID', what + ': parcel ids must be non-empty strings (got ' + JSON.stringify(id) + ')');
+        throw typeError('ERR_INVALID_PARCEL_ID', `${what}: parcel ids must be non-empty strings (got ${JSON.stringify(id)})`);
       }
-      if (utf8Length(id) > MAX_PARCEL_ID_BYTES || LONE_SURROGATE.test(id)) {
-        throw typeError('ERR_INVALID_PARCEL_ID', what + ': parcel id ' + JSON.stringify(id.slice(0, 40)) +
-          ' is longer than ' + MAX_PARCEL_ID_BYTES + ' UTF-8 bytes or not valid Unicode');
+      if (utf8Length(id) > PROTOCOL.maxParcelIdBytes || LONE_SURROGATE.test(id)) {
+        throw typeError('ERR_INVALID_PARCEL_ID', `${what}: parcel id ${JSON.stringify(id.slice(0, 40))}` +
+          ` is longer than ${PROTOCOL.maxParcelIdBytes} UTF-8 bytes or not valid Unicode`);
       }
-      out.push(id);
     }
-    return out;
+    return [...ids];
   }
 
   /** "<ms>-<seq>" into two digit strings without leading zeros, or null. */
   function parseOffset(s) {
-    var m = /^(\d+)-(\d+)$/.exec(s);
+    const m = /^(\d+)-(\d+)$/.exec(s);
     if (!m) return null;
     return [m[1].replace(/^0+(?=\d)/, ''), m[2].replace(/^0+(?=\d)/, '')];
   }
@@ -153,8 +162,8 @@
    */
   function compareOffsets(a, b) {
     if (a === b) return 0;
-    var pa = typeof a === 'string' ? parseOffset(a) : null;
-    var pb = typeof b === 'string' ? parseOffset(b) : null;
+    const pa = typeof a === 'string' ? parseOffset(a) : null;
+    const pb = typeof b === 'string' ? parseOffset(b) : null;
     if (!pa || !pb) return NaN;
     return compareDigits(pa[0], pb[0]) || compareDigits(pa[1], pb[1]);
   }
@@ -162,52 +171,46 @@
   /** An absolute ws:// or wss:// URL from what the caller gave (http(s):// and, in a page, relative URLs too). */
   function resolveUrl(url) {
     if (typeof url !== 'string' || url === '') throw typeError('ERR_INVALID_OPTION', 'options.url must be a ws:// or wss:// URL');
-    var parsed;
+    const wrong = () => typeError('ERR_INVALID_OPTION', `options.url must be a ws:// or wss:// URL (got ${JSON.stringify(url)})`);
+    let parsed;
     try {
       if (/^[a-z][a-z0-9+.-]*:/i.test(url)) parsed = new URL(url);
-      else if (typeof location !== 'undefined' && location && location.href) parsed = new URL(url, location.href);
+      else if (typeof location !== 'undefined' && location?.href) parsed = new URL(url, location.href);
       else throw new Error('relative');
-    } catch (e) {
-      throw typeError('ERR_INVALID_OPTION', 'options.url must be a ws:// or wss:// URL (got ' + JSON.stringify(url) + ')');
+    } catch {
+      throw wrong();
     }
     if (parsed.protocol === 'http:') parsed.protocol = 'ws:';
     else if (parsed.protocol === 'https:') parsed.protocol = 'wss:';
-    if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:') {
-      throw typeError('ERR_INVALID_OPTION', 'options.url must be a ws:// or wss:// URL (got ' + JSON.stringify(url) + ')');
-    }
+    if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:') throw wrong();
     parsed.hash = '';
     return parsed.toString();
   }
 
   function checkDelay(value, name, fallback, min) {
     if (value === undefined || value === null) return fallback;
-    if (typeof value !== 'number' || !isFinite(value) || value < min) {
-      throw typeError('ERR_INVALID_OPTION', 'options.' + name + ' must be a number >= ' + min);
+    if (typeof value !== 'number' || !Number.isFinite(value) || value < min) {
+      throw typeError('ERR_INVALID_OPTION', `options.${name} must be a number >= ${min}`);
     }
     return value;
   }
 
-  function allState() {
-    return { all: true, ids: new Set() };
-  }
+  const allState = () => ({ all: true, ids: new Set() });
+  const onlyState = (ids) => ({ all: false, ids: new Set(ids) });
 
-  function onlyState(ids) {
-    return { all: false, ids: new Set(ids) };
-  }
-
-  /** Splits ids into lists whose `{"type":...,"parcel_ids":[...]}` stays under MESSAGE_MAX_BYTES. */
+  /** Splits ids into lists whose `{"type":...,"parcel_ids":[...]}` stays under maxMessageBytes. */
   function chunkIds(ids) {
-    var chunks = [];
-    var current = [];
-    var size = 0;
-    for (var i = 0; i < ids.length; i++) {
-      var len = utf8Length(JSON.stringify(ids[i])) + 1;
-      if (current.length > 0 && size + len > MESSAGE_MAX_BYTES - 64) {
+    const chunks = [];
+    let current = [];
+    let size = 0;
+    for (const id of ids) {
+      const len = utf8Length(JSON.stringify(id)) + 1;
+      if (current.length > 0 && size + len > PROTOCOL.maxMessageBytes - 64) {
         chunks.push(current);
         current = [];
         size = 0;
       }
-      current.push(ids[i]);
+      current.push(id);
       size += len;
     }
     if (current.length > 0) chunks.push(current);
@@ -250,31 +253,19 @@
    *   error frame's own code (e.g. `SUBSCRIPTION_LIMIT`; `frame`). Never thrown.
    * - 'message': every frame as it arrived (parsed JSON), before deduplication and filtering.
    */
-  function RealtimeClient(options) {
-    if (!(this instanceof RealtimeClient)) throw typeError('ERR_INVALID_ARGUMENT', "Class constructor RealtimeClient cannot be invoked without 'new'");
-    if (!options || typeof options !== 'object') throw typeError('ERR_INVALID_OPTION', 'RealtimeClient needs an options object');
-    if (typeof options.getToken !== 'function') throw typeError('ERR_INVALID_OPTION', 'options.getToken must be a function returning a token (or a Promise of one)');
-    var WS = options.WebSocket || (typeof globalThis !== 'undefined' ? globalThis.WebSocket : undefined);
-    if (typeof WS !== 'function') {
-      throw typeError('ERR_INVALID_OPTION', 'no WebSocket implementation: pass options.WebSocket (in Node: require("ws"))');
-    }
-    if (options.since !== undefined && options.since !== null && (typeof options.since !== 'string' || options.since === '')) {
-      throw typeError('ERR_INVALID_OPTION', 'options.since must be an offset string');
-    }
+  class RealtimeClient {
+    #url;
+    #getTokenFn;
+    #WebSocket;
+    #minDelay;
+    #maxDelay;
+    #pingInterval;
+    #connectTimeout;
 
-    this._url = resolveUrl(options.url);
-    this._getTokenFn = options.getToken;
-    this._WebSocket = WS;
-    this._minDelay = checkDelay(options.minDelayMs, 'minDelayMs', 250, 1);
-    this._maxDelay = checkDelay(options.maxDelayMs, 'maxDelayMs', Math.max(10000, this._minDelay), 1);
-    if (this._maxDelay < this._minDelay) throw typeError('ERR_INVALID_OPTION', 'options.maxDelayMs must be >= minDelayMs');
-    this._pingInterval = checkDelay(options.pingIntervalMs, 'pingIntervalMs', 20000, 0);
-    this._connectTimeout = checkDelay(options.connectTimeoutMs, 'connectTimeoutMs', 10000, 1);
-
-    this._listeners = Object.create(null);
-    this._state = 'connecting';
-    this._closed = false;
-    this._lastOffset = options.since || null;
+    #listeners = Object.create(null);
+    #state = 'connecting';
+    #closed = false;
+    #lastOffset;
     /**
      * While a resume is under way (from the welcome of a connection opened with ?since= until
      * `resumed` or `resync_required`): the resume point, the offsets delivered since, and the
@@ -282,592 +273,582 @@
      * lost in the middle resumes from the same point, and what was already delivered is not
      * delivered twice, whatever order the replay and the first live events arrive in.
      */
-    this._resume = null; // {from, seen: Set, max}
+    #resume = null; // {from, seen: Set, max}
     /** What the user asked to follow (restored on every reconnect). */
-    this._want = options.parcels === undefined || options.parcels === null
-      ? allState()
-      : onlyState(checkParcelIds(options.parcels, 'options.parcels'));
+    #want;
 
     // Per connection:
-    this._ws = null;
-    this._gen = 0; // bumped whenever a socket or attempt is abandoned: stale callbacks check it
-    this._live = false; // the welcome arrived on this socket
-    this._openedAt = 0;
-    this._lastFrameAt = 0;
-    this._server = null; // the filter the server will hold once it has read everything sent
-    this._sent = []; // (un)subscribe requests awaiting their answer, oldest first
-    this._urlHadParcels = false;
-    this._resumeFrom = null;
-    this._socketError = null;
-    this._refreshWaiters = [];
+    #ws = null;
+    #gen = 0; // bumped whenever a socket or attempt is abandoned: stale callbacks check it
+    #live = false; // the welcome arrived on this socket
+    #openedAt = 0;
+    #lastFrameAt = 0;
+    #server = null; // the filter the server will hold once it has read everything sent
+    #sent = []; // (un)subscribe requests awaiting their answer, oldest first
+    #urlHadParcels = false;
+    #resumeFrom = null;
+    #socketError = null;
+    #refreshWaiters = [];
 
     // Across connections:
-    this._attempt = 0; // failed or short-lived attempts in a row (drives the backoff)
-    this._flushQueued = false;
-    this._timers = { reconnect: null, connect: null, ping: null, watchdog: null };
+    #attempt = 0; // failed or short-lived attempts in a row (drives the backoff)
+    #flushQueued = false;
+    #timers = { reconnect: null, connect: null, ping: null, watchdog: null };
 
-    var self = this;
-    // Next turn: the caller attaches listeners first.
-    this._timers.reconnect = setTimeout(function () {
-      self._timers.reconnect = null;
-      self._connect();
-    }, 0);
-  }
+    constructor(options) {
+      if (!options || typeof options !== 'object') throw typeError('ERR_INVALID_OPTION', 'RealtimeClient needs an options object');
+      if (typeof options.getToken !== 'function') throw typeError('ERR_INVALID_OPTION', 'options.getToken must be a function returning a token (or a Promise of one)');
+      const WS = options.WebSocket || globalThis.WebSocket;
+      if (typeof WS !== 'function') {
+        throw typeError('ERR_INVALID_OPTION', 'no WebSocket implementation: pass options.WebSocket (in Node: require("ws"))');
+      }
+      if (options.since !== undefined && options.since !== null && (typeof options.since !== 'string' || options.since === '')) {
+        throw typeError('ERR_INVALID_OPTION', 'options.since must be an offset string');
+      }
 
-  Object.defineProperty(RealtimeClient.prototype, 'state', {
+      this.#url = resolveUrl(options.url);
+      this.#getTokenFn = options.getToken;
+      this.#WebSocket = WS;
+      this.#minDelay = checkDelay(options.minDelayMs, 'minDelayMs', 250, 1);
+      this.#maxDelay = checkDelay(options.maxDelayMs, 'maxDelayMs', Math.max(10000, this.#minDelay), 1);
+      if (this.#maxDelay < this.#minDelay) throw typeError('ERR_INVALID_OPTION', 'options.maxDelayMs must be >= minDelayMs');
+      this.#pingInterval = checkDelay(options.pingIntervalMs, 'pingIntervalMs', 20000, 0);
+      this.#connectTimeout = checkDelay(options.connectTimeoutMs, 'connectTimeoutMs', 10000, 1);
+      this.#lastOffset = options.since || null;
+      this.#want = options.parcels === undefined || options.parcels === null
+        ? allState()
+        : onlyState(checkParcelIds(options.parcels, 'options.parcels'));
+
+      // Next turn: the caller attaches listeners first.
+      this.#timers.reconnect = setTimeout(() => {
+        this.#timers.reconnect = null;
+        this.#connect();
+      }, 0);
+    }
+
     /** 'connecting' | 'open' | 'reconnecting' | 'closed' */
-    get: function () {
-      return this._state;
-    },
-  });
+    get state() {
+      return this.#state;
+    }
 
-  Object.defineProperty(RealtimeClient.prototype, 'lastOffset', {
     /**
      * Where a reconnect resumes: the offset of the last event seen (or of the welcome, before any
      * event); during a resume it stays at the resume point until the replay is complete. Null if
      * none (a server without history).
      */
-    get: function () {
-      return this._lastOffset;
-    },
-  });
-
-  Object.defineProperty(RealtimeClient.prototype, 'subscriptions', {
-    /** What this client follows: `{all: true, parcelIds: []}` or `{all: false, parcelIds: [...]}`. */
-    get: function () {
-      return { all: this._want.all, parcelIds: Array.from(this._want.ids).sort() };
-    },
-  });
-
-  /** Adds a listener; returns the client. */
-  RealtimeClient.prototype.on = function (event, listener) {
-    if (EVENTS.indexOf(event) < 0) throw typeError('ERR_INVALID_ARGUMENT', 'unknown event ' + JSON.stringify(event) + ' (one of ' + EVENTS.join(', ') + ')');
-    if (typeof listener !== 'function') throw typeError('ERR_INVALID_ARGUMENT', 'listener must be a function');
-    var list = this._listeners[event] || (this._listeners[event] = []);
-    list.push(listener);
-    return this;
-  };
-
-  /** Removes a listener added with on(); returns the client. */
-  RealtimeClient.prototype.off = function (event, listener) {
-    var list = this._listeners[event];
-    if (list) {
-      var i = list.lastIndexOf(listener);
-      if (i >= 0) list.splice(i, 1);
+    get lastOffset() {
+      return this.#lastOffset;
     }
-    return this;
-  };
 
-  /** Follows these parcels too (the first call narrows from "every event" to just these). */
-  RealtimeClient.prototype.subscribe = function (parcelIds) {
-    var ids = checkParcelIds(parcelIds, 'subscribe()');
-    if (this._closed || ids.length === 0) return;
-    if (this._want.all) this._want = onlyState(ids);
-    else for (var i = 0; i < ids.length; i++) this._want.ids.add(ids[i]);
-    this._scheduleFlush();
-  };
+    /** What this client follows: `{all: true, parcelIds: []}` or `{all: false, parcelIds: [...]}`. */
+    get subscriptions() {
+      return { all: this.#want.all, parcelIds: Array.from(this.#want.ids).sort() };
+    }
 
-  /** Stops following these parcels (a client following every event stays so). */
-  RealtimeClient.prototype.unsubscribe = function (parcelIds) {
-    var ids = checkParcelIds(parcelIds, 'unsubscribe()');
-    if (this._closed || this._want.all) return;
-    for (var i = 0; i < ids.length; i++) this._want.ids.delete(ids[i]);
-    this._scheduleFlush();
-  };
+    /** Adds a listener; returns the client. */
+    on(event, listener) {
+      if (!EVENTS.includes(event)) throw typeError('ERR_INVALID_ARGUMENT', `unknown event ${JSON.stringify(event)} (one of ${EVENTS.join(', ')})`);
+      if (typeof listener !== 'function') throw typeError('ERR_INVALID_ARGUMENT', 'listener must be a function');
+      (this.#listeners[event] ??= []).push(listener);
+      return this;
+    }
 
-  /** Receives every event again. */
-  RealtimeClient.prototype.subscribeAll = function () {
-    if (this._closed) return;
-    this._want = allState();
-    this._scheduleFlush();
-  };
+    /** Removes a listener added with on(); returns the client. */
+    off(event, listener) {
+      const list = this.#listeners[event];
+      const i = list ? list.lastIndexOf(listener) : -1;
+      if (i >= 0) list.splice(i, 1);
+      return this;
+    }
 
-  /**
-   * Asks getToken() for a fresh token and sends `{"type":"refresh","token":...}` on the open
-   * connection. Resolves true once the server confirmed (`refreshed`), false otherwise (not open,
-   * getToken failed, or the connection ended first; a refused token closes it with 4403 and the
-   * client reconnects with a new token). Never rejects.
-   * @returns {Promise<boolean>}
-   */
-  RealtimeClient.prototype.refreshToken = function () {
-    var self = this;
-    if (this._closed) return Promise.resolve(false);
-    return this._fetchToken().then(function (token) {
-      if (token === null || self._closed || !self._live) return false;
-      return new Promise(function (resolve) {
-        if (!self._send({ type: 'refresh', token: token })) resolve(false);
-        else self._refreshWaiters.push(resolve);
+    /** Follows these parcels too (the first call narrows from "every event" to just these). */
+    subscribe(parcelIds) {
+      const ids = checkParcelIds(parcelIds, 'subscribe()');
+      if (this.#closed || ids.length === 0) return;
+      if (this.#want.all) this.#want = onlyState(ids);
+      else for (const id of ids) this.#want.ids.add(id);
+      this.#scheduleFlush();
+    }
+
+    /** Stops following these parcels (a client following every event stays so). */
+    unsubscribe(parcelIds) {
+      const ids = checkParcelIds(parcelIds, 'unsubscribe()');
+      if (this.#closed || this.#want.all) return;
+      for (const id of ids) this.#want.ids.delete(id);
+      this.#scheduleFlush();
+    }
+
+    /** Receives every event again. */
+    subscribeAll() {
+      if (this.#closed) return;
+      this.#want = allState();
+      this.#scheduleFlush();
+    }
+
+    /**
+     * Asks getToken() for a fresh token and sends `{"type":"refresh","token":...}` on the open
+     * connection. Resolves true once the server confirmed (`refreshed`), false otherwise (not open,
+     * getToken failed, or the connection ended first; a refused token closes it with 4403 and the
+     * client reconnects with a new token). Never rejects.
+     * @returns {Promise<boolean>}
+     */
+    refreshToken() {
+      if (this.#closed) return Promise.resolve(false);
+      return this.#fetchToken().then((token) => {
+        if (token === null || this.#closed || !this.#live) return false;
+        return new Promise((resolve) => {
+          if (!this.#send({ type: 'refresh', token })) resolve(false);
+          else this.#refreshWaiters.push(resolve);
+        });
       });
-    });
-  };
+    }
 
-  /** Closes for good: no more reconnects, every timer cleared; state 'closed'. */
-  RealtimeClient.prototype.close = function () {
-    if (this._closed) return;
-    this._closed = true;
-    this._clearTimer('reconnect');
-    this._teardown('close');
-    this._setState('closed');
-  };
+    /** Closes for good: no more reconnects, every timer cleared; state 'closed'. */
+    close() {
+      if (this.#closed) return;
+      this.#closed = true;
+      this.#clearTimer('reconnect');
+      this.#teardown('close');
+      this.#setState('closed');
+    }
 
-  // -------------------------------------------------------------------------------------------
-  // Connecting
+    // -----------------------------------------------------------------------------------------
+    // Connecting
 
-  RealtimeClient.prototype._connect = function () {
-    if (this._closed) return;
-    var self = this;
-    var gen = ++this._gen;
-    this._urlHadParcels = false;
-    this._armTimer('connect', this._connectTimeout, function () {
-      if (gen !== self._gen) return;
-      self._failAttempt(makeError('ERR_CONNECT_TIMEOUT', 'no connection within ' + self._connectTimeout + ' ms'), 'terminate');
-    });
-    this._fetchToken().then(function (token) {
-      if (gen !== self._gen || self._closed) return;
-      if (token === null) {
-        self._failAttempt(null);
+    #connect() {
+      if (this.#closed) return;
+      const gen = ++this.#gen;
+      this.#urlHadParcels = false;
+      this.#armTimer('connect', this.#connectTimeout, () => {
+        if (gen !== this.#gen) return;
+        this.#failAttempt(makeError('ERR_CONNECT_TIMEOUT', `no connection within ${this.#connectTimeout} ms`), 'terminate');
+      });
+      this.#fetchToken().then((token) => {
+        if (gen !== this.#gen || this.#closed) return;
+        if (token === null) {
+          this.#failAttempt(null);
+          return;
+        }
+        this.#open(gen, token);
+      });
+    }
+
+    /** Resolves with getToken()'s token, or null after reporting why there is none. */
+    #fetchToken() {
+      let result;
+      try {
+        result = this.#getTokenFn();
+      } catch (err) {
+        result = Promise.reject(err);
+      }
+      return Promise.resolve(result).then((token) => {
+        if (typeof token === 'string' && token !== '') return token;
+        if (this.#closed) return null;
+        this.#emitError(makeError('ERR_GET_TOKEN', `getToken() returned ${token === '' ? 'an empty string' : typeof token} instead of a token`));
+        return null;
+      }, (err) => {
+        if (this.#closed) return null;
+        this.#emitError(makeError('ERR_GET_TOKEN', `getToken() failed: ${describe(err)}`, { cause: err }));
+        return null;
+      });
+    }
+
+    #open(gen, token) {
+      const url = new URL(this.#url);
+      let server = allState();
+      if (!this.#want.all) {
+        const ids = Array.from(this.#want.ids);
+        const value = ids.join(',');
+        const fits = ids.length <= URL_PARCELS_MAX_IDS &&
+          encodeURIComponent(value).length <= URL_PARCELS_MAX_CHARS &&
+          ids.every((id) => !id.includes(','));
+        if (fits) {
+          url.searchParams.set('parcels', value);
+          server = onlyState(ids);
+          this.#urlHadParcels = true;
+        }
+        // Else too many (or comma-holding) ids for the URL: receive every event, filter here, and
+        // narrow on the open connection when the set fits in one message (#flush).
+      }
+      if (this.#lastOffset !== null) url.searchParams.set('since', this.#lastOffset);
+      if (this.#resume && this.#resume.from !== this.#lastOffset) this.#resume = null;
+      this.#resumeFrom = this.#lastOffset;
+
+      let ws;
+      try {
+        ws = new this.#WebSocket(url.toString(), [PROTOCOL.subprotocol, PROTOCOL.bearerPrefix + token]);
+      } catch (err) {
+        this.#failAttempt(makeError('ERR_CONNECTION_FAILED', `cannot create a WebSocket: ${describe(err)}`, { cause: err }));
         return;
       }
-      self._open(gen, token);
-    });
-  };
-
-  /** Resolves with getToken()'s token, or null after reporting why there is none. */
-  RealtimeClient.prototype._fetchToken = function () {
-    var self = this;
-    var result;
-    try {
-      result = this._getTokenFn();
-    } catch (err) {
-      result = Promise.reject(err);
+      this.#ws = ws;
+      this.#live = false;
+      this.#socketError = null;
+      this.#server = server;
+      this.#sent = this.#urlHadParcels ? [{ kind: 'url' }] : [];
+      ws.onopen = noop;
+      ws.onerror = (event) => {
+        if (gen !== this.#gen) return;
+        const detail = event && (event.error || event.message);
+        this.#socketError = detail ? describe(detail) : null;
+      };
+      ws.onclose = (event) => {
+        if (gen !== this.#gen) return;
+        this.#onSocketClose(event ? event.code : 1006, event?.reason ? String(event.reason) : '');
+      };
+      ws.onmessage = (event) => {
+        if (gen !== this.#gen) return;
+        this.#onFrame(event.data);
+      };
     }
-    return Promise.resolve(result).then(function (token) {
-      if (typeof token === 'string' && token !== '') return token;
-      if (self._closed) return null;
-      self._emitError(makeError('ERR_GET_TOKEN', 'getToken() returned ' + (token === '' ? 'an empty string' : typeof token) + ' instead of a token'));
-      return null;
-    }, function (err) {
-      if (self._closed) return null;
-      self._emitError(makeError('ERR_GET_TOKEN', 'getToken() failed: ' + describe(err), { cause: err }));
-      return null;
-    });
-  };
 
-  RealtimeClient.prototype._open = function (gen, token) {
-    var self = this;
-    var url = new URL(this._url);
-    var server = allState();
-    if (!this._want.all) {
-      var ids = Array.from(this._want.ids);
-      var value = ids.join(',');
-      var fits = ids.length <= URL_PARCELS_MAX_IDS &&
-        encodeURIComponent(value).length <= URL_PARCELS_MAX_CHARS &&
-        ids.every(function (id) { return id.indexOf(',') < 0; });
-      if (fits) {
-        url.searchParams.set('parcels', value);
-        server = onlyState(ids);
-        this._urlHadParcels = true;
-      }
-      // Else too many (or comma-holding) ids for the URL: receive every event, filter here, and
-      // narrow on the open connection when the set fits in one message (_flush).
-    }
-    if (this._lastOffset !== null) url.searchParams.set('since', this._lastOffset);
-    if (this._resume && this._resume.from !== this._lastOffset) this._resume = null;
-    this._resumeFrom = this._lastOffset;
-
-    var ws;
-    try {
-      ws = new this._WebSocket(url.toString(), [SUBPROTOCOL, 'bearer.' + token]);
-    } catch (err) {
-      this._failAttempt(makeError('ERR_CONNECTION_FAILED', 'cannot create a WebSocket: ' + describe(err), { cause: err }));
-      return;
-    }
-    this._ws = ws;
-    this._live = false;
-    this._socketError = null;
-    this._server = server;
-    this._sent = this._urlHadParcels ? [{ kind: 'url' }] : [];
-    ws.onopen = noop;
-    ws.onerror = function (event) {
-      if (gen !== self._gen) return;
-      var detail = event && (event.error || event.message);
-      self._socketError = detail ? describe(detail) : null;
-    };
-    ws.onclose = function (event) {
-      if (gen !== self._gen) return;
-      self._onSocketClose(event ? event.code : 1006, event && event.reason ? String(event.reason) : '');
-    };
-    ws.onmessage = function (event) {
-      if (gen !== self._gen) return;
-      self._onFrame(event.data);
-    };
-  };
-
-  /** Abandons the current socket or attempt (its callbacks are ignored from now on). */
-  RealtimeClient.prototype._teardown = function (how) {
-    this._gen++;
-    this._clearTimer('connect');
-    this._clearTimer('ping');
-    this._clearTimer('watchdog');
-    var ws = this._ws;
-    this._ws = null;
-    this._live = false;
-    this._server = null;
-    this._sent = [];
-    if (ws) {
-      ws.onopen = null;
-      ws.onmessage = null;
-      ws.onclose = null;
-      ws.onerror = noop; // `ws` (Node) throws on an 'error' nobody listens to
-      if (ws.readyState === WS_CONNECTING || ws.readyState === WS_OPEN) {
-        try {
-          if (how === 'terminate' && typeof ws.terminate === 'function') ws.terminate();
-          else if (how === 'terminate') ws.close(CLOSE_HEARTBEAT, 'no frame from the server');
-          else ws.close(1000, 'client closed');
-        } catch (e) {
-          // already closing
-        }
-      }
-    }
-    var waiters = this._refreshWaiters;
-    this._refreshWaiters = [];
-    for (var i = 0; i < waiters.length; i++) waiters[i](false);
-  };
-
-  /** An attempt failed before the welcome: report (unless already reported) and retry. */
-  RealtimeClient.prototype._failAttempt = function (err, how, closeCode) {
-    this._teardown(how);
-    if (this._closed) return;
-    var delay = this._nextDelay(closeCode, 0);
-    if (err) {
-      err.retryInMs = Math.round(delay);
-      this._emitError(err);
-    }
-    this._scheduleReconnect(delay);
-  };
-
-  RealtimeClient.prototype._onSocketClose = function (code, reason) {
-    if (!this._live) {
-      var detail = this._socketError ? ': ' + this._socketError : '';
-      this._failAttempt(makeError('ERR_CONNECTION_FAILED', 'connection failed (close ' + code +
-        (reason ? ' ' + reason : '') + ')' + detail, { closeCode: code }), undefined, code);
-      return;
-    }
-    this._lost(code, reason);
-  };
-
-  /** An open connection ended. */
-  RealtimeClient.prototype._lost = function (code, reason, how) {
-    var lived = now() - this._openedAt;
-    this._teardown(how);
-    if (this._closed) return;
-    var delay = this._nextDelay(code, lived);
-    this._emit('disconnect', { code: code, reason: reason, delayMs: Math.round(delay) });
-    this._scheduleReconnect(delay);
-  };
-
-  /** The wait before the next attempt, given how the last one ended. */
-  RealtimeClient.prototype._nextDelay = function (code, lived) {
-    if (lived >= STABLE_MS) this._attempt = 0;
-    var attempt = this._attempt++;
-    if (code === 4429) {
-      // Rate limited: back off long.
-      return this._maxDelay * (0.5 + Math.random() * 0.5);
-    }
-    if (attempt === 0 && (code === 1001 || code === 1013 || code === 4401 || code === 4403)) {
-      // Going away, too slow, token expired or refused: reconnect at once (spread by jitter).
-      return Math.random() * this._minDelay;
-    }
-    return Math.random() * Math.min(this._maxDelay, this._minDelay * Math.pow(2, Math.min(attempt, 30)));
-  };
-
-  RealtimeClient.prototype._scheduleReconnect = function (delay) {
-    var self = this;
-    if (this._closed) return;
-    this._setState('reconnecting');
-    if (this._closed) return; // a 'state' listener closed it
-    this._armTimer('reconnect', delay, function () {
-      self._connect();
-    });
-  };
-
-  // -------------------------------------------------------------------------------------------
-  // Frames
-
-  RealtimeClient.prototype._onFrame = function (data) {
-    this._lastFrameAt = now();
-    if (typeof data !== 'string') return;
-    var msg;
-    try {
-      msg = JSON.parse(data);
-    } catch (e) {
-      this._emitError(makeError('ERR_BAD_FRAME', 'the server sent a frame that is not JSON: ' + data.slice(0, 100)));
-      return;
-    }
-    if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string') return;
-    this._emit('message', msg);
-    if (this._closed || !this._ws) return;
-    switch (msg.type) {
-      case 'connected':
-        this._onWelcome(msg);
-        break;
-      case 'parcel_updated':
-        this._onEvent(msg);
-        break;
-      case 'resync_required': {
-        // Start over from the server's current offset (none if its history is empty: the next
-        // welcome's offset is taken then), or from a later event this connection already sent.
-        var head = typeof msg.offset === 'string' && msg.offset !== '' ? msg.offset : null;
-        var seenMax = this._resume ? this._resume.max : null;
-        this._lastOffset = seenMax !== null && (head === null || compareOffsets(seenMax, head) > 0) ? seenMax : head;
-        this._resume = null;
-        this._emit('resync_required', msg);
-        break;
-      }
-      case 'resumed':
-        this._endResume();
-        this._emit('resumed', msg);
-        break;
-      case 'subscribed':
-      case 'unsubscribed':
-        this._onAck(msg);
-        break;
-      case 'refreshed': {
-        var waiter = this._refreshWaiters.shift();
-        if (waiter) waiter(true);
-        break;
-      }
-      case 'error':
-        this._onServerError(msg);
-        break;
-      default:
-        break; // pong, and whatever a newer server adds
-    }
-  };
-
-  RealtimeClient.prototype._onWelcome = function (msg) {
-    if (this._live) return;
-    var self = this;
-    this._live = true;
-    this._openedAt = now();
-    this._clearTimer('connect');
-    var hasHistory = typeof msg.offset === 'string' && msg.offset !== '';
-    if (this._lastOffset === null && hasHistory) this._lastOffset = msg.offset;
-    if (this._resumeFrom !== null && hasHistory) {
-      // The server answers ?since= with `resumed` or `resync_required` (one without history,
-      // which sends no offset, ignores it).
-      if (!this._resume) this._resume = { from: this._resumeFrom, seen: new Set(), max: null };
-    } else {
-      this._resume = null;
-    }
-    if (this._pingInterval > 0) {
-      var gen = this._gen;
-      var interval = this._pingInterval;
-      this._armTimer('ping', interval, function tick() {
-        if (gen !== self._gen) return;
-        self._send({ type: 'ping' });
-        self._armTimer('ping', interval, tick);
-      });
-      this._armWatchdog(2 * interval);
-    }
-    this._flush();
-    this._setState('open');
-  };
-
-  RealtimeClient.prototype._armWatchdog = function (ms) {
-    var self = this;
-    var gen = this._gen;
-    this._armTimer('watchdog', ms, function () {
-      if (gen !== self._gen) return;
-      var limit = 2 * self._pingInterval;
-      var idle = now() - self._lastFrameAt;
-      if (idle >= limit) self._lost(CLOSE_HEARTBEAT, 'no frame from the server for ' + idle + ' ms', 'terminate');
-      else self._armWatchdog(limit - idle);
-    });
-  };
-
-  RealtimeClient.prototype._onEvent = function (msg) {
-    if (typeof msg.parcel_id !== 'string') return;
-    var offset = msg.offset;
-    var resume = this._resume;
-    if (typeof offset === 'string' && offset !== '') {
-      if (resume) {
-        if (compareOffsets(offset, resume.from) <= 0 || resume.seen.has(offset)) return; // replayed twice
-        if (resume.seen.size < 1000000) resume.seen.add(offset);
-        if (resume.max === null || compareOffsets(offset, resume.max) > 0) resume.max = offset;
-      } else {
-        if (this._lastOffset !== null && compareOffsets(offset, this._lastOffset) <= 0) return; // replayed twice
-        this._lastOffset = offset;
-      }
-    }
-    if (!this._want.all && !this._want.ids.has(msg.parcel_id)) return;
-    this._emit('parcel_updated', msg);
-  };
-
-  /** The replay is complete: continue from the greatest offset delivered. */
-  RealtimeClient.prototype._endResume = function () {
-    var resume = this._resume;
-    this._resume = null;
-    if (resume && resume.max !== null && (this._lastOffset === null || compareOffsets(resume.max, this._lastOffset) > 0)) {
-      this._lastOffset = resume.max;
-    }
-  };
-
-  RealtimeClient.prototype._onAck = function (msg) {
-    this._sent.shift();
-    if (this._sent.length === 0 && this._server) {
-      // Nothing else on its way: the server's answer is the truth.
-      this._server = msg.all ? allState() : onlyState(Array.isArray(msg.parcel_ids) ? msg.parcel_ids : []);
-    }
-  };
-
-  RealtimeClient.prototype._onServerError = function (msg) {
-    var code = typeof msg.code === 'string' ? msg.code : 'SERVER_ERROR';
-    if (code === 'SUBSCRIPTION_LIMIT' || code === 'INVALID_SUBSCRIPTION') {
-      // The oldest request in flight was refused and changed nothing: forget what it asked for,
-      // so it is neither retried now nor restored on reconnect.
-      var op = this._sent.shift();
-      if (op && op.kind === 'subscribe' && this._server) {
-        if (op.fromAll) {
-          this._server = allState();
-          this._want = allState();
-        } else {
-          for (var i = 0; i < op.ids.length; i++) {
-            this._server.ids.delete(op.ids[i]);
-            this._want.ids.delete(op.ids[i]);
+    /** Abandons the current socket or attempt (its callbacks are ignored from now on). */
+    #teardown(how) {
+      this.#gen++;
+      this.#clearTimer('connect');
+      this.#clearTimer('ping');
+      this.#clearTimer('watchdog');
+      const ws = this.#ws;
+      this.#ws = null;
+      this.#live = false;
+      this.#server = null;
+      this.#sent = [];
+      if (ws) {
+        ws.onopen = null;
+        ws.onmessage = null;
+        ws.onclose = null;
+        ws.onerror = noop; // `ws` (Node) throws on an 'error' nobody listens to
+        if (ws.readyState === WS_CONNECTING || ws.readyState === WS_OPEN) {
+          try {
+            if (how === 'terminate' && typeof ws.terminate === 'function') ws.terminate();
+            else if (how === 'terminate') ws.close(CLOSE_HEARTBEAT, 'no frame from the server');
+            else ws.close(1000, 'client closed');
+          } catch {
+            // already closing
           }
         }
       }
+      const waiters = this.#refreshWaiters;
+      this.#refreshWaiters = [];
+      for (const waiter of waiters) waiter(false);
     }
-    var text = typeof msg.message === 'string' ? msg.message : 'the server refused a message';
-    this._emitError(makeError(code, text, { frame: msg }));
-  };
 
-  // -------------------------------------------------------------------------------------------
-  // Subscriptions
-
-  RealtimeClient.prototype._scheduleFlush = function () {
-    if (this._flushQueued) return;
-    this._flushQueued = true;
-    var self = this;
-    Promise.resolve().then(function () {
-      self._flushQueued = false;
-      self._flush();
-    });
-  };
-
-  /** Sends what it takes to bring the server's filter to what the user asked for. */
-  RealtimeClient.prototype._flush = function () {
-    if (this._closed || !this._live || !this._server) return;
-    var want = this._want;
-    var server = this._server;
-    var i;
-    if (want.all) {
-      if (!server.all && this._send({ type: 'subscribe', all: true })) {
-        this._sent.push({ kind: 'all' });
-        this._server = allState();
+    /** An attempt failed before the welcome: report (unless already reported) and retry. */
+    #failAttempt(err, how, closeCode) {
+      this.#teardown(how);
+      if (this.#closed) return;
+      const delay = this.#nextDelay(closeCode, 0);
+      if (err) {
+        err.retryInMs = Math.round(delay);
+        this.#emitError(err);
       }
-      return;
+      this.#scheduleReconnect(delay);
     }
-    if (server.all) {
-      // One message switches atomically; a set too large for one stays "every event" on the
-      // server, filtered here (narrowing in steps would miss events of the later steps).
-      var ids = Array.from(want.ids);
-      var chunks = chunkIds(ids);
-      if (chunks.length <= 1 && this._send({ type: 'subscribe', parcel_ids: ids })) {
-        this._sent.push({ kind: 'subscribe', ids: ids, fromAll: true });
-        this._server = onlyState(ids);
+
+    #onSocketClose(code, reason) {
+      if (!this.#live) {
+        const detail = this.#socketError ? `: ${this.#socketError}` : '';
+        this.#failAttempt(makeError('ERR_CONNECTION_FAILED', `connection failed (close ${code}${reason ? ` ${reason}` : ''})${detail}`,
+          { closeCode: code }), undefined, code);
+        return;
       }
-      return;
+      this.#lost(code, reason);
     }
-    var removed = [];
-    var added = [];
-    server.ids.forEach(function (id) {
-      if (!want.ids.has(id)) removed.push(id);
-    });
-    want.ids.forEach(function (id) {
-      if (!server.ids.has(id)) added.push(id);
-    });
-    var parts = chunkIds(removed);
-    for (i = 0; i < parts.length; i++) {
-      if (!this._send({ type: 'unsubscribe', parcel_ids: parts[i] })) return;
-      this._sent.push({ kind: 'unsubscribe', ids: parts[i] });
-      for (var j = 0; j < parts[i].length; j++) server.ids.delete(parts[i][j]);
+
+    /** An open connection ended. */
+    #lost(code, reason, how) {
+      const lived = now() - this.#openedAt;
+      this.#teardown(how);
+      if (this.#closed) return;
+      const delay = this.#nextDelay(code, lived);
+      this.#emit('disconnect', { code, reason, delayMs: Math.round(delay) });
+      this.#scheduleReconnect(delay);
     }
-    parts = chunkIds(added);
-    for (i = 0; i < parts.length; i++) {
-      if (!this._send({ type: 'subscribe', parcel_ids: parts[i] })) return;
-      this._sent.push({ kind: 'subscribe', ids: parts[i], fromAll: false });
-      for (var k = 0; k < parts[i].length; k++) server.ids.add(parts[i][k]);
+
+    /** The wait before the next attempt, given how the last one ended. */
+    #nextDelay(code, lived) {
+      if (lived >= STABLE_MS) this.#attempt = 0;
+      const attempt = this.#attempt++;
+      if (code === CLOSE.rateLimited) {
+        // Rate limited: back off long.
+        return this.#maxDelay * (0.5 + Math.random() * 0.5);
+      }
+      if (attempt === 0 && RECONNECT_AT_ONCE.has(code)) {
+        // Going away, too slow, token expired or refused: reconnect at once (spread by jitter).
+        return Math.random() * this.#minDelay;
+      }
+      return Math.random() * Math.min(this.#maxDelay, this.#minDelay * 2 ** Math.min(attempt, 30));
     }
-  };
 
-  // -------------------------------------------------------------------------------------------
-  // Plumbing
-
-  RealtimeClient.prototype._send = function (message) {
-    var ws = this._ws;
-    if (!ws || ws.readyState !== WS_OPEN) return false;
-    try {
-      ws.send(JSON.stringify(message));
-      return true;
-    } catch (e) {
-      return false;
+    #scheduleReconnect(delay) {
+      if (this.#closed) return;
+      this.#setState('reconnecting');
+      if (this.#closed) return; // a 'state' listener closed it
+      this.#armTimer('reconnect', delay, () => this.#connect());
     }
-  };
 
-  RealtimeClient.prototype._armTimer = function (name, ms, fn) {
-    this._clearTimer(name);
-    var self = this;
-    this._timers[name] = setTimeout(function () {
-      self._timers[name] = null;
-      fn();
-    }, ms);
-  };
+    // -----------------------------------------------------------------------------------------
+    // Frames
 
-  RealtimeClient.prototype._clearTimer = function (name) {
-    if (this._timers[name] !== null) {
-      clearTimeout(this._timers[name]);
-      this._timers[name] = null;
-    }
-  };
-
-  RealtimeClient.prototype._setState = function (state) {
-    if (this._state === state) return;
-    if (this._state === 'closed') return;
-    this._state = state;
-    this._emit('state', state);
-  };
-
-  RealtimeClient.prototype._emitError = function (err) {
-    this._emit('error', err);
-  };
-
-  RealtimeClient.prototype._emit = function (event, arg) {
-    var list = this._listeners[event];
-    if (!list || list.length === 0) return;
-    list = list.slice();
-    for (var i = 0; i < list.length; i++) {
+    #onFrame(data) {
+      this.#lastFrameAt = now();
+      if (typeof data !== 'string') return;
+      let msg;
       try {
-        var result = list[i].call(this, arg);
-        if (result && typeof result.then === 'function') {
-          // An async listener that rejects is reported like one that throws.
-          result.then(null, this._listenerFailed.bind(this, event));
+        msg = JSON.parse(data);
+      } catch {
+        this.#emitError(makeError('ERR_BAD_FRAME', `the server sent a frame that is not JSON: ${data.slice(0, 100)}`));
+        return;
+      }
+      if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string') return;
+      this.#emit('message', msg);
+      if (this.#closed || !this.#ws) return;
+      switch (msg.type) {
+        case 'connected':
+          this.#onWelcome(msg);
+          break;
+        case 'parcel_updated':
+          this.#onEvent(msg);
+          break;
+        case 'resync_required': {
+          // Start over from the server's current offset (none if its history is empty: the next
+          // welcome's offset is taken then), or from a later event this connection already sent.
+          const head = typeof msg.offset === 'string' && msg.offset !== '' ? msg.offset : null;
+          const seenMax = this.#resume ? this.#resume.max : null;
+          this.#lastOffset = seenMax !== null && (head === null || compareOffsets(seenMax, head) > 0) ? seenMax : head;
+          this.#resume = null;
+          this.#emit('resync_required', msg);
+          break;
         }
-      } catch (err) {
-        this._listenerFailed(event, err);
+        case 'resumed':
+          this.#endResume();
+          this.#emit('resumed', msg);
+          break;
+        case 'subscribed':
+        case 'unsubscribed':
+          this.#onAck(msg);
+          break;
+        case 'refreshed':
+          this.#refreshWaiters.shift()?.(true);
+          break;
+        case 'error':
+          this.#onServerError(msg);
+          break;
+        default:
+          break; // pong, and whatever a newer server adds
       }
     }
-  };
 
-  RealtimeClient.prototype._listenerFailed = function (event, err) {
-    var errorListeners = this._listeners.error;
-    if (event !== 'error' && errorListeners && errorListeners.length > 0) {
-      this._emit('error', makeError('ERR_LISTENER', 'a "' + event + '" listener threw: ' + describe(err), { cause: err, event: event }));
-    } else if (typeof console !== 'undefined' && console.error) {
-      console.error('realtime-events/client: a "' + event + '" listener threw:', err);
+    #onWelcome(msg) {
+      if (this.#live) return;
+      this.#live = true;
+      this.#openedAt = now();
+      this.#clearTimer('connect');
+      const hasHistory = typeof msg.offset === 'string' && msg.offset !== '';
+      if (this.#lastOffset === null && hasHistory) this.#lastOffset = msg.offset;
+      if (this.#resumeFrom !== null && hasHistory) {
+        // The server answers ?since= with `resumed` or `resync_required` (one without history,
+        // which sends no offset, ignores it).
+        this.#resume ??= { from: this.#resumeFrom, seen: new Set(), max: null };
+      } else {
+        this.#resume = null;
+      }
+      if (this.#pingInterval > 0) {
+        const gen = this.#gen;
+        const interval = this.#pingInterval;
+        const tick = () => {
+          if (gen !== this.#gen) return;
+          this.#send({ type: 'ping' });
+          this.#armTimer('ping', interval, tick);
+        };
+        this.#armTimer('ping', interval, tick);
+        this.#armWatchdog(2 * interval);
+      }
+      this.#flush();
+      this.#setState('open');
     }
-  };
 
-  return { RealtimeClient: RealtimeClient, compareOffsets: compareOffsets };
+    #armWatchdog(ms) {
+      const gen = this.#gen;
+      this.#armTimer('watchdog', ms, () => {
+        if (gen !== this.#gen) return;
+        const limit = 2 * this.#pingInterval;
+        const idle = now() - this.#lastFrameAt;
+        if (idle >= limit) this.#lost(CLOSE_HEARTBEAT, `no frame from the server for ${idle} ms`, 'terminate');
+        else this.#armWatchdog(limit - idle);
+      });
+    }
+
+    #onEvent(msg) {
+      if (typeof msg.parcel_id !== 'string') return;
+      const offset = msg.offset;
+      const resume = this.#resume;
+      if (typeof offset === 'string' && offset !== '') {
+        if (resume) {
+          if (compareOffsets(offset, resume.from) <= 0 || resume.seen.has(offset)) return; // replayed twice
+          if (resume.seen.size < 1000000) resume.seen.add(offset);
+          if (resume.max === null || compareOffsets(offset, resume.max) > 0) resume.max = offset;
+        } else {
+          if (this.#lastOffset !== null && compareOffsets(offset, this.#lastOffset) <= 0) return; // replayed twice
+          this.#lastOffset = offset;
+        }
+      }
+      if (!this.#want.all && !this.#want.ids.has(msg.parcel_id)) return;
+      this.#emit('parcel_updated', msg);
+    }
+
+    /** The replay is complete: continue from the greatest offset delivered. */
+    #endResume() {
+      const resume = this.#resume;
+      this.#resume = null;
+      if (resume && resume.max !== null && (this.#lastOffset === null || compareOffsets(resume.max, this.#lastOffset) > 0)) {
+        this.#lastOffset = resume.max;
+      }
+    }
+
+    #onAck(msg) {
+      this.#sent.shift();
+      if (this.#sent.length === 0 && this.#server) {
+        // Nothing else on its way: the server's answer is the truth.
+        this.#server = msg.all ? allState() : onlyState(Array.isArray(msg.parcel_ids) ? msg.parcel_ids : []);
+      }
+    }
+
+    #onServerError(msg) {
+      const code = typeof msg.code === 'string' ? msg.code : 'SERVER_ERROR';
+      if (code === 'SUBSCRIPTION_LIMIT' || code === 'INVALID_SUBSCRIPTION') {
+        // The oldest request in flight was refused and changed nothing: forget what it asked for,
+        // so it is neither retried now nor restored on reconnect.
+        const op = this.#sent.shift();
+        if (op && op.kind === 'subscribe' && this.#server) {
+          if (op.fromAll) {
+            this.#server = allState();
+            this.#want = allState();
+          } else {
+            for (const id of op.ids) {
+              this.#server.ids.delete(id);
+              this.#want.ids.delete(id);
+            }
+          }
+        }
+      }
+      const text = typeof msg.message === 'string' ? msg.message : 'the server refused a message';
+      this.#emitError(makeError(code, text, { frame: msg }));
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Subscriptions
+
+    #scheduleFlush() {
+      if (this.#flushQueued) return;
+      this.#flushQueued = true;
+      Promise.resolve().then(() => {
+        this.#flushQueued = false;
+        this.#flush();
+      });
+    }
+
+    /** Sends what it takes to bring the server's filter to what the user asked for. */
+    #flush() {
+      if (this.#closed || !this.#live || !this.#server) return;
+      const want = this.#want;
+      const server = this.#server;
+      if (want.all) {
+        if (!server.all && this.#send({ type: 'subscribe', all: true })) {
+          this.#sent.push({ kind: 'all' });
+          this.#server = allState();
+        }
+        return;
+      }
+      if (server.all) {
+        // One message switches atomically; a set too large for one stays "every event" on the
+        // server, filtered here (narrowing in steps would miss events of the later steps).
+        const ids = Array.from(want.ids);
+        if (chunkIds(ids).length <= 1 && this.#send({ type: 'subscribe', parcel_ids: ids })) {
+          this.#sent.push({ kind: 'subscribe', ids, fromAll: true });
+          this.#server = onlyState(ids);
+        }
+        return;
+      }
+      const removed = [...server.ids].filter((id) => !want.ids.has(id));
+      const added = [...want.ids].filter((id) => !server.ids.has(id));
+      for (const part of chunkIds(removed)) {
+        if (!this.#send({ type: 'unsubscribe', parcel_ids: part })) return;
+        this.#sent.push({ kind: 'unsubscribe', ids: part });
+        for (const id of part) server.ids.delete(id);
+      }
+      for (const part of chunkIds(added)) {
+        if (!this.#send({ type: 'subscribe', parcel_ids: part })) return;
+        this.#sent.push({ kind: 'subscribe', ids: part, fromAll: false });
+        for (const id of part) server.ids.add(id);
+      }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Plumbing
+
+    #send(message) {
+      const ws = this.#ws;
+      if (!ws || ws.readyState !== WS_OPEN) return false;
+      try {
+        ws.send(JSON.stringify(message));
+        return true;
+      } catch {
+        return false;
+      }
+    }
+
+    #armTimer(name, ms, fn) {
+      this.#clearTimer(name);
+      this.#timers[name] = setTimeout(() => {
+        this.#timers[name] = null;
+        fn();
+      }, ms);
+    }
+
+    #clearTimer(name) {
+      if (this.#timers[name] !== null) {
+        clearTimeout(this.#timers[name]);
+        this.#timers[name] = null;
+      }
+    }
+
+    #setState(state) {
+      if (this.#state === state) return;
+      if (this.#state === 'closed') return;
+      this.#state = state;
+      this.#emit('state', state);
+    }
+
+    #emitError(err) {
+      this.#emit('error', err);
+    }
+
+    #emit(event, arg) {
+      const list = this.#listeners[event];
+      if (!list || list.length === 0) return;
+      for (const listener of list.slice()) {
+        try {
+          const result = listener.call(this, arg);
+          if (typeof result?.then === 'function') {
+            // An async listener that rejects is reported like one that throws.
+            result.then(null, (err) => this.#listenerFailed(event, err));
+          }
+        } catch (err) {
+          this.#listenerFailed(event, err);
+        }
+      }
+    }
+
+    #listenerFailed(event, err) {
+      const errorListeners = this.#listeners.error;
+      if (event !== 'error' && errorListeners && errorListeners.length > 0) {
+        this.#emit('error', makeError('ERR_LISTENER', `a "${event}" listener threw: ${describe(err)}`, { cause: err, event }));
+      } else if (typeof console !== 'undefined' && console.error) {
+        console.error(`realtime-events/client: a "${event}" listener threw:`, err);
+      }
+    }
+  }
+
+  return { RealtimeClient, compareOffsets, _protocol: PROTOCOL };
 });

@@ -250,7 +250,6 @@ export type ErrorCode =
   | 'ERR_BUS_CONFLICT'
   | 'ERR_PUBLISH_QUEUE_FULL'
   | 'ERR_BUS_CLOSED'
-  | 'ERR_INVALID_OFFSET'
   | 'ERR_ADDON_NOT_BUILT';
 
 export interface RealtimeError extends Error {

@@ -10,10 +10,11 @@ const path = require('node:path');
 
 const native = loadAddon();
 native.initLogging(process.env.LOG_LEVEL, process.env.LOG_FORMAT);
+// What the engine holds and this file must agree with: defaults, the codes raised as TypeError,
+// the log level and format in force (see `facts` in src/addon.rs).
+const facts = native.facts();
 
-const DEFAULT_PORT = 3006;
-const DEFAULT_CHANNEL = 'parcel_events';
-const DEFAULT_GRACE_MS = 5000;
+const { port: DEFAULT_PORT, channel: DEFAULT_CHANNEL } = facts.defaults;
 
 function loadAddon() {
   const file = path.join(__dirname, 'realtime_events.node');
@@ -34,7 +35,7 @@ function loadAddon() {
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-const TYPE_ERROR_CODES = new Set(['ERR_INVALID_PARCEL_ID', 'ERR_INVALID_DATA', 'ERR_INVALID_USERS', 'ERR_INVALID_OPTION']);
+const TYPE_ERROR_CODES = new Set(facts.typeErrorCodes);
 
 function makeError(code, message) {
   const err = TYPE_ERROR_CODES.has(code) ? new TypeError(message) : new Error(message);
@@ -62,18 +63,9 @@ function callNative(fn) {
 // function instead of stderr.
 
 const LEVELS = { off: 0, error: 1, warn: 2, info: 3, debug: 4, trace: 5 };
-const logLevel = (() => {
-  const v = String(process.env.LOG_LEVEL ?? '').trim().toLowerCase();
-  if (v === 'silent' || v === 'none') return 0;
-  if (v === 'warning') return LEVELS.warn;
-  return LEVELS[v] ?? LEVELS.info;
-})();
-const logJson = (() => {
-  const v = String(process.env.LOG_FORMAT ?? '').trim().toLowerCase();
-  if (v === 'json') return true;
-  if (v === 'text' || v === 'pretty') return false;
-  return !process.stderr.isTTY;
-})();
+// As the engine resolved LOG_LEVEL and LOG_FORMAT.
+const logLevel = LEVELS[facts.log.level];
+const logJson = facts.log.format === 'json';
 
 let logHook = null;
 
@@ -159,9 +151,73 @@ function release() {
 // ---------------------------------------------------------------------------------------------
 // Options
 
+const MAX_U32 = 0xffffffff;
+
+const invalid = (message) => makeError('ERR_INVALID_OPTION', message);
+
 function envFlag(value) {
   return value === '1' || value === 'true' || value === 'yes';
 }
+
+/**
+ * One rule for every option: given in code, it has its type (a number is a number); only
+ * environment variables, which are strings, are parsed. A numeric string in code is refused with
+ * a hint, never silently taken for a number.
+ */
+function numberHint(value) {
+  return typeof value === 'string' && /^\s*-?\d+(\.\d+)?\s*$/.test(value)
+    ? ` (a string: pass Number(${JSON.stringify(value)}), or set it through its environment variable)`
+    : '';
+}
+
+// Checks: `(value, key) => value to use`, or a throw. `undefined` leaves the engine's default.
+
+/** A number at least `min`: an integer up to 2^32 - 1, or with `integer` false any finite number. */
+const atLeast = (min, integer = true) => (value, key) => {
+  if (value == null) return undefined;
+  const ok = typeof value === 'number' && Number.isFinite(value) && value >= min &&
+    (!integer || (Number.isInteger(value) && value <= MAX_U32));
+  if (!ok) {
+    throw invalid(`${key} must be ${integer ? 'an integer' : 'a number'} >= ${min}, got ${JSON.stringify(value)}${numberHint(value)}`);
+  }
+  return value;
+};
+
+/** An integer from `min` to `max`. */
+const integerFrom = (min, max) => (value, key) => {
+  if (value != null && (!Number.isInteger(value) || value < min || value > max)) {
+    throw invalid(`${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(value)}${numberHint(value)}`);
+  }
+  return value ?? undefined;
+};
+
+/** A value of `type` (`message` otherwise); `nonEmpty` refuses ''. */
+const ofType = (type, message, { nonEmpty = false } = {}) => (value) => {
+  if (value != null && (typeof value !== type || (nonEmpty && value === ''))) throw invalid(message);
+  return value ?? undefined;
+};
+
+/** drainMs: an integer of milliseconds, from an option or a REALTIME_DRAIN_MS-style string. */
+function resolveDrainMs(value, what) {
+  // From the environment a string of digits; in code a number (one rule for every option).
+  const v = what.startsWith('REALTIME_') && typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : value;
+  if (!Number.isInteger(v) || v < 0 || v > MAX_U32) {
+    throw invalid(`${what} must be a non-negative integer of milliseconds, got ${JSON.stringify(value)}${numberHint(value)}`);
+  }
+  return v;
+}
+
+// Environment parsers: `(text, name) => value`, or undefined when unset.
+
+const envText = (text) => text;
+const envNonEmpty = (text) => text || undefined;
+/** A number; an empty variable is unset, one that is not a number is refused. */
+const envNumber = (text, name) => {
+  if (text === '') return undefined;
+  const value = Number(text);
+  if (Number.isNaN(value)) throw invalid(`${name} must be a number, got ${JSON.stringify(text)}`);
+  return value;
+};
 
 /** `redisTls: {ca, cert, key, rejectUnauthorized}` (PEM strings), else REDIS_TLS_*_FILE paths. */
 function redisTlsFrom(options, env) {
@@ -175,87 +231,167 @@ function redisTlsFrom(options, env) {
       try {
         tls[key] = fs.readFileSync(file, 'utf8');
       } catch (err) {
-        throw makeError('ERR_INVALID_OPTION', `REDIS_TLS_${key.toUpperCase()}_FILE: cannot read ${file}: ${err.message}`);
+        throw invalid(`REDIS_TLS_${key.toUpperCase()}_FILE: cannot read ${file}: ${err.message}`);
       }
     }
   }
   if (typeof tls !== 'object' || Array.isArray(tls)) {
-    throw makeError('ERR_INVALID_OPTION', 'redisTls must be an object { ca?, cert?, key?, rejectUnauthorized? }');
+    throw invalid('redisTls must be an object { ca?, cert?, key?, rejectUnauthorized? }');
   }
   for (const key of Object.keys(tls)) {
     if (!['ca', 'cert', 'key', 'rejectUnauthorized'].includes(key)) {
-      throw makeError('ERR_INVALID_OPTION', `redisTls: unknown field "${key}" (ca, cert, key, rejectUnauthorized)`);
+      throw invalid(`redisTls: unknown field "${key}" (ca, cert, key, rejectUnauthorized)`);
     }
   }
   for (const key of ['ca', 'cert', 'key']) {
     if (tls[key] != null && (typeof tls[key] !== 'string' || !tls[key].includes('-----BEGIN'))) {
-      throw makeError('ERR_INVALID_OPTION', `redisTls.${key} must be PEM text (-----BEGIN ...)`);
+      throw invalid(`redisTls.${key} must be PEM text (-----BEGIN ...)`);
     }
   }
   if (tls.rejectUnauthorized != null && typeof tls.rejectUnauthorized !== 'boolean') {
-    throw makeError('ERR_INVALID_OPTION', 'redisTls.rejectUnauthorized must be a boolean');
+    throw invalid('redisTls.rejectUnauthorized must be a boolean');
   }
   return { ca: tls.ca ?? undefined, cert: tls.cert ?? undefined, key: tls.key ?? undefined, rejectUnauthorized: tls.rejectUnauthorized ?? undefined };
 }
 
-function busOptionsFrom(options, env) {
-  const redisUrl = 'redisUrl' in options ? options.redisUrl : env.REDIS_URL;
-  if (redisUrl != null && typeof redisUrl !== 'string') {
-    throw makeError('ERR_INVALID_OPTION', 'redisUrl must be a string (redis://host:port) or null');
-  }
-  const redisTls = redisTlsFrom(options, env);
-  const channel = options.channel ?? env.REDIS_CHANNEL ?? DEFAULT_CHANNEL;
-  if (typeof channel !== 'string' || channel === '') {
-    throw makeError('ERR_INVALID_OPTION', 'channel must be a non-empty string');
-  }
-  const redisRequired = options.redisRequired ?? envFlag(env.REDIS_REQUIRED);
-  if (typeof redisRequired !== 'boolean') {
-    throw makeError('ERR_INVALID_OPTION', 'redisRequired must be a boolean');
-  }
-  const history = {};
-  for (const [key, envName, max] of [['historySize', 'REALTIME_HISTORY_SIZE', 1_000_000], ['historyTtlMs', 'REALTIME_HISTORY_TTL_MS', 0xffffffff]]) {
-    let value = options[key];
-    if (value == null && env[envName] != null && env[envName] !== '') value = Number(env[envName]);
-    if (value != null && (!Number.isInteger(value) || value < 0 || value > max)) {
-      throw makeError('ERR_INVALID_OPTION', `${key} must be an integer from 0 to ${max}, got ${JSON.stringify(value)}${numberHint(value)}`);
-    }
-    history[key] = value ?? undefined;
-  }
-  return { redisUrl: redisUrl || undefined, redisTls, channel, redisRequired, ...history };
-}
-
-const SERVER_OPTIONS = new Set([
-  'port', 'host', 'path', 'jwtSecret', 'jwtAudience', 'jwtIssuer', 'jwtRequireExp', 'redisUrl', 'redisTls', 'channel', 'redisRequired', 'validateUser',
-  'maxMessageBytes', 'handshakeTimeoutMs', 'pingIntervalMs', 'pongTimeoutMs', 'allowedOrigins', 'allowedHosts', 'opsToken',
-  'maxConnections', 'maxConnectionsPerIp', 'maxHandshakes', 'maxHandshakesPerIp', 'headTimeoutMs', 'maxSubscriptions', 'messagesPerSecond', 'messageBurst',
-  'historySize', 'historyTtlMs', 'dashboard', 'drainMs',
-]);
-
-/** Numeric options: [env fallback, smallest allowed value, integer?]. */
-const NUMERIC_OPTIONS = {
-  maxMessageBytes: [undefined, 1, true],
-  handshakeTimeoutMs: [undefined, 1, true],
-  pingIntervalMs: ['REALTIME_PING_INTERVAL_MS', 0, true],
-  pongTimeoutMs: ['REALTIME_PONG_TIMEOUT_MS', 1, true],
-  maxConnections: ['REALTIME_MAX_CONNECTIONS', 0, true],
-  maxConnectionsPerIp: ['REALTIME_MAX_CONNECTIONS_PER_IP', 0, true],
-  maxHandshakes: ['REALTIME_MAX_HANDSHAKES', 0, true],
-  maxHandshakesPerIp: ['REALTIME_MAX_HANDSHAKES_PER_IP', 0, true],
-  headTimeoutMs: ['REALTIME_HEAD_TIMEOUT_MS', 1, true],
-  maxSubscriptions: ['REALTIME_MAX_SUBSCRIPTIONS', 0, true],
-  messagesPerSecond: ['REALTIME_MESSAGES_PER_SECOND', 0, false],
-  messageBurst: ['REALTIME_MESSAGE_BURST', 1, false],
+/**
+ * Every startServer option, in the order they are checked. A row says:
+ * - `env`: the environment variable used when the option is not given, parsed by `fromEnv`
+ *   (default: taken as is);
+ * - `given(options, key)`: whether the option counts as given (default: not null/undefined);
+ * - `default`: the value when neither is set (from the engine's facts where it has one);
+ * - `check(value, key)`: the value to use, or a throw (`undefined`: the engine's default);
+ * - `to`: where it goes: the native server options (default), the native bus options (`'bus'`,
+ *   also used by processes that only publish), or kept here (`'js'`);
+ * - `resolve(options, env)`: for an option that does not fit the above (replaces it all).
+ * Adding an option is one row here, and its field in src/addon.rs and src/config.rs.
+ */
+const OPTIONS = {
+  port: {
+    env: 'REALTIME_PORT',
+    fromEnv: (text) => (text === '' ? undefined : /^\s*\d+\s*$/.test(text) ? Number(text) : text),
+    default: facts.defaults.port,
+    check: integerFrom(0, 65535),
+  },
+  host: { env: 'REALTIME_HOST', default: facts.defaults.host, check: ofType('string', 'host must be a non-empty string', { nonEmpty: true }) },
+  path: {
+    default: facts.defaults.path,
+    check: (value) => {
+      if (typeof value !== 'string' || !value.startsWith('/')) throw invalid('path must be a string starting with "/"');
+      return value;
+    },
+  },
+  jwtSecret: {
+    env: 'JWT_SECRET',
+    check: (value) => {
+      if (value != null && typeof value !== 'string') throw invalid('jwtSecret must be a string');
+      if (!value) {
+        throw makeError('ERR_MISSING_JWT_SECRET', 'a JWT secret is required: set JWT_SECRET (in the environment, or in a .env file beside your app) or pass jwtSecret (the Auth module\'s HS256 secret)');
+      }
+      return value;
+    },
+  },
+  jwtAudience: { env: 'JWT_AUDIENCE', fromEnv: envNonEmpty, check: ofType('string', 'jwtAudience must be a non-empty string', { nonEmpty: true }) },
+  jwtIssuer: { env: 'JWT_ISSUER', fromEnv: envNonEmpty, check: ofType('string', 'jwtIssuer must be a non-empty string', { nonEmpty: true }) },
+  jwtRequireExp: { env: 'JWT_REQUIRE_EXP', fromEnv: envFlag, default: false, check: ofType('boolean', 'jwtRequireExp must be a boolean') },
+  validateUser: { to: 'js', check: ofType('function', 'validateUser must be a function (claims) => boolean | Promise<boolean>') },
+  maxMessageBytes: { check: atLeast(1) },
+  handshakeTimeoutMs: { check: atLeast(1) },
+  pingIntervalMs: { env: 'REALTIME_PING_INTERVAL_MS', fromEnv: envNumber, check: atLeast(0) },
+  pongTimeoutMs: { env: 'REALTIME_PONG_TIMEOUT_MS', fromEnv: envNumber, check: atLeast(1) },
+  maxConnections: { env: 'REALTIME_MAX_CONNECTIONS', fromEnv: envNumber, check: atLeast(0) },
+  maxConnectionsPerIp: { env: 'REALTIME_MAX_CONNECTIONS_PER_IP', fromEnv: envNumber, check: atLeast(0) },
+  maxHandshakes: { env: 'REALTIME_MAX_HANDSHAKES', fromEnv: envNumber, check: atLeast(0) },
+  maxHandshakesPerIp: { env: 'REALTIME_MAX_HANDSHAKES_PER_IP', fromEnv: envNumber, check: atLeast(0) },
+  headTimeoutMs: { env: 'REALTIME_HEAD_TIMEOUT_MS', fromEnv: envNumber, check: atLeast(1) },
+  maxSubscriptions: { env: 'REALTIME_MAX_SUBSCRIPTIONS', fromEnv: envNumber, check: atLeast(0) },
+  messagesPerSecond: { env: 'REALTIME_MESSAGES_PER_SECOND', fromEnv: envNumber, check: atLeast(0, false) },
+  messageBurst: { env: 'REALTIME_MESSAGE_BURST', fromEnv: envNumber, check: atLeast(1, false) },
+  drainMs: {
+    to: 'js',
+    env: 'REALTIME_DRAIN_MS',
+    fromEnv: (text, name) => resolveDrainMs(text, name),
+    default: facts.defaults.drainMs,
+    check: resolveDrainMs,
+  },
+  allowedOrigins: {
+    env: 'REALTIME_ALLOWED_ORIGINS',
+    fromEnv: (text) => (text ? text.split(',').map((o) => o.trim()).filter(Boolean) : undefined),
+    check: (origins) => {
+      if (origins == null) return undefined;
+      if (!Array.isArray(origins) || !origins.every((o) => typeof o === 'string' && /^[a-z][a-z0-9+.-]*:\/\/[^/\s]+\/?$/i.test(o))) {
+        throw invalid('allowedOrigins must be an array of origins like "https://market.example.com"');
+      }
+      return origins;
+    },
+  },
+  allowedHosts: {
+    env: 'REALTIME_ALLOWED_HOSTS',
+    fromEnv: (text) => (text ? text.split(',').map((o) => o.trim()).filter(Boolean) : undefined),
+    check: (hosts) => {
+      if (hosts == null) return undefined;
+      if (!Array.isArray(hosts) || !hosts.every((o) => typeof o === 'string' && /^(\*|\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?)$/i.test(o))) {
+        throw invalid('allowedHosts must be an array of host names (no port): "realtime.internal", ".svc.cluster.local" (a suffix) or "*" (any)');
+      }
+      return hosts;
+    },
+  },
+  opsToken: {
+    env: 'REALTIME_OPS_TOKEN',
+    fromEnv: envNonEmpty,
+    check: (token) => {
+      if (token == null) return undefined;
+      if (typeof token !== 'string' || token.length < 16) throw invalid('opsToken must be a string of at least 16 characters');
+      return token;
+    },
+  },
+  dashboard: {
+    env: 'REALTIME_DASHBOARD',
+    given: (options, key) => options[key] !== undefined,
+    fromEnv: (text) => !['0', 'false', 'no', 'off'].includes(text.trim().toLowerCase()),
+    default: true,
+    check: (value) => {
+      if (typeof value !== 'boolean') throw invalid('dashboard must be a boolean');
+      return value;
+    },
+  },
+  redisUrl: {
+    to: 'bus',
+    env: 'REDIS_URL',
+    given: (options, key) => key in options,
+    check: (value) => {
+      if (value != null && typeof value !== 'string') throw invalid('redisUrl must be a string (redis://host:port) or null');
+      return value || undefined;
+    },
+  },
+  redisTls: { to: 'bus', resolve: redisTlsFrom },
+  channel: { to: 'bus', env: 'REDIS_CHANNEL', default: facts.defaults.channel, check: ofType('string', 'channel must be a non-empty string', { nonEmpty: true }) },
+  redisRequired: { to: 'bus', env: 'REDIS_REQUIRED', fromEnv: envFlag, default: false, check: ofType('boolean', 'redisRequired must be a boolean') },
+  historySize: { to: 'bus', env: 'REALTIME_HISTORY_SIZE', fromEnv: (text) => (text === '' ? undefined : Number(text)), check: integerFrom(0, 1_000_000) },
+  historyTtlMs: { to: 'bus', env: 'REALTIME_HISTORY_TTL_MS', fromEnv: (text) => (text === '' ? undefined : Number(text)), check: integerFrom(0, MAX_U32) },
 };
 
+/** One option's value from `options`, else its environment variable, else its default; checked. */
+function resolveOption(key, options, env) {
+  const spec = OPTIONS[key];
+  if (spec.resolve) return spec.resolve(options, env);
+  let value;
+  if (spec.given ? spec.given(options, key) : options[key] != null) value = options[key];
+  else if (spec.env && env[spec.env] !== undefined) value = (spec.fromEnv ?? envText)(env[spec.env], spec.env);
+  return spec.check(value === undefined ? spec.default : value, key);
+}
+
 /**
- * One rule for every option: given in code, it has its type (a number is a number); only
- * environment variables, which are strings, are parsed. A numeric string in code is refused with
- * a hint, never silently taken for a number.
+ * The options resolved in table order (the first wrong one is the one reported), grouped by
+ * destination: `{ js, server, bus }`; with `only`, just that destination's.
  */
-function numberHint(value) {
-  return typeof value === 'string' && /^\s*-?\d+(\.\d+)?\s*$/.test(value)
-    ? ` (a string: pass Number(${JSON.stringify(value)}), or set it through its environment variable)`
-    : '';
+function resolveOptions(options, env, only) {
+  const out = { js: {}, server: {}, bus: {} };
+  for (const [key, spec] of Object.entries(OPTIONS)) {
+    const to = spec.to ?? 'server';
+    if (!only || to === only) out[to][key] = resolveOption(key, options, env);
+  }
+  return out;
 }
 
 /** Options a typo is likely to have meant, beyond near spellings. */
@@ -289,138 +425,19 @@ function didYouMean(key, known) {
   return bestDistance <= Math.max(1, Math.floor(key.length / 4)) ? best : undefined;
 }
 
-function numericOption(options, env, key) {
-  const [envName, min, integer] = NUMERIC_OPTIONS[key];
-  let value = options[key];
-  if (value == null && envName && env[envName] != null && env[envName] !== '') {
-    value = Number(env[envName]);
-    if (Number.isNaN(value)) throw makeError('ERR_INVALID_OPTION', `${envName} must be a number, got ${JSON.stringify(env[envName])}`);
-  }
-  if (value == null) return undefined;
-  const ok = typeof value === 'number' && Number.isFinite(value) && value >= min &&
-    (!integer || (Number.isInteger(value) && value <= 0xffffffff));
-  if (!ok) {
-    throw makeError('ERR_INVALID_OPTION', `${key} must be ${integer ? 'an integer' : 'a number'} >= ${min}, got ${JSON.stringify(value)}${numberHint(value)}`);
-  }
-  return value;
-}
-
-function originsOption(options, env) {
-  let origins = options.allowedOrigins;
-  if (origins == null && env.REALTIME_ALLOWED_ORIGINS) {
-    origins = env.REALTIME_ALLOWED_ORIGINS.split(',').map((o) => o.trim()).filter(Boolean);
-  }
-  if (origins == null) return undefined;
-  if (!Array.isArray(origins) || !origins.every((o) => typeof o === 'string' && /^[a-z][a-z0-9+.-]*:\/\/[^/\s]+\/?$/i.test(o))) {
-    throw makeError('ERR_INVALID_OPTION', 'allowedOrigins must be an array of origins like "https://market.example.com"');
-  }
-  return origins;
-}
-
-/** allowedHosts / REALTIME_ALLOWED_HOSTS and opsToken / REALTIME_OPS_TOKEN: who may read /health, /metrics, /stats, /. */
-function opsOptions(options, env) {
-  let hosts = options.allowedHosts;
-  if (hosts == null && env.REALTIME_ALLOWED_HOSTS) {
-    hosts = env.REALTIME_ALLOWED_HOSTS.split(',').map((o) => o.trim()).filter(Boolean);
-  }
-  if (hosts != null && (!Array.isArray(hosts) || !hosts.every((o) => typeof o === 'string' && /^(\*|\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?)$/i.test(o)))) {
-    throw makeError('ERR_INVALID_OPTION', 'allowedHosts must be an array of host names (no port): "realtime.internal", ".svc.cluster.local" (a suffix) or "*" (any)');
-  }
-  const opsToken = options.opsToken ?? (env.REALTIME_OPS_TOKEN || undefined);
-  if (opsToken != null && (typeof opsToken !== 'string' || opsToken.length < 16)) {
-    throw makeError('ERR_INVALID_OPTION', 'opsToken must be a string of at least 16 characters');
-  }
-  return { allowedHosts: hosts ?? undefined, opsToken: opsToken ?? undefined };
-}
-
-const MAX_U32 = 0xffffffff;
-
-/** drainMs: an integer of milliseconds, from an option or a REALTIME_DRAIN_MS-style string. */
-function resolveDrainMs(value, what) {
-  // From the environment a string of digits; in code a number (one rule for every option).
-  const v = what.startsWith('REALTIME_') && typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : value;
-  if (!Number.isInteger(v) || v < 0 || v > MAX_U32) {
-    throw makeError('ERR_INVALID_OPTION', `${what} must be a non-negative integer of milliseconds, got ${JSON.stringify(value)}${numberHint(value)}`);
-  }
-  return v;
-}
-
-function resolveDashboard(options, env) {
-  if ('dashboard' in options && options.dashboard !== undefined) {
-    if (typeof options.dashboard !== 'boolean') throw makeError('ERR_INVALID_OPTION', 'dashboard must be a boolean');
-    return options.dashboard;
-  }
-  const v = String(env.REALTIME_DASHBOARD ?? '').trim().toLowerCase();
-  return !['0', 'false', 'no', 'off'].includes(v);
-}
-
 function resolveServerOptions(options, env = process.env) {
   if (options == null) options = {};
   if (typeof options !== 'object' || Array.isArray(options)) {
-    throw makeError('ERR_INVALID_OPTION', 'startServer(options): options must be an object');
+    throw invalid('startServer(options): options must be an object');
   }
   for (const key of Object.keys(options)) {
-    if (!SERVER_OPTIONS.has(key)) {
-      const meant = didYouMean(key, SERVER_OPTIONS);
-      throw makeError('ERR_INVALID_OPTION', `startServer: unknown option "${key}"${meant ? `; did you mean "${meant}"?` : ''}`);
+    if (!Object.hasOwn(OPTIONS, key)) {
+      const meant = didYouMean(key, Object.keys(OPTIONS));
+      throw invalid(`startServer: unknown option "${key}"${meant ? `; did you mean "${meant}"?` : ''}`);
     }
   }
-  let port = options.port ?? DEFAULT_PORT;
-  if (options.port == null && env.REALTIME_PORT != null && env.REALTIME_PORT !== '') {
-    port = /^\s*\d+\s*$/.test(env.REALTIME_PORT) ? Number(env.REALTIME_PORT) : env.REALTIME_PORT;
-  }
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    throw makeError('ERR_INVALID_OPTION', `port must be an integer from 0 to 65535, got ${JSON.stringify(port)}${numberHint(port)}`);
-  }
-  const host = options.host ?? env.REALTIME_HOST ?? '0.0.0.0';
-  if (typeof host !== 'string' || host === '') throw makeError('ERR_INVALID_OPTION', 'host must be a non-empty string');
-  const wsPath = options.path ?? '/ws';
-  if (typeof wsPath !== 'string' || !wsPath.startsWith('/')) {
-    throw makeError('ERR_INVALID_OPTION', 'path must be a string starting with "/"');
-  }
-  const jwtSecret = options.jwtSecret ?? env.JWT_SECRET;
-  if (jwtSecret != null && typeof jwtSecret !== 'string') {
-    throw makeError('ERR_INVALID_OPTION', 'jwtSecret must be a string');
-  }
-  if (!jwtSecret) {
-    throw makeError('ERR_MISSING_JWT_SECRET', 'a JWT secret is required: set JWT_SECRET (in the environment, or in a .env file beside your app) or pass jwtSecret (the Auth module\'s HS256 secret)');
-  }
-  const jwtChecks = {};
-  for (const [key, envName] of [['jwtAudience', 'JWT_AUDIENCE'], ['jwtIssuer', 'JWT_ISSUER']]) {
-    const value = options[key] ?? (env[envName] || undefined);
-    if (value != null && (typeof value !== 'string' || value === '')) {
-      throw makeError('ERR_INVALID_OPTION', `${key} must be a non-empty string`);
-    }
-    jwtChecks[key] = value ?? undefined;
-  }
-  const jwtRequireExp = options.jwtRequireExp ?? envFlag(env.JWT_REQUIRE_EXP);
-  if (typeof jwtRequireExp !== 'boolean') throw makeError('ERR_INVALID_OPTION', 'jwtRequireExp must be a boolean');
-  const { validateUser } = options;
-  if (validateUser != null && typeof validateUser !== 'function') {
-    throw makeError('ERR_INVALID_OPTION', 'validateUser must be a function (claims) => boolean | Promise<boolean>');
-  }
-  const numeric = {};
-  for (const key of Object.keys(NUMERIC_OPTIONS)) numeric[key] = numericOption(options, env, key);
-  const drainMs = options.drainMs != null
-    ? resolveDrainMs(options.drainMs, 'drainMs')
-    : resolveDrainMs(env.REALTIME_DRAIN_MS ?? 0, 'REALTIME_DRAIN_MS');
-  return {
-    drainMs,
-    native: {
-      host,
-      port,
-      path: wsPath,
-      jwtSecret,
-      ...jwtChecks,
-      jwtRequireExp,
-      ...numeric,
-      allowedOrigins: originsOption(options, env),
-      ...opsOptions(options, env),
-      dashboard: resolveDashboard(options, env),
-      bus: busOptionsFrom(options, env),
-    },
-    validateUser,
-  };
+  const { js, server, bus } = resolveOptions(options, env);
+  return { ...js, native: { ...server, bus } };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -430,7 +447,7 @@ let busStarted = false;
 
 function ensureBus() {
   if (!busStarted) {
-    callNative(() => native.ensureBus(busOptionsFrom({}, process.env)));
+    callNative(() => native.ensureBus(resolveOptions({}, process.env, 'bus').bus));
     busStarted = true;
   }
 }
@@ -504,7 +521,7 @@ class Server {
           return Promise.reject(makeError('ERR_INVALID_OPTION', `close: unknown option "${key}"`));
         }
       }
-      const graceMs = options.graceMs ?? DEFAULT_GRACE_MS;
+      const graceMs = options.graceMs ?? facts.defaults.graceMs;
       if (!Number.isInteger(graceMs) || graceMs < 0 || graceMs > MAX_U32) {
         return Promise.reject(makeError('ERR_INVALID_OPTION', 'graceMs must be a non-negative integer'));
       }
@@ -795,6 +812,7 @@ function subscribeToParcelEvents(callback) {
 // module by scanning this literal, and stops at the first entry that is not a plain name.
 const { MAX_PARCEL_ID_BYTES } = native;
 const _busInfo = () => native.busInfo();
+const _facts = () => native.facts();
 
 module.exports = {
   startServer,
@@ -811,4 +829,6 @@ module.exports = {
   DEFAULT_CHANNEL,
   /** @internal for tests and diagnostics */
   _busInfo,
+  /** @internal the engine's facts (defaults, subprotocol, close codes), for tests */
+  _facts,
 };

@@ -1,21 +1,19 @@
-// Shared helpers for the node:test suites. Real parts only: npm `ws` clients, npm `jsonwebtoken`
-// tokens, a private `redis-server`, child Node processes.
+// Helpers for the node:test suites: npm `ws` clients and HTTP refusals, child Node processes
+// running this package, the drain assertions. Ports, processes, redis-server, tokens and waiting
+// come from the kit the benchmark shares (test-kit/), re-exported here.
 'use strict';
 
 const assert = require('node:assert/strict');
-const { spawn, spawnSync } = require('node:child_process');
 const http = require('node:http');
-const fs = require('node:fs');
-const net = require('node:net');
 const path = require('node:path');
 
 const WebSocket = require('ws');
-const jwt = require('jsonwebtoken');
 
+const kit = require('../test-kit');
+
+const { SECRET, DEFAULT_TIMEOUT, sign, delay, withTimeout, waitUntil } = kit;
 const PKG = path.resolve(__dirname, '..');
-const SECRET = 'test-secret-for-realtime-events';
 const WELCOME = '{"type":"connected","message":"WebSocket connection established"}';
-const DEFAULT_TIMEOUT = 5000;
 
 /** A frame without its trailing `"offset":"<ms>-<seq>"` field (the engine always puts it last). */
 function withoutOffset(frame) {
@@ -27,33 +25,9 @@ function frame(parcelId) {
   return `{"type":"parcel_updated","parcel_id":${JSON.stringify(parcelId)}}`;
 }
 
-/** An HS256 token signed like the Auth module signs it (npm jsonwebtoken). */
-function sign(claims = { sub: 'user-1' }, options = {}, secret = SECRET) {
-  return jwt.sign(claims, secret, { algorithm: 'HS256', ...options });
-}
-
-function delay(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Runs `promise` with a deadline; rejects with a message naming what was awaited. */
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** Polls `check()` until it returns a truthy value; fails loudly with `what` after `ms`. */
-async function waitUntil(check, what, ms = DEFAULT_TIMEOUT, every = 20) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting until ${what}`);
-    await delay(every);
-  }
+/** The exact frame the engine sends for a parcel id with publisher data. */
+function dataFrame(parcelId, data) {
+  return `{"type":"parcel_updated","parcel_id":${JSON.stringify(parcelId)},"data":${JSON.stringify(data)}}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -101,33 +75,17 @@ class Client {
   /** Resolves with all messages once at least `n` arrived; fails loudly after `ms`. */
   waitFor(n, ms = DEFAULT_TIMEOUT) {
     if (this.messages.length >= n) return Promise.resolve(this.messages);
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        if (this.messages.length >= n) {
-          done();
-          resolve(this.messages);
-        } else if (this.closeInfo) {
-          done();
-          reject(new Error(
-            `connection closed (${this.closeInfo.code} ${this.closeInfo.reason}) after ` +
-              `${this.messages.length} of ${n} messages: ${JSON.stringify(this.messages.slice(-3))}`,
-          ));
-        }
-      };
-      const timer = setTimeout(() => {
-        done();
-        reject(new Error(
-          `timed out after ${ms} ms: got ${this.messages.length} of ${n} messages; last: ` +
-            JSON.stringify(this.messages.slice(-3)),
-        ));
-      }, ms);
-      const done = () => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-      };
-      this.waiters.add(check);
-      check();
-    });
+    return kit.whenNotified(this.waiters, () => {
+      if (this.messages.length >= n) return this.messages;
+      if (this.closeInfo) {
+        throw new Error(
+          `connection closed (${this.closeInfo.code} ${this.closeInfo.reason}) after ` +
+            `${this.messages.length} of ${n} messages: ${JSON.stringify(this.messages.slice(-3))}`,
+        );
+      }
+      return undefined;
+    }, ms, () => `timed out after ${ms} ms: got ${this.messages.length} of ${n} messages; last: ` +
+      JSON.stringify(this.messages.slice(-3)));
   }
 
   /** The next frame not consumed yet. */
@@ -194,10 +152,45 @@ async function connectReady(url, options) {
   return client;
 }
 
+/**
+ * Like `connect`, offering WebSocket subprotocols (as a browser's `new WebSocket(url, protocols)`
+ * does). Resolves with the Client (its `ws.protocol` is the one the server picked).
+ */
+function connectProtocols(url, protocols, options = {}, ms = DEFAULT_TIMEOUT) {
+  return connect(url, options, ms, protocols);
+}
+
 function wsUrl(server, { token = sign(), path: p = '/ws', host = '127.0.0.1' } = {}) {
   const query = token == null ? '' : `?token=${encodeURIComponent(token)}`;
   return `ws://${host}:${server.port ?? server}${p}${query}`;
 }
+
+/** Waits (at most `ms`) for the client to be closed; asserts the code (and reason if given). */
+async function expectClose(client, code, reason, ms = DEFAULT_TIMEOUT) {
+  const info = await withTimeout(client.closed, ms, `close ${code}`);
+  assert.equal(info.code, code, `close code (reason ${JSON.stringify(info.reason)})`);
+  if (reason !== undefined) assert.equal(info.reason, reason);
+  return info;
+}
+
+/** The offset of the last frame a client received that carried one (the welcome included). */
+function lastOffset(client) {
+  for (let i = client.raw.length - 1; i >= 0; i--) {
+    const m = /"offset":"(\d+-\d+)"/.exec(client.raw[i]);
+    if (m) return m[1];
+  }
+  return null;
+}
+
+/** The parcel ids of the parcel_updated frames a client received, in order. */
+function eventIds(client) {
+  return client.messages
+    .filter((m) => typeof m === 'string' && m.startsWith('{"type":"parcel_updated"'))
+    .map((m) => JSON.parse(m).parcel_id);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals and plain HTTP
 
 /**
  * Attempts a WebSocket upgrade that the server is expected to refuse; resolves with
@@ -219,6 +212,11 @@ function refusal(url, options = {}, ms = DEFAULT_TIMEOUT, protocols = undefined)
     });
   });
   return withTimeout(result, ms, `an HTTP refusal from ${url}`);
+}
+
+/** Like `refusal`, offering WebSocket subprotocols. */
+function refusalProtocols(url, protocols, options = {}, ms = DEFAULT_TIMEOUT) {
+  return refusal(url, options, ms, protocols);
 }
 
 /** An HTTP response read whole: {status, headers, body (parsed JSON, or undefined), raw}. */
@@ -245,6 +243,18 @@ async function expectRefusal(url, options, status, code) {
   return assertRefusal(await refusal(url, options), status, code);
 }
 
+/** Asserts a refusal's status and JSON body {error, code}; `r` from refusal/refusalProtocols. */
+function assertRefusal(r, status, code) {
+  assert.equal(r.status, status, `status for ${code}: body ${r.raw}`);
+  assert.match(r.headers['content-type'] ?? '', /^application\/json/);
+  assert.ok(r.body, `body is JSON: ${r.raw}`);
+  assert.deepEqual(Object.keys(r.body).sort(), ['code', 'error']);
+  assert.equal(r.body.code, code);
+  assert.equal(typeof r.body.error, 'string');
+  assert.ok(r.body.error.length > 0);
+  return r;
+}
+
 /** A plain HTTP request (no upgrade); resolves with {status, headers, body, raw}. */
 function httpGet(port, p, headers = {}, method = 'GET') {
   return withTimeout(new Promise((resolve, reject) => {
@@ -256,67 +266,30 @@ function httpGet(port, p, headers = {}, method = 'GET') {
   }), DEFAULT_TIMEOUT, `GET ${p}`);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Ports and processes
-
-/** The kernel's ephemeral range (where outgoing connections take their local ports). */
-function ephemeralRange() {
-  try {
-    const [lo, hi] = fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
-    if (lo > 0 && hi >= lo) return [lo, hi];
-  } catch {}
-  return [32768, 60999];
-}
-
-function canListen(port, host) {
-  return new Promise((resolve) => {
-    const srv = net.createServer();
-    srv.once('error', () => resolve(false));
-    srv.listen({ port, host, exclusive: true }, () => srv.close(() => resolve(true)));
-  });
-}
-
-const handedOut = new Set();
-
 /**
- * A port that is free right now, for servers that must listen on a port chosen in advance (child
- * processes, restarts on the same port). It is taken below the ephemeral range, so that no
- * outgoing connection can grab it between now and the moment the server binds it.
+ * Serves an Express `app` on a free loopback port: `{ post(path) → status, close() }` (close
+ * cuts keep-alive connections).
  */
-async function freePort() {
-  const [lo] = ephemeralRange();
-  const min = 10_000;
-  const max = Math.max(min + 1000, lo - 1);
-  for (let attempt = 0; attempt < 200; attempt++) {
-    const port = min + Math.floor(Math.random() * (max - min));
-    if (handedOut.has(port)) continue;
-    if ((await canListen(port, '0.0.0.0')) && (await canListen(port, '127.0.0.1'))) {
-      handedOut.add(port);
-      return port;
-    }
-  }
-  throw new Error('no free port found');
+async function serveApp(app) {
+  const server = await new Promise((resolve) => {
+    const s = app.listen(0, '127.0.0.1', () => resolve(s));
+  });
+  const base = `http://127.0.0.1:${server.address().port}`;
+  return {
+    async post(path) {
+      const res = await fetch(`${base}${path}`, { method: 'POST' });
+      await res.text();
+      return res.status;
+    },
+    close() {
+      server.closeAllConnections?.();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
 }
 
-const children = new Set();
-process.on('exit', () => {
-  for (const child of children) {
-    try {
-      killTree(child, 'SIGKILL');
-    } catch {}
-  }
-});
-
-/** Kills a child, or its whole process group when it was spawned with `group: true`. */
-function killTree(child, signal) {
-  if (child.groupLeader) {
-    try {
-      process.kill(-child.pid, signal);
-      return;
-    } catch {}
-  }
-  child.kill(signal);
-}
+// ---------------------------------------------------------------------------------------------
+// Processes (the kit's, started clean in the package folder)
 
 /** process.env without the variables the package reads, so that children start clean. */
 function cleanEnv(extra = {}) {
@@ -335,105 +308,30 @@ function cleanEnv(extra = {}) {
   return env;
 }
 
+/** Runs `fn` with process.env[k] set (or deleted when undefined), restoring them afterwards. */
+async function withEnv(vars, fn) {
+  const saved = {};
+  for (const [k, v] of Object.entries(vars)) {
+    saved[k] = process.env[k];
+    if (v === undefined) delete process.env[k];
+    else process.env[k] = String(v);
+  }
+  try {
+    return await fn();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+}
+
 /**
- * Spawns a child process and records its output.
- * Returns {child, out(), err(), waitForOutput(regex), exited, kill(signal), write(line)}.
- */
-/**
- * A child process with its output captured. `group: true` makes it lead a process group of its
- * own, which stop() and the cleanup kill whole (for a child that spawns others, such as npm);
- * `child.kill()` still signals the child alone.
+ * A child process with its output captured (see test-kit/proc.js): `group: true` makes it lead
+ * a process group of its own, which stop() and the cleanup kill whole.
  */
 function spawnProcess(command, args, { env = cleanEnv(), cwd = PKG, group = false } = {}) {
-  const child = spawn(command, args, { env, cwd, stdio: ['pipe', 'pipe', 'pipe'], detached: group });
-  child.groupLeader = group;
-  children.add(child);
-  let stdout = '';
-  let stderr = '';
-  const waiters = new Set();
-  const notify = () => {
-    for (const w of [...waiters]) w();
-  };
-  child.stdout.on('data', (d) => {
-    stdout += d.toString('utf8');
-    notify();
-  });
-  child.stderr.on('data', (d) => {
-    stderr += d.toString('utf8');
-    notify();
-  });
-  let exitInfo = null;
-  const exited = new Promise((resolve) => {
-    child.on('close', (code, signal) => {
-      children.delete(child);
-      exitInfo = { code, signal };
-      resolve(exitInfo);
-      notify();
-    });
-  });
-  child.on('error', (err) => {
-    stderr += `\n[spawn error] ${err.message}`;
-  });
-  child.stdin.on('error', () => {});
-  const proc = {
-    child,
-    pid: child.pid,
-    exited,
-    out: () => stdout,
-    err: () => stderr,
-    get exitInfo() {
-      return exitInfo;
-    },
-    /** Resolves with the regex match once stdout (or `stream`) matches; fails loudly. */
-    waitForOutput(regex, { stream = 'stdout', ms = DEFAULT_TIMEOUT } = {}) {
-      return new Promise((resolve, reject) => {
-        const check = () => {
-          const text = stream === 'stdout' ? stdout : stderr;
-          const m = regex.exec(text);
-          if (m) {
-            done();
-            resolve(m);
-          } else if (exitInfo) {
-            done();
-            reject(new Error(`process exited (${JSON.stringify(exitInfo)}) before ${stream} matched ${regex}\n` +
-              `stdout: ${stdout}\nstderr: ${stderr}`));
-          }
-        };
-        const timer = setTimeout(() => {
-          done();
-          reject(new Error(`timed out after ${ms} ms waiting for ${stream} to match ${regex}\n` +
-            `stdout: ${stdout}\nstderr: ${stderr}`));
-        }, ms);
-        const done = () => {
-          clearTimeout(timer);
-          waiters.delete(check);
-        };
-        waiters.add(check);
-        check();
-      });
-    },
-    /** Waits for the exit; fails loudly (and kills) after `ms`. */
-    async waitForExit(ms = DEFAULT_TIMEOUT) {
-      try {
-        return await withTimeout(exited, ms, `process ${child.pid} to exit by itself`);
-      } catch (err) {
-        killTree(child, 'SIGKILL');
-        throw new Error(`${err.message}\nstdout: ${stdout}\nstderr: ${stderr}`);
-      }
-    },
-    write(line) {
-      child.stdin.write(`${line}\n`);
-    },
-    /** Kills (SIGKILL unless told) and waits for the exit. */
-    async stop(signal = 'SIGKILL') {
-      if (!exitInfo) {
-        killTree(child, signal);
-        await exited;
-      }
-      return exitInfo;
-    },
-  };
-  return proc;
+  return kit.spawnProcess(command, args, { env, cwd, group });
 }
 
 /** Runs `node -e script` (the script can require the package as PKG). */
@@ -479,195 +377,7 @@ function spawnServer(options = {}, spawnOptions) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Redis
-
-function redisInstalled() {
-  return ['redis-server', 'redis-cli'].every((cmd) => {
-    const r = spawnSync(cmd, ['--version'], { encoding: 'utf8' });
-    return !r.error && r.status === 0;
-  });
-}
-
-/**
- * The `skip` option for Redis tests: a reason when redis-server is missing, unless
- * REQUIRE_REDIS=1, in which case the tests run (and fail).
- */
-function redisSkipReason() {
-  if (redisInstalled()) return false;
-  if (process.env.REQUIRE_REDIS === '1') return false;
-  return 'redis-server/redis-cli are not installed (set REQUIRE_REDIS=1 to make this a failure)';
-}
-
-function redisCli(port, args) {
-  const r = spawnSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { encoding: 'utf8', timeout: 5000 });
-  if (r.error) throw r.error;
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-/**
- * Starts a private redis-server on a free loopback port and waits until it answers PING.
- * Returns {url, port, stop(), kill(signal), restart()}.
- */
-async function startRedis() {
-  if (!redisInstalled()) throw new Error('redis-server or redis-cli is not installed (REQUIRE_REDIS=1)');
-  const port = await freePort();
-  let proc = null;
-  const launch = async () => {
-    proc = spawnProcess('redis-server', [
-      '--port', String(port), '--save', '', '--appendonly', 'no', '--bind', '127.0.0.1',
-    ]);
-    await waitUntil(() => {
-      if (proc.exitInfo) throw new Error(`redis-server exited: ${proc.out()} ${proc.err()}`);
-      const r = redisCli(port, ['PING']);
-      return r.status === 0 && r.stdout.trim() === 'PONG';
-    }, `redis-server on port ${port} answers PING`, 10_000, 50);
-  };
-  await launch();
-  return {
-    port,
-    url: `redis://127.0.0.1:${port}`,
-    get pid() {
-      return proc.pid;
-    },
-    /** Sends `signal` and waits for the process to be gone. */
-    async kill(signal = 'SIGKILL') {
-      await proc.stop(signal);
-    },
-    async stop() {
-      await proc.stop('SIGTERM');
-    },
-    /** Starts it again on the same port (after kill/stop). */
-    async restart() {
-      if (!proc.exitInfo) await proc.stop('SIGKILL');
-      await launch();
-    },
-  };
-}
-
-/**
- * Serves an Express `app` on a free loopback port: `{ post(path) → status, close() }` (close
- * cuts keep-alive connections).
- */
-async function serveApp(app) {
-  const server = await new Promise((resolve) => {
-    const s = app.listen(0, '127.0.0.1', () => resolve(s));
-  });
-  const base = `http://127.0.0.1:${server.address().port}`;
-  return {
-    async post(path) {
-      const res = await fetch(`${base}${path}`, { method: 'POST' });
-      await res.text();
-      return res.status;
-    },
-    close() {
-      server.closeAllConnections?.();
-      return new Promise((resolve) => server.close(resolve));
-    },
-  };
-}
-
-module.exports = {
-  serveApp,
-  withoutOffset,
-  PKG,
-  SECRET,
-  WELCOME,
-  DEFAULT_TIMEOUT,
-  frame,
-  sign,
-  delay,
-  withTimeout,
-  waitUntil,
-  Client,
-  connect,
-  connectReady,
-  wsUrl,
-  refusal,
-  expectRefusal,
-  httpGet,
-  freePort,
-  cleanEnv,
-  spawnProcess,
-  spawnNodeScript,
-  spawnServer,
-  redisInstalled,
-  redisSkipReason,
-  redisCli,
-  startRedis,
-};
-
-// ---------------------------------------------------------------------------------------------
-// Additions for the heartbeat, refresh, subscription, data, limit and browser suites.
-
-/** The exact frame the engine sends for a parcel id with publisher data. */
-function dataFrame(parcelId, data) {
-  return `{"type":"parcel_updated","parcel_id":${JSON.stringify(parcelId)},"data":${JSON.stringify(data)}}`;
-}
-
-/** Waits (at most `ms`) for the client to be closed; asserts the code (and reason if given). */
-async function expectClose(client, code, reason, ms = DEFAULT_TIMEOUT) {
-  const info = await withTimeout(client.closed, ms, `close ${code}`);
-  assert.equal(info.code, code, `close code (reason ${JSON.stringify(info.reason)})`);
-  if (reason !== undefined) assert.equal(info.reason, reason);
-  return info;
-}
-
-/** Runs `fn` with process.env[k] set (or deleted when undefined), restoring them afterwards. */
-async function withEnv(vars, fn) {
-  const saved = {};
-  for (const [k, v] of Object.entries(vars)) {
-    saved[k] = process.env[k];
-    if (v === undefined) delete process.env[k];
-    else process.env[k] = String(v);
-  }
-  try {
-    return await fn();
-  } finally {
-    for (const [k, v] of Object.entries(saved)) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  }
-}
-
-/** Seconds since the epoch, as JWT `exp` counts them. */
-function nowSeconds() {
-  return Math.floor(Date.now() / 1000);
-}
-
-/**
- * Like `connect`, offering WebSocket subprotocols (as a browser's `new WebSocket(url, protocols)`
- * does). Resolves with the Client (its `ws.protocol` is the one the server picked).
- */
-function connectProtocols(url, protocols, options = {}, ms = DEFAULT_TIMEOUT) {
-  return connect(url, options, ms, protocols);
-}
-
-/** Like `refusal`, offering WebSocket subprotocols. */
-function refusalProtocols(url, protocols, options = {}, ms = DEFAULT_TIMEOUT) {
-  return refusal(url, options, ms, protocols);
-}
-
-/** Asserts a refusal's status and JSON body {error, code}; `r` from refusal/refusalProtocols. */
-function assertRefusal(r, status, code) {
-  assert.equal(r.status, status, `status for ${code}: body ${r.raw}`);
-  assert.match(r.headers['content-type'] ?? '', /^application\/json/);
-  assert.ok(r.body, `body is JSON: ${r.raw}`);
-  assert.deepEqual(Object.keys(r.body).sort(), ['code', 'error']);
-  assert.equal(r.body.code, code);
-  assert.equal(typeof r.body.error, 'string');
-  assert.ok(r.body.error.length > 0);
-  return r;
-}
-
-/** The offset of the last frame a client received that carried one (the welcome included). */
-function lastOffset(client) {
-  for (let i = client.raw.length - 1; i >= 0; i--) {
-    const m = /"offset":"(\d+-\d+)"/.exec(client.raw[i]);
-    if (m) return m[1];
-  }
-  return null;
-}
+// Drains: clients that move on the notice or resume after the close, and what they must see
 
 /**
  * Clients that ignore the drain notice: on 1001 they reconnect to `url()` with
@@ -681,13 +391,6 @@ function resumeOnClose(group, url) {
     assert.ok(since, 'the old connection carried offsets');
     return connectReady(`${url()}&since=${encodeURIComponent(since)}`);
   }));
-}
-
-/** The parcel ids of the parcel_updated frames a client received, in order. */
-function eventIds(client) {
-  return client.messages
-    .filter((m) => typeof m === 'string' && m.startsWith('{"type":"parcel_updated"'))
-    .map((m) => JSON.parse(m).parcel_id);
 }
 
 /**
@@ -758,7 +461,45 @@ function assertMovedWithoutLoss({ prefix, published, movers, moved, resumers, ba
   return seams;
 }
 
-Object.assign(module.exports, {
-  lastOffset, resumeOnClose, eventIds, moveOnNotice, publishContinuously, assertMovedWithoutLoss,
-  dataFrame, expectClose, withEnv, nowSeconds, connectProtocols, refusalProtocols, assertRefusal,
-});
+module.exports = {
+  PKG,
+  SECRET,
+  WELCOME,
+  DEFAULT_TIMEOUT,
+  withoutOffset,
+  frame,
+  dataFrame,
+  sign,
+  nowSeconds: kit.nowSeconds,
+  delay,
+  withTimeout,
+  waitUntil,
+  Client,
+  connect,
+  connectReady,
+  connectProtocols,
+  wsUrl,
+  expectClose,
+  lastOffset,
+  eventIds,
+  refusal,
+  refusalProtocols,
+  expectRefusal,
+  assertRefusal,
+  httpGet,
+  serveApp,
+  freePort: kit.freePort,
+  cleanEnv,
+  withEnv,
+  spawnProcess,
+  spawnNodeScript,
+  spawnServer,
+  redisInstalled: kit.redisInstalled,
+  redisSkipReason: kit.redisSkipReason,
+  redisCli: kit.redisCli,
+  startRedis: () => kit.startRedis(),
+  resumeOnClose,
+  moveOnNotice,
+  publishContinuously,
+  assertMovedWithoutLoss,
+};

@@ -2,7 +2,7 @@
 // by `openssl`: a private CA, a server certificate, a client certificate for mutual TLS), a
 // Sentinel set (1 master, 1 replica, 3 sentinels) and a Redis Cluster (3 masters + 3 replicas).
 // Every process is a real redis-server on a free loopback port, killed when the test process
-// exits (helpers.spawnProcess tracks it). Nothing persists: each node runs in its own temporary
+// exits (test-kit tracks every child). Nothing persists: each node runs in its own temporary
 // directory with `--save ''` and no AOF.
 'use strict';
 
@@ -11,9 +11,8 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 
+const kit = require('../test-kit');
 const h = require('./helpers');
-
-const NO_PERSISTENCE = ['--save', '', '--appendonly', 'no', '--bind', '127.0.0.1'];
 
 function tempDir(prefix) {
   return fs.mkdtempSync(path.join(os.tmpdir(), `rt-${prefix}-`));
@@ -86,30 +85,16 @@ function tlsCli(port, certs, args) {
 async function startNode(args, { cli = (port, a) => h.redisCli(port, a), port, dir } = {}) {
   port = port ?? (await h.freePort());
   dir = dir ?? tempDir(`node-${port}`);
-  let proc;
-  const launch = async () => {
-    proc = h.spawnProcess('redis-server', ['--port', String(port), '--dir', dir, ...NO_PERSISTENCE, ...args]);
-    await h.waitUntil(() => {
-      if (proc.exitInfo) throw new Error(`redis-server exited: ${proc.out()} ${proc.err()}`);
+  const node = await kit.startRedis({
+    port,
+    args: ['--dir', dir, ...args],
+    ready: () => {
       const r = cli(port, ['PING']);
       return r.status === 0 && /PONG|NOAUTH/.test(r.stdout);
-    }, `redis-server on port ${port} answers PING`, 10_000, 50);
-  };
-  await launch();
-  return {
-    port,
-    dir,
-    get proc() {
-      return proc;
     },
-    async kill(signal = 'SIGKILL') {
-      await proc.stop(signal);
-    },
-    async restart() {
-      if (!proc.exitInfo) await proc.stop('SIGKILL');
-      await launch();
-    },
-  };
+  });
+  node.dir = dir;
+  return node;
 }
 
 /**
@@ -118,20 +103,22 @@ async function startNode(args, { cli = (port, a) => h.redisCli(port, a), port, d
  */
 async function startTlsRedis(certs, { mutual = false } = {}) {
   const tlsPort = await h.freePort();
-  const dir = tempDir(`tls-${tlsPort}`);
-  const proc = h.spawnProcess('redis-server', ['--port', '0', '--tls-port', String(tlsPort), '--dir', dir,
-    '--tls-cert-file', certs.server.cert, '--tls-key-file', certs.server.key, '--tls-ca-cert-file', certs.ca,
-    '--tls-auth-clients', mutual ? 'yes' : 'no', ...NO_PERSISTENCE]);
-  await h.waitUntil(() => {
-    if (proc.exitInfo) throw new Error(`redis-server (TLS) exited: ${proc.out()} ${proc.err()}`);
-    const r = tlsCli(tlsPort, certs, ['PING']);
-    return r.status === 0 && r.stdout.trim() === 'PONG';
-  }, `TLS redis-server on port ${tlsPort} answers PING`, 10_000, 50);
+  const node = await kit.startRedis({
+    port: tlsPort,
+    // The last --port wins: no plain TCP, TLS on tlsPort.
+    args: ['--port', '0', '--tls-port', String(tlsPort), '--dir', tempDir(`tls-${tlsPort}`),
+      '--tls-cert-file', certs.server.cert, '--tls-key-file', certs.server.key, '--tls-ca-cert-file', certs.ca,
+      '--tls-auth-clients', mutual ? 'yes' : 'no'],
+    ready: () => {
+      const r = tlsCli(tlsPort, certs, ['PING']);
+      return r.status === 0 && r.stdout.trim() === 'PONG';
+    },
+  });
   return {
     port: tlsPort,
     url: `rediss://127.0.0.1:${tlsPort}`,
     cli: (args) => tlsCli(tlsPort, certs, args),
-    stop: () => proc.stop('SIGTERM'),
+    stop: () => node.stop(),
   };
 }
 

@@ -18,13 +18,12 @@ const crypto = require('node:crypto');
 const fs = require('node:fs');
 const net = require('node:net');
 const path = require('node:path');
-const jwt = require('jsonwebtoken');
 const WebSocket = require('ws');
 
-const { Child, sleep } = require('./lib/procs');
+const { Child, delay: sleep, sign } = require('../test-kit');
 
 const SECRET = 'bench-secret-not-for-production';
-const token = (sub) => jwt.sign({ sub }, SECRET, { algorithm: 'HS256' });
+const token = (sub) => sign({ sub }, {}, SECRET);
 
 function args() {
   const o = { scenarios: ['replayer', 'idle', 'fragments'], impls: ['rt', 'baseline'], idle: 2000, smoke: false };

@@ -15,7 +15,7 @@ const os = require('node:os');
 const path = require('node:path');
 const jwt = require('jsonwebtoken');
 
-const { Child, freePort, sleep, setVerbose } = require('./lib/procs');
+const { Child, delay: sleep, setVerbose, findRedisServer, startBenchRedis: startRedis } = require('../test-kit');
 const report = require('./lib/report');
 
 const ROOT = path.resolve(__dirname, '..');
@@ -509,52 +509,6 @@ async function handshake(impl, o, concurrency) {
 }
 
 // Redis ---------------------------------------------------------------------------------------
-
-function findRedisServer() {
-  const r = spawnSync('bash', ['-c', 'command -v redis-server'], { encoding: 'utf8' });
-  return r.status === 0 ? r.stdout.trim() : null;
-}
-
-function redisPing(port) {
-  const net = require('node:net');
-  return new Promise((resolve) => {
-    const sock = net.connect(port, '127.0.0.1');
-    let buf = '';
-    sock.on('connect', () => sock.write('PING\r\n'));
-    sock.on('data', (d) => {
-      buf += d;
-      if (buf.includes('PONG')) {
-        sock.destroy();
-        resolve(true);
-      }
-    });
-    sock.on('error', () => resolve(false));
-    setTimeout(() => {
-      sock.destroy();
-      resolve(false);
-    }, 1000);
-  });
-}
-
-/**
- * A private redis-server on a free port, without persistence, and without the pub/sub output
- * buffer limit: by default Redis disconnects a subscriber that falls 32 MB behind, which would
- * turn the baseline's backlog into a disconnection; with `pubsub 0 0 0` both designs are judged
- * on delivery alone.
- */
-async function startRedis(bin) {
-  const port = await freePort();
-  const child = new Child('redis', bin, [
-    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-    '--client-output-buffer-limit', 'pubsub 0 0 0', '--loglevel', 'warning',
-  ]);
-  for (let i = 0; i < 100; i++) {
-    if (child.exit) throw new Error(`redis-server exited: ${child.stderrTail.join(' ')}`);
-    if (await redisPing(port)) return { child, url: `redis://127.0.0.1:${port}` };
-    await sleep(100);
-  }
-  throw new Error('redis-server did not answer PING');
-}
 
 /** 6: separate publisher process → Redis → server(s) → clients, at a fixed rate. */
 async function redisRun(impl, o, url) {

@@ -211,26 +211,6 @@ pub fn bus_info() -> BusInfo {
     }
 }
 
-/// Enqueues one event. Synchronous enqueue keeps publish order equal to call order; the promise
-/// settles when the bus has taken the event (Redis: acknowledged it).
-#[napi(catch_unwind)]
-pub fn publish(
-    env: &Env,
-    parcel_id: String,
-    data: Option<String>,
-) -> napi::Result<PromiseRaw<'_, ()>> {
-    let bus = global().bus.clone().ok_or_else(|| {
-        to_js(EngineError::new(codes::BUS_CLOSED, "no bus: call ensureBus first"))
-    })?;
-    let event = crate::event::Event::with_data(&parcel_id, data.as_deref()).map_err(to_js)?;
-    let done = bus.publish_event(event).map_err(to_js)?;
-    env.spawn_future(async move {
-        done.await
-            .unwrap_or_else(|_| Err(EngineError::new(codes::BUS_CLOSED, "the bus has stopped")))
-            .map_err(to_js)
-    })
-}
-
 /// Enqueues one event and returns its number at once (no promise per publish: the JS thread's
 /// cost stays a fraction of a microsecond). The ack sink settles numbered publishes in batches.
 #[napi(catch_unwind)]
@@ -432,8 +412,8 @@ impl NativeServer {
         drain_ms: Option<u32>,
     ) -> napi::Result<PromiseRaw<'env, ()>> {
         let server = self.server.clone();
-        let grace = Duration::from_millis(grace_ms.unwrap_or(5_000) as u64);
-        let drain = Duration::from_millis(drain_ms.unwrap_or(0) as u64);
+        let grace = Duration::from_millis(grace_ms.unwrap_or(DEFAULT_GRACE_MS) as u64);
+        let drain = Duration::from_millis(drain_ms.unwrap_or(DEFAULT_DRAIN_MS) as u64);
         // Synchronous: `/health` says draining as soon as close() returns.
         let end = server.start_drain(drain);
         env.spawn_future(async move {
@@ -545,3 +525,62 @@ pub const MAX_USERS: u32 = crate::event::MAX_USERS as u32;
 /// The longest user id, in bytes.
 #[napi]
 pub const MAX_USER_ID_BYTES: u32 = crate::event::MAX_USER_ID_BYTES as u32;
+
+/// How long `close()` waits for connections to finish closing after the drain, by default.
+const DEFAULT_GRACE_MS: u32 = 5_000;
+/// How long `close()` spreads the clients' closes over, by default (0: all at once).
+const DEFAULT_DRAIN_MS: u32 = 0;
+
+/// The facts index.js (and the tests of client.js) take from here instead of restating them:
+/// the defaults of the options, the subprotocol, the close code of every [`Disconnect`] that
+/// sends one (by its name in camelCase), the codes raised as `TypeError`, and the log level and
+/// format in force (after `initLogging`).
+///
+/// [`Disconnect`]: crate::protocol::Disconnect
+#[napi(catch_unwind)]
+pub fn facts() -> serde_json::Value {
+    let server = ServerConfig::new("");
+    let bus = BusConfig::default();
+    let ms = |d: Duration| d.as_millis() as u64;
+    let mut close_codes = serde_json::Map::new();
+    for d in crate::protocol::Disconnect::ALL {
+        if let Some(code) = d.close_code() {
+            let name = format!("{d:?}");
+            let name = name[..1].to_ascii_lowercase() + &name[1..];
+            close_codes.insert(name, code.into());
+        }
+    }
+    serde_json::json!({
+        "subprotocol": crate::protocol::SUBPROTOCOL,
+        "bearerPrefix": crate::protocol::BEARER_PROTOCOL_PREFIX,
+        "closeCodes": close_codes,
+        "typeErrorCodes": crate::error::INVALID_ARGUMENT_CODES,
+        "defaults": {
+            "port": crate::config::DEFAULT_PORT,
+            "host": crate::config::DEFAULT_HOST,
+            "path": crate::config::DEFAULT_PATH,
+            "channel": crate::config::DEFAULT_CHANNEL,
+            "graceMs": DEFAULT_GRACE_MS,
+            "drainMs": DEFAULT_DRAIN_MS,
+            "maxMessageBytes": server.max_message_bytes,
+            "handshakeTimeoutMs": ms(server.handshake_timeout),
+            "pingIntervalMs": server.ping_interval.map_or(0, ms),
+            "pongTimeoutMs": ms(server.pong_timeout),
+            "headTimeoutMs": ms(server.head_timeout),
+            "maxSubscriptions": server.max_subscriptions,
+            "messagesPerSecond": server.messages_per_second,
+            "messageBurst": server.message_burst,
+            "maxConnectionsPerIp": crate::config::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            "maxHandshakesPerIp": crate::config::DEFAULT_MAX_HANDSHAKES_PER_IP,
+            "historySize": bus.history.max_events,
+            "historyTtlMs": ms(bus.history.max_age),
+        },
+        "log": {
+            "level": log::max_level().as_str().to_ascii_lowercase(),
+            "format": match crate::logger::format() {
+                crate::logger::Format::Json => "json",
+                crate::logger::Format::Text => "text",
+            },
+        },
+    })
+}

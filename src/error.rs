@@ -30,13 +30,7 @@ impl Error {
 
     /// Errors caused by the caller's arguments (the JS skin raises these as `TypeError`).
     pub fn is_invalid_argument(&self) -> bool {
-        matches!(
-            self.code,
-            codes::INVALID_PARCEL_ID
-                | codes::INVALID_DATA
-                | codes::INVALID_USERS
-                | codes::INVALID_OPTION
-        )
+        INVALID_ARGUMENT_CODES.contains(&self.code)
     }
 }
 
@@ -47,6 +41,10 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// The codes of errors caused by the caller's arguments (raised as `TypeError` in JS).
+pub const INVALID_ARGUMENT_CODES: [&str; 4] =
+    [codes::INVALID_PARCEL_ID, codes::INVALID_DATA, codes::INVALID_USERS, codes::INVALID_OPTION];
 
 /// The codes the engine uses. They are part of the public API: never rename one.
 pub mod codes {

@@ -216,6 +216,15 @@ pub fn init(level: LevelFilter, format: Format) {
     JSON.store(format == Format::Json, Ordering::Relaxed);
 }
 
+/// The format in force.
+pub fn format() -> Format {
+    if JSON.load(Ordering::Relaxed) {
+        Format::Json
+    } else {
+        Format::Text
+    }
+}
+
 /// Routes records to `hook` instead of stderr, or back to stderr with `None`.
 pub fn set_hook(hook: Option<Hook>) {
     *HOOK.write().unwrap_or_else(|e| e.into_inner()) = hook;
