@@ -400,8 +400,18 @@ function resumeOnClose(group, url) {
  */
 function moveOnNotice(group, url) {
   return Promise.all(group.map((c) => new Promise((resolve, reject) => {
+    // The new connection resumes from the last offset the old one gave, as the README
+    // advises: however long it takes to open (a loaded machine may need longer than the
+    // overlap), nothing between the two is missed.
+    let last = null;
     c.ws.on('message', (data) => {
-      if (data.toString('utf8').startsWith('{"type":"reconnect"')) connectReady(url()).then(resolve, reject);
+      const text = data.toString('utf8');
+      const offset = /"offset":"([^"]+)"/.exec(text);
+      if (offset) last = offset[1];
+      if (text.startsWith('{"type":"reconnect"')) {
+        const since = last ? `${url().includes('?') ? '&' : '?'}since=${encodeURIComponent(last)}` : '';
+        connectReady(url() + since).then(resolve, reject);
+      }
     });
   })));
 }
