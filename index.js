@@ -213,7 +213,10 @@ function busOptionsFrom(options, env) {
     throw makeError('ERR_INVALID_OPTION', 'redisRequired must be a boolean');
   }
   const history = {};
-  for (const [key, envName, max] of [['historySize', 'REALTIME_HISTORY_SIZE', 1_000_000], ['historyTtlMs', 'REALTIME_HISTORY_TTL_MS', 0xffffffff]]) {
+  for (const [key, envName, max] of [
+    ['historySize', 'REALTIME_HISTORY_SIZE', 1_000_000], ['historyTtlMs', 'REALTIME_HISTORY_TTL_MS', 0xffffffff],
+    ['inboxSize', 'REALTIME_INBOX_SIZE', 10_000], ['inboxTtlMs', 'REALTIME_INBOX_TTL_MS', 0xffffffff],
+  ]) {
     let value = options[key];
     if (value == null && env[envName] != null && env[envName] !== '') value = Number(env[envName]);
     if (value != null && (!Number.isInteger(value) || value < 0 || value > max)) {
@@ -228,7 +231,7 @@ const SERVER_OPTIONS = new Set([
   'port', 'host', 'path', 'jwtSecret', 'jwtAudience', 'jwtIssuer', 'jwtRequireExp', 'redisUrl', 'redisTls', 'channel', 'redisRequired', 'validateUser',
   'maxMessageBytes', 'handshakeTimeoutMs', 'pingIntervalMs', 'pongTimeoutMs', 'allowedOrigins',
   'maxConnections', 'maxConnectionsPerIp', 'maxHandshakes', 'maxHandshakesPerIp', 'headTimeoutMs', 'maxSubscriptions', 'messagesPerSecond', 'messageBurst',
-  'historySize', 'historyTtlMs', 'dashboard', 'drainMs',
+  'historySize', 'historyTtlMs', 'inboxSize', 'inboxTtlMs', 'dashboard', 'drainMs',
 ]);
 
 /** Numeric options: [env fallback, smallest allowed value, integer?]. */
@@ -679,22 +682,27 @@ function publishParcelEvent(req, res, next) {
 }
 
 /**
- * How many connections each of `userIds` has open now: `{ [userId]: count }` (this process, in
- * memory mode).
+ * How many connections each of `userIds` has open now: `{ [userId]: count }`, over every
+ * instance in Redis mode (an instance that died stops counting within 15 s), in this process in
+ * memory mode.
  */
-function presence(userIds) {
-  try {
-    if (!Array.isArray(userIds) || userIds.some((u) => typeof u !== 'string')) {
-      throw makeError('ERR_INVALID_USERS', 'presence(userIds): userIds must be an array of user ids (strings)');
-    }
-    ensureBus();
-    const counts = callNative(() => native.presence(userIds));
-    const out = {};
-    userIds.forEach((user, i) => { out[user] = counts[i]; });
-    return Promise.resolve(out);
-  } catch (err) {
-    return Promise.reject(err);
+async function presence(userIds) {
+  if (!Array.isArray(userIds) || userIds.some((u) => typeof u !== 'string')) {
+    throw makeError('ERR_INVALID_USERS', 'presence(userIds): userIds must be an array of user ids (strings)');
   }
+  if (userIds.length > native.MAX_USERS) {
+    throw makeError('ERR_INVALID_USERS', `presence(userIds): ${userIds.length} ids; the limit is ${native.MAX_USERS}`);
+  }
+  ensureBus();
+  let counts;
+  try {
+    counts = await callNative(() => native.presence(userIds));
+  } catch (err) {
+    throw fromNative(err);
+  }
+  const out = {};
+  userIds.forEach((user, i) => { out[user] = counts[i]; });
+  return out;
 }
 
 /**
