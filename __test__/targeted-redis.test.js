@@ -236,6 +236,23 @@ describe('events addressed to users, Redis mode, two instances', { skip }, () =>
     assert.deepEqual(parcels(w), ['w-1', 'w-2', 'w-3', 'w-4', 'w-5', 'w-live']);
   });
 
+  test('two connections of a user opening at once on two instances: each inboxed event reaches exactly one of them', async () => {
+    for (let i = 1; i <= 3; i++) await publishVia(one, `t-${i}`, ['twice']);
+    const [t1, t2] = await Promise.all([connect(port1, 'twice'), connect(port2, 'twice')]);
+    track(t1);
+    track(t2);
+    await publishVia(two, 't-live', ['twice']);
+    await received(t1, 't-live');
+    await received(t2, 't-live');
+    const inboxed = [...parcels(t1), ...parcels(t2)].filter((id) => id !== 't-live').sort();
+    assert.deepEqual(inboxed, ['t-1', 't-2', 't-3'], 'every inboxed event once, over both');
+    for (const c of [t1, t2]) {
+      const own = parcels(c);
+      assert.deepEqual(own.slice(-1), ['t-live']);
+      assert.deepEqual(own.slice(0, -1), own.slice(0, -1).slice().sort(), 'in order');
+    }
+  });
+
   test('resume on the other instance: a\'s missed addressed events interleaved in order with broadcasts, no gap, no duplicate, never b\'s', async () => {
     await h.waitUntil(async () => (await presenceVia(one, ['a'])).a === 0, 'no a connected', 10_000, 100);
     const a = await connect(port2, 'a', { parcels: 'seen' });
@@ -268,6 +285,16 @@ describe('events addressed to users, Redis mode, two instances', { skip }, () =>
     await publishVia(one, 'after-fresh');
     await received(fresh, 'after-fresh');
     assert.deepEqual(parcels(fresh), ['after-fresh']);
+  });
+
+  test('presence with Redis configured but unreachable rejects with ERR_REDIS_UNAVAILABLE, never a wrong 0', async () => {
+    const deadPort = await h.freePort();
+    const p = h.spawnNodeScript(`
+      const rt = require(${PKG});
+      rt.presence(['a']).then((r) => console.log('presence ' + JSON.stringify(r)), (err) => console.log('failed ' + err.code));
+    `, { env: h.cleanEnv({ REDIS_URL: `redis://127.0.0.1:${deadPort}`, LOG_LEVEL: 'off' }) });
+    await p.waitForExit(20_000);
+    assert.match(p.out(), /^failed ERR_REDIS_UNAVAILABLE$/m, p.out() + p.err());
   });
 
   test('after instance 2 is SIGKILLed, its connections stop counting within the documented window', async () => {

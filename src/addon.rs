@@ -120,11 +120,12 @@ fn bus_with(config: BusConfig) -> napi::Result<Arc<Bus>> {
                 || running.redis_tls != config.redis_tls
                 || running.channel != config.channel
                 || running.history != config.history
+                || running.inbox != config.inbox
             {
                 return Err(to_js(EngineError::new(
                     codes::BUS_CONFLICT,
-                    "this process already runs a bus with another redisUrl, channel or history \
-                     setting; one process has one bus",
+                    "this process already runs a bus with another redisUrl, channel, history or \
+                     inbox setting; one process has one bus",
                 )));
             }
             return Ok(bus.clone());

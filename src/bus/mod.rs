@@ -229,6 +229,12 @@ impl Bus {
         let _ = self.ready().await;
         match self.hub.directory() {
             Some(directory) => directory.count(users).await,
+            // Redis configured but not answering (the in-memory fallback): this process's counts
+            // would say "offline" for users connected elsewhere.
+            None if self.config.redis_url.is_some() => Err(Error::new(
+                codes::REDIS_UNAVAILABLE,
+                "Redis is unavailable: presence over every instance cannot be counted",
+            )),
             None => Ok(self.hub.presence(&users)),
         }
     }
@@ -331,6 +337,7 @@ async fn pump(ctx: Pump, mut queue: mpsc::Receiver<Publish>) {
             }
             redis = async { late.as_mut().expect("polled only when set").await }, if late.is_some() => {
                 late = None;
+                redis.activate(&ctx.hub);
                 ctx.switch_to_redis();
                 backend = Backend::Redis(redis);
             }
@@ -351,6 +358,7 @@ impl Pump {
         };
         match self.connector().connect().await {
             Ok(redis) => {
+                redis.activate(&self.hub);
                 log::info!("bus: redis at {} (channel {})", redact_url(&url), self.config.channel);
                 self.state.send_replace(State::Ready(Mode::Redis));
                 Some((Backend::Redis(redis), None))

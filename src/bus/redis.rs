@@ -107,6 +107,7 @@ pub(super) struct RedisBus {
     /// `{channel}:`, the prefix of the presence and inbox keys (`targeting.rs`).
     prefix: String,
     inbox: InboxLimits,
+    directory: Arc<super::targeting::RedisDirectory>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
@@ -250,15 +251,16 @@ impl RedisBus {
             last = Some(head);
             hub.set_history(Some(Arc::new(history.clone()) as Arc<dyn History>));
         }
-        // Presence and inboxes now span the instances (before any event of this bus arrives).
+        // Presence and inboxes over the instances: installed in the hub when this bus takes
+        // over publishing (`RedisBus::activate`), so no publish falls between two inboxes.
         let directory = super::targeting::RedisDirectory::start(
             publisher.clone(),
             channel,
             inbox.ttl,
             &hub,
+            connected.subscribe(),
             shutdown.clone(),
         );
-        hub.set_directory(Some(directory as Arc<dyn Directory>));
         connected.send_replace(true);
         let receiver =
             Receiver { client, channel: channel.to_string(), history, hub, connected, last };
@@ -271,7 +273,13 @@ impl RedisBus {
             script: redis::Script::new(PUBLISH_SCRIPT),
             prefix: super::targeting::key_prefix(channel),
             inbox,
+            directory,
         })
+    }
+
+    /// From now on this bus publishes: presence and inboxes are kept in Redis.
+    pub(super) fn activate(&self, hub: &Hub) {
+        hub.set_directory(Some(self.directory.clone() as Arc<dyn Directory>));
     }
 
     /// Publishes a batch in one round trip, in order.

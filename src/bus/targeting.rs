@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{codes, Error, Result};
@@ -127,6 +127,9 @@ pub(super) struct RedisDirectory {
     inbox_ttl: Duration,
     pending: Mutex<Pending>,
     wake: Notify,
+    /// Whether the bus's Redis subscription is up: while it is not, new connections do not wait
+    /// for Redis (their inbox stays there for a later connection).
+    connected: watch::Receiver<bool>,
     join_script: redis::Script,
     heartbeat_script: redis::Script,
     count_script: redis::Script,
@@ -147,6 +150,7 @@ impl RedisDirectory {
         channel: &str,
         inbox_ttl: Duration,
         hub: &Arc<Hub>,
+        connected: watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let prefix = key_prefix(channel);
@@ -162,6 +166,7 @@ impl RedisDirectory {
             // Users who connected before Redis answered (a bad start) are written at once.
             pending: Mutex::new(Pending { rewrite: true, ..Pending::default() }),
             wake: Notify::new(),
+            connected,
             join_script: redis::Script::new(JOIN_SCRIPT),
             heartbeat_script: redis::Script::new(HEARTBEAT_SCRIPT),
             count_script: redis::Script::new(COUNT_SCRIPT),
@@ -236,6 +241,12 @@ impl RedisDirectory {
         };
         // A connection that gave up waiting has no use for its inbox: leave it in Redis.
         let joins: Vec<Join> = joins.into_iter().filter(|(_, tx)| !tx.is_closed()).collect();
+        if !*self.connected.borrow() {
+            // Redis is down: connections go on without their inbox (dropping `joins` tells them)
+            // and every count is written again once it is back.
+            self.lock().rewrite = true;
+            return more;
+        }
         if changed.is_empty() && joins.is_empty() && !rewrite {
             return more;
         }
