@@ -287,6 +287,22 @@ describe('events addressed to users, Redis mode, two instances', { skip }, () =>
     assert.deepEqual(parcels(fresh), ['after-fresh']);
   });
 
+  test('a publisher with historySize 0 (no offsets) still addresses users and fills inboxes', async () => {
+    const a = track(await connect(port1, 'a'));
+    const bystander = track(await connect(port2, 'b'));
+    await publishFromOutsideServer(redis.url, 'no-history', ['a', 'h0'], { REALTIME_HISTORY_SIZE: '0' });
+    await publishVia(one, 'sentinel-h');
+    await received(a, 'sentinel-h');
+    await received(bystander, 'sentinel-h');
+    assert.deepEqual(parcels(a), ['no-history', 'sentinel-h']);
+    assert.equal(a.raw[1], '{"type":"parcel_updated","parcel_id":"no-history"}', 'no offset');
+    assert.deepEqual(parcels(bystander), ['sentinel-h']);
+    const h0 = track(await connect(port2, 'h0'));
+    await publishVia(one, 'h0-live', ['h0']);
+    await received(h0, 'h0-live');
+    assert.deepEqual(parcels(h0), ['no-history', 'h0-live']);
+  });
+
   test('presence with Redis configured but unreachable rejects with ERR_REDIS_UNAVAILABLE, never a wrong 0', async () => {
     const deadPort = await h.freePort();
     const p = h.spawnNodeScript(`

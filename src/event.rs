@@ -397,6 +397,29 @@ mod tests {
     }
 
     #[test]
+    fn bus_messages_carry_users_and_bad_users_refuse_the_message() {
+        let (ev, offset) = Event::from_json_with_offset(
+            br#"{"type":"parcel_updated","parcel_id":"p","data":{"a":1},"offset":"5-1","users":["u1","u2","u1"]}"#,
+        )
+        .unwrap();
+        assert_eq!(offset.as_deref(), Some("5-1"));
+        assert_eq!(ev.users_json().as_deref(), Some(r#"["u1","u2"]"#));
+        assert_eq!(
+            ev.frame().as_str(),
+            r#"{"type":"parcel_updated","parcel_id":"p","data":{"a":1}}"#
+        );
+        for bad in [
+            &br#"{"type":"parcel_updated","parcel_id":"p","users":[1]}"#[..],
+            br#"{"type":"parcel_updated","parcel_id":"p","users":[]}"#,
+            br#"{"type":"parcel_updated","parcel_id":"p","users":[""]}"#,
+            br#"{"type":"parcel_updated","parcel_id":"p","users":"u1"}"#,
+        ] {
+            assert!(Event::from_json(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(Event::new("p").unwrap().users_json().is_none());
+    }
+
+    #[test]
     fn refuses_foreign_bus_messages() {
         for bad in [
             &b"not json"[..],

@@ -1046,6 +1046,29 @@ mod tests {
         assert!(hub.open(None, Some("z")).inbox.is_empty(), "an inbox is delivered once");
     }
 
+    /// Events taken from the user's inbox in Redis are not delivered live a second time, whether
+    /// they were already queued or arrive later; later events pass.
+    #[tokio::test]
+    async fn inboxed_events_are_not_delivered_live_twice() {
+        let hub = Arc::new(Hub::new(64));
+        let mut feed = hub.open(None, Some("u")).feed;
+        let at = |seq| Offset { ms: 7, seq };
+        let to_u = |id: &str, seq| {
+            Event::new(id).unwrap().to_users(&["u".to_string()]).unwrap().at(at(seq))
+        };
+        hub.dispatch(&to_u("t1", 1)).await;
+        feed.skip_inboxed(&[at(2), at(1)]);
+        hub.dispatch(&to_u("t2", 2)).await;
+        hub.dispatch(&Event::new("b").unwrap().at(at(3))).await;
+        hub.dispatch(&to_u("t4", 4)).await;
+        hub.dispatch(&to_u("t1-again", 1)).await;
+        assert_eq!(
+            drain(&mut feed),
+            ["b", "t4", "t1-again"],
+            "the skip ends at the first later event"
+        );
+    }
+
     /// A filter change's seam keeps the order of broadcasts and addressed events.
     #[tokio::test]
     async fn filter_changes_keep_addressed_events_in_order() {

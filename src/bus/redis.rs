@@ -572,3 +572,27 @@ impl Receiver {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_entries_keep_their_users() {
+        let e = br#"{"type":"parcel_updated","parcel_id":"p"}"#.to_vec();
+        let fields = vec![b"e".to_vec(), e.clone(), b"u".to_vec(), br#"["a","b"]"#.to_vec()];
+        let (offset, event) = entry_frame("5-1", &fields).unwrap();
+        assert_eq!(offset, Offset { ms: 5, seq: 1 });
+        assert_eq!(
+            event.frame().as_str(),
+            r#"{"type":"parcel_updated","parcel_id":"p","offset":"5-1"}"#
+        );
+        let frame = Frame::of(&event);
+        assert!(frame.is_for(Some("a")) && frame.is_for(Some("b")));
+        assert!(!frame.is_for(Some("c")) && !frame.is_for(None), "nobody else's replay");
+        let (_, broadcast) = entry_frame("5-2", &[b"e".to_vec(), e.clone()]).unwrap();
+        assert!(Frame::of(&broadcast).is_for(None));
+        // Users that do not parse: the entry is skipped, never replayed to everyone.
+        assert!(entry_frame("5-3", &[b"e".to_vec(), e, b"u".to_vec(), b"[1]".to_vec()]).is_none());
+    }
+}
