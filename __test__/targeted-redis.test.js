@@ -18,7 +18,8 @@ const PRESENCE_BOUND_MS = 40_000;
 /**
  * A server process on the Redis bus. Prints `ready PORT MODE`, then obeys stdin lines:
  * `publish ID [u1,u2]` → `published ID` (or `failed ID CODE`);
- * `presence TAG u1,u2` → `presence TAG {json}` (or `failed TAG CODE`).
+ * `presence TAG u1,u2` → `presence TAG {json}` (or `failed TAG CODE`);
+ * `close` → `closed` once `server.close()` resolved.
  */
 function spawnInstance(redisUrl) {
   const options = { port: 0, host: '127.0.0.1', jwtSecret: h.SECRET, redisUrl, redisRequired: true };
@@ -36,6 +37,9 @@ function spawnInstance(redisUrl) {
             console.log('published ' + arg);
           } else if (cmd === 'presence') {
             console.log('presence ' + arg + ' ' + JSON.stringify(await rt.presence(list.split(','))));
+          } else if (cmd === 'close') {
+            await server.close();
+            console.log('closed');
           }
         } catch (err) {
           console.log('failed ' + arg + ' ' + err.code);
@@ -311,6 +315,20 @@ describe('events addressed to users, Redis mode, two instances', { skip }, () =>
     `, { env: h.cleanEnv({ REDIS_URL: `redis://127.0.0.1:${deadPort}`, LOG_LEVEL: 'off' }) });
     await p.waitForExit(20_000);
     assert.match(p.out(), /^failed ERR_REDIS_UNAVAILABLE$/m, p.out() + p.err());
+  });
+
+  test('a server that closed no longer counts its connections once close() resolved', async () => {
+    const three = spawnInstance(redis.url);
+    try {
+      const [, p3] = await three.waitForOutput(/^ready (\d+) (\w+)$/m, { ms: 15_000 });
+      const c = track(await connect(Number(p3), 'closing'));
+      assert.deepEqual(await presenceVia(one, ['closing']), { closing: 1 });
+      await command(three, 'close', /^closed$/m);
+      await c.closed;
+      assert.deepEqual(await presenceVia(one, ['closing']), { closing: 0 });
+    } finally {
+      await three.stop();
+    }
   });
 
   test('after instance 2 is SIGKILLed, its connections stop counting within the documented window', async () => {

@@ -153,6 +153,9 @@ pub trait Directory: Send + Sync {
     fn joined(&self, user: Arc<str>) -> oneshot::Receiver<Vec<Frame>>;
     /// A connection of `user` closed here.
     fn left(&self, user: &Arc<str>);
+    /// Resolves once every change told so far is written (a closing server's connections then
+    /// stop counting at once, not after the presence window).
+    fn settle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
     /// How many connections each of `users` has open, over every live instance.
     fn count(
         &self,

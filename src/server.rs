@@ -273,6 +273,11 @@ impl Server {
         if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
             log::warn!("server: some connections did not close within {grace:?}; dropped them");
         }
+        // Redis mode: the closed connections stop counting in `presence()` before close returns
+        // (a process that exits right after would otherwise count them for the presence window).
+        if let Some(directory) = self.shared.bus.hub().directory() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), directory.settle()).await;
+        }
     }
 }
 

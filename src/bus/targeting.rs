@@ -113,6 +113,8 @@ struct Pending {
     joins: Vec<Join>,
     /// Write every count again (at start, and after a failed write or a Redis that lost them).
     rewrite: bool,
+    /// Counts every change; the task reports (`flushed`) up to which one it has written.
+    generation: u64,
 }
 
 /// Presence and inboxes in Redis, for one bus.
@@ -127,6 +129,8 @@ pub(super) struct RedisDirectory {
     inbox_ttl: Duration,
     pending: Mutex<Pending>,
     wake: Notify,
+    /// The last `Pending::generation` written (or given up on: Redis down).
+    flushed: watch::Sender<u64>,
     /// Whether the bus's Redis subscription is up: while it is not, new connections do not wait
     /// for Redis (their inbox stays there for a later connection).
     connected: watch::Receiver<bool>,
@@ -166,6 +170,7 @@ impl RedisDirectory {
             // Users who connected before Redis answered (a bad start) are written at once.
             pending: Mutex::new(Pending { rewrite: true, ..Pending::default() }),
             wake: Notify::new(),
+            flushed: watch::Sender::new(0),
             connected,
             join_script: redis::Script::new(JOIN_SCRIPT),
             heartbeat_script: redis::Script::new(HEARTBEAT_SCRIPT),
@@ -231,6 +236,17 @@ impl RedisDirectory {
     /// Writes what changed and answers waiting joins, in one round trip. Returns whether joins
     /// are still waiting.
     async fn flush(&self, hub: &Weak<Hub>) -> bool {
+        let generation = self.lock().generation;
+        let more = self.write(hub).await;
+        self.flushed.send_if_modified(|g| {
+            let newer = generation > *g;
+            *g = (*g).max(generation);
+            newer
+        });
+        more
+    }
+
+    async fn write(&self, hub: &Weak<Hub>) -> bool {
         let (changed, joins, rewrite, more) = {
             let mut pending = self.lock();
             let take = pending.joins.len().min(JOINS_PER_BATCH);
@@ -323,14 +339,29 @@ impl RedisDirectory {
 impl Directory for RedisDirectory {
     fn joined(&self, user: Arc<str>) -> oneshot::Receiver<Vec<Frame>> {
         let (tx, rx) = oneshot::channel();
-        self.lock().joins.push((user, tx));
+        let mut pending = self.lock();
+        pending.joins.push((user, tx));
+        pending.generation += 1;
+        drop(pending);
         self.wake.notify_one();
         rx
     }
 
     fn left(&self, user: &Arc<str>) {
-        self.lock().changed.insert(user.clone());
+        let mut pending = self.lock();
+        pending.changed.insert(user.clone());
+        pending.generation += 1;
+        drop(pending);
         self.wake.notify_one();
+    }
+
+    fn settle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let target = self.lock().generation;
+            let mut flushed = self.flushed.subscribe();
+            self.wake.notify_one();
+            let _ = flushed.wait_for(|g| *g >= target).await;
+        })
     }
 
     fn count(
