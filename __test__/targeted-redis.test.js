@@ -19,7 +19,8 @@ const PRESENCE_BOUND_MS = 40_000;
  * A server process on the Redis bus. Prints `ready PORT MODE`, then obeys stdin lines:
  * `publish ID [u1,u2]` → `published ID` (or `failed ID CODE`);
  * `presence TAG u1,u2` → `presence TAG {json}` (or `failed TAG CODE`);
- * `close` → `closed` once `server.close()` resolved.
+ * `close` → `closed` once `server.close()` resolved;
+ * `subscribe` → `subscribed`, then `event {json}` for every event its callback sees.
  */
 function spawnInstance(redisUrl) {
   const options = { port: 0, host: '127.0.0.1', jwtSecret: h.SECRET, redisUrl, redisRequired: true };
@@ -37,6 +38,9 @@ function spawnInstance(redisUrl) {
             console.log('published ' + arg);
           } else if (cmd === 'presence') {
             console.log('presence ' + arg + ' ' + JSON.stringify(await rt.presence(list.split(','))));
+          } else if (cmd === 'subscribe') {
+            rt.subscribeToParcelEvents((e) => console.log('event ' + JSON.stringify(e)));
+            console.log('subscribed');
           } else if (cmd === 'close') {
             await server.close();
             console.log('closed');
@@ -145,10 +149,17 @@ describe('events addressed to users, Redis mode, two instances', { skip }, () =>
     await received(aFiltered, 'for-a-2');
     for (const c of [bOn1, bOn2, anonymous]) await received(c, 'everyone');
     assert.deepEqual(parcels(a), ['for-a-1', 'for-a-2', 'everyone']);
+    assert.equal(h.redisCli(redis.port, ['XLEN', `${CHANNEL}:history`]).stdout.trim(), '3', 'addressed events are in the history');
     assert.deepEqual(parcels(aFiltered), ['for-a-1', 'for-a-2'], 'addressed to a: delivered whatever the filter');
     for (const c of [bOn1, bOn2, anonymous]) assert.deepEqual(parcels(c), ['everyone'], 'bystanders get the broadcast only');
     const frame = JSON.parse(a.raw.find((m) => m.includes('for-a-1')));
     assert.deepEqual(Object.keys(frame), ['type', 'parcel_id', 'offset'], 'the ordinary frame: no users field');
+    // Every process's subscribers see the addressed events, with their users.
+    await command(two, 'subscribe', /^subscribed$/m);
+    await publishVia(one, 'for-a-seen', ['a', 'c']);
+    const [, seen] = await two.waitForOutput(/^event (.*"for-a-seen".*)$/m);
+    assert.deepEqual(JSON.parse(seen).users, ['a', 'c']);
+    await received(a, 'for-a-seen');
     // a was online on every publish: nothing waits in a's inbox.
     assert.equal(h.redisCli(redis.port, ['EXISTS', `{${CHANNEL}}:inbox:a`]).stdout.trim(), '0');
     assert.equal(h.redisCli(redis.port, ['EXISTS', `{${CHANNEL}}:inbox:nobody`]).stdout.trim(), '1');
