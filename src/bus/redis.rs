@@ -12,6 +12,9 @@
 //! offset are broadcast as they are: no offset, not in the history.
 //!
 //! With history off (`max_events == 0`) events are plain PUBLISHes, as in the original design.
+//!
+//! Events addressed to users travel the same way, with their users (the script also fills the
+//! inboxes of users connected nowhere); presence and inboxes are in `targeting.rs`.
 
 use std::future::Future;
 use std::pin::Pin;

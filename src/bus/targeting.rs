@@ -70,19 +70,20 @@ return out
 "#;
 
 /// KEYS[1]: instances, KEYS[2]: this instance's presence hash. ARGV: instance id, window ms,
-/// "1" when this instance has users. Returns 0 when the hash should exist but does not (Redis
-/// lost it: the counts must be written again).
+/// how many users this instance has. Returns how many the hash holds (0 when Redis lost it):
+/// when that differs, the counts are written again.
 const HEARTBEAT_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))
-if ARGV[3] == '1' then
+if ARGV[3] ~= '0' then
   redis.call('ZADD', KEYS[1], now, ARGV[1])
-  return redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return redis.call('HLEN', KEYS[2])
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
-return 1
+return 0
 "#;
 
 /// KEYS[1]: instances. ARGV: window ms, presence key prefix, then user ids. Returns each user's
@@ -209,7 +210,7 @@ impl RedisDirectory {
 
     async fn heartbeat(&self, hub: &Weak<Hub>) {
         let Some(hub) = hub.upgrade() else { return };
-        let has_users = !hub.user_counts().is_empty();
+        let users = hub.user_counts().len();
         let mut conn = self.conn.clone();
         let result = self
             .heartbeat_script
@@ -217,14 +218,22 @@ impl RedisDirectory {
             .key(&self.presence_key)
             .arg(&self.instance)
             .arg(PRESENCE_WINDOW.as_millis() as u64)
-            .arg(if has_users { "1" } else { "0" })
-            .invoke_async::<i64>(&mut conn)
+            .arg(users)
+            .invoke_async::<usize>(&mut conn)
             .await;
         match result {
-            Ok(1) => {}
-            Ok(_) => {
-                log::warn!("bus: this instance's presence was missing in Redis; writing it again");
-                self.lock().rewrite = true;
+            Ok(held) if held == users => {}
+            Ok(held) => {
+                // Changes still on their way explain a difference; without any, Redis lost or
+                // missed some (a restart, an eviction): write every count again.
+                let mut pending = self.lock();
+                if pending.changed.is_empty() && pending.joins.is_empty() {
+                    log::warn!(
+                        "bus: Redis holds presence for {held} users of this instance, not \
+                         {users}; writing it again"
+                    );
+                    pending.rewrite = true;
+                }
             }
             Err(e) => {
                 log::debug!("bus: presence heartbeat failed: {e}");
@@ -255,8 +264,12 @@ impl RedisDirectory {
             let rewrite = std::mem::take(&mut pending.rewrite);
             (changed, joins, rewrite, !pending.joins.is_empty())
         };
-        // A connection that gave up waiting has no use for its inbox: leave it in Redis.
-        let joins: Vec<Join> = joins.into_iter().filter(|(_, tx)| !tx.is_closed()).collect();
+        // A connection that gave up waiting has no use for its inbox: leave it in Redis (but
+        // count the connection).
+        let (joins, gave_up): (Vec<Join>, Vec<Join>) =
+            joins.into_iter().partition(|(_, tx)| !tx.is_closed());
+        let mut changed = changed;
+        changed.extend(gave_up.into_iter().map(|(user, _)| user));
         if !*self.connected.borrow() {
             // Redis is down: connections go on without their inbox (dropping `joins` tells them)
             // and every count is written again once it is back.
