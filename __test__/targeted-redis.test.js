@@ -328,6 +328,16 @@ describe('events addressed to users, Redis mode, two instances', { skip }, () =>
     assert.match(p.out(), /^failed ERR_REDIS_UNAVAILABLE$/m, p.out() + p.err());
   });
 
+  test('presence that Redis lost is written again by the next heartbeat', async () => {
+    track(await connect(port1, 'heal'));
+    assert.deepEqual(await presenceVia(two, ['heal']), { heal: 1 });
+    const keys = h.redisCli(redis.port, ['--scan', '--pattern', `{${CHANNEL}}:presence:*`]).stdout.split('\n').filter(Boolean);
+    assert.ok(keys.length >= 1, 'one presence hash per instance with users');
+    h.redisCli(redis.port, ['DEL', ...keys]);
+    assert.deepEqual(await presenceVia(two, ['heal']), { heal: 0 }, 'lost');
+    await h.waitUntil(async () => (await presenceVia(two, ['heal'])).heal === 1, 'written again', 30_000, 250);
+  });
+
   test('a server that closed no longer counts its connections once close() resolved', async () => {
     const three = spawnInstance(redis.url);
     try {
