@@ -312,9 +312,26 @@ impl RedisDirectory {
                     .and_then(|v| redis::from_redis_value::<String>(v).ok())
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
-                for ((_, tx), entries) in joins.into_iter().zip(reply) {
+                let mut unclaimed = redis::pipe();
+                let mut any = false;
+                for ((user, tx), entries) in joins.into_iter().zip(reply) {
                     let entries: Vec<String> = redis::from_redis_value(entries).unwrap_or_default();
-                    let _ = tx.send(self.inbox_frames(now, &entries));
+                    if tx.send(self.inbox_frames(now, &entries)).is_err() && !entries.is_empty() {
+                        // The connection gave up meanwhile: the inbox goes back, in front of
+                        // anything added since, for a later connection.
+                        let key = format!("{}{user}", self.inbox_prefix);
+                        unclaimed
+                            .cmd("LPUSH")
+                            .arg(&key)
+                            .arg(entries.iter().rev().collect::<Vec<_>>());
+                        unclaimed.cmd("PEXPIRE").arg(&key).arg(self.inbox_ttl.as_millis() as u64);
+                        any = true;
+                    }
+                }
+                if any {
+                    if let Err(e) = unclaimed.query_async::<()>(&mut conn).await {
+                        log::warn!("bus: could not put back an inbox no connection took: {e}");
+                    }
                 }
             }
             Err(e) => {
