@@ -354,6 +354,7 @@ describe('events addressed to users, Redis mode, two instances', { skip }, () =>
 
   test('after instance 2 is SIGKILLed, its connections stop counting within the documented window', async () => {
     const a = track(await connect(port2, 'a-killed'));
+    const bystander = track(await connect(port1, 'b-killed'));
     assert.deepEqual(await presenceVia(one, ['a-killed']), { 'a-killed': 1 });
     await two.stop('SIGKILL');
     two = null;
@@ -366,5 +367,8 @@ describe('events addressed to users, Redis mode, two instances', { skip }, () =>
     await publishVia(one, 'after-kill-live');
     await received(again, 'after-kill-live');
     assert.deepEqual(parcels(again), ['after-kill', 'after-kill-live']);
+    await publishVia(one, 'after-kill-everyone');
+    await received(bystander, 'after-kill-everyone');
+    assert.deepEqual(parcels(bystander), ['after-kill-everyone']);
   });
 });
