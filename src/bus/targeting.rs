@@ -316,7 +316,8 @@ impl RedisDirectory {
                 let mut any = false;
                 for ((user, tx), entries) in joins.into_iter().zip(reply) {
                     let entries: Vec<String> = redis::from_redis_value(entries).unwrap_or_default();
-                    if tx.send(self.inbox_frames(now, &entries)).is_err() && !entries.is_empty() {
+                    let frames = inbox_frames(now, self.inbox_ttl, &entries);
+                    if tx.send(frames).is_err() && !entries.is_empty() {
                         // The connection gave up meanwhile: the inbox goes back, in front of
                         // anything added since, for a later connection.
                         let key = format!("{}{user}", self.inbox_prefix);
@@ -343,27 +344,28 @@ impl RedisDirectory {
         }
         more
     }
+}
 
-    /// The frames of inbox entries (`"<ms> <event JSON>"`), dropping those older than the TTL.
-    fn inbox_frames(&self, now: u64, entries: &[String]) -> Vec<Frame> {
-        let ttl = self.inbox_ttl.as_millis() as u64;
-        entries
-            .iter()
-            .filter_map(|entry| {
-                let (at, json) = entry.split_once(' ')?;
-                let at: u64 = at.parse().ok()?;
-                if now.saturating_sub(at) > ttl {
-                    return None;
-                }
-                let (event, offset) = Event::from_json_with_offset(json.as_bytes()).ok()?;
-                let event = match offset.as_deref().and_then(|o| o.parse().ok()) {
-                    Some(offset) => event.at(offset),
-                    None => event,
-                };
-                Some(Frame::of(&event))
-            })
-            .collect()
-    }
+/// The frames of inbox entries (`"<ms> <event JSON>"`, Redis time), dropping those older than
+/// `ttl` at `now` and any that do not parse.
+fn inbox_frames(now: u64, ttl: Duration, entries: &[String]) -> Vec<Frame> {
+    let ttl = ttl.as_millis() as u64;
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let (at, json) = entry.split_once(' ')?;
+            let at: u64 = at.parse().ok()?;
+            if now.saturating_sub(at) > ttl {
+                return None;
+            }
+            let (event, offset) = Event::from_json_with_offset(json.as_bytes()).ok()?;
+            let event = match offset.as_deref().and_then(|o| o.parse().ok()) {
+                Some(offset) => event.at(offset),
+                None => event,
+            };
+            Some(Frame::of(&event))
+        })
+        .collect()
 }
 
 impl Directory for RedisDirectory {
@@ -419,5 +421,32 @@ impl Directory for RedisDirectory {
             })?;
             Ok(counts.into_iter().map(|n| n.max(0) as usize).collect())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_entries_become_frames_with_their_offsets_and_expired_ones_are_dropped() {
+        let entries = [
+            r#"1000 {"type":"parcel_updated","parcel_id":"old","offset":"1000-0"}"#,
+            r#"5000 {"type":"parcel_updated","parcel_id":"p","data":{"a":1},"offset":"5000-1"}"#,
+            "garbage",
+            r#"6000 {"type":"parcel_updated","parcel_id":"no-offset"}"#,
+        ]
+        .map(String::from);
+        let frames = inbox_frames(6000, Duration::from_millis(4000), &entries);
+        let texts: Vec<&str> = frames.iter().map(|f| f.bytes.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                r#"{"type":"parcel_updated","parcel_id":"p","data":{"a":1},"offset":"5000-1"}"#,
+                r#"{"type":"parcel_updated","parcel_id":"no-offset"}"#,
+            ]
+        );
+        assert_eq!(frames[0].offset, Some(crate::event::Offset { ms: 5000, seq: 1 }));
+        assert_eq!(key_prefix("parcel_events"), "{parcel_events}:");
     }
 }
