@@ -117,6 +117,14 @@ export interface ServerOptions {
   /** Oldest event kept, in ms. `REALTIME_HISTORY_TTL_MS`, default 600000 (10 minutes). */
   historyTtlMs?: number;
   /**
+   * Events kept per user who has no connection open (an event `{ users }` addressed to them
+   * waits in their inbox; the oldest goes first); 0 keeps none. In Redis mode the inbox is in
+   * Redis and the publishing process's setting applies. `REALTIME_INBOX_SIZE`, default 100.
+   */
+  inboxSize?: number;
+  /** How long an inboxed event waits, in ms. `REALTIME_INBOX_TTL_MS`, default 86400000 (24 h). */
+  inboxTtlMs?: number;
+  /**
    * Serve the live dashboard at `GET /` and its figures at `GET /stats`. Default: true, unless
    * `REALTIME_DASHBOARD` is `0`/`false`/`no`/`off`. `/health` and `/metrics` are always served.
    */
@@ -239,7 +247,6 @@ export type ErrorCode =
   | 'ERR_INVALID_PARCEL_ID'
   | 'ERR_INVALID_DATA'
   | 'ERR_INVALID_USERS'
-  | 'ERR_TARGETING_UNAVAILABLE'
   | 'ERR_INVALID_OPTION'
   | 'ERR_MISSING_JWT_SECRET'
   | 'ERR_PORT_IN_USE'
@@ -283,13 +290,18 @@ export interface PublishOptions {
    * Deliver only to the connections authenticated as these users (the JWT's `sub`, `id`,
    * `userId` or `user_id`; a numeric claim matches its decimal string), whatever their parcel
    * filter; a user with no connection gets it in their inbox, delivered right after the welcome
-   * of their next connection. 1 to 1000 string ids, else ERR_INVALID_USERS (TypeError). Memory
-   * mode only for now: in Redis mode the publish rejects with ERR_TARGETING_UNAVAILABLE.
+   * of their next connection. 1 to 1000 string ids, else ERR_INVALID_USERS (TypeError). In
+   * Redis mode this holds across every instance: the inbox is in Redis, decided at publish time
+   * from the presence of every live instance.
    */
   users?: string[];
 }
 
-/** How many connections each user has open now (this process; memory mode). */
+/**
+ * How many connections each user has open now: over every instance in Redis mode (an instance
+ * that died stops counting within 15 s), in this process in memory mode. At most 1000 ids, else
+ * ERR_INVALID_USERS; Redis unreachable: ERR_REDIS_UNAVAILABLE.
+ */
 export declare function presence(userIds: string[]): Promise<Record<string, number>>;
 
 /**

@@ -369,6 +369,8 @@ const OPTIONS = {
   redisRequired: { to: 'bus', env: 'REDIS_REQUIRED', fromEnv: envFlag, default: false, check: ofType('boolean', 'redisRequired must be a boolean') },
   historySize: { to: 'bus', env: 'REALTIME_HISTORY_SIZE', fromEnv: (text) => (text === '' ? undefined : Number(text)), check: integerFrom(0, 1_000_000) },
   historyTtlMs: { to: 'bus', env: 'REALTIME_HISTORY_TTL_MS', fromEnv: (text) => (text === '' ? undefined : Number(text)), check: integerFrom(0, MAX_U32) },
+  inboxSize: { to: 'bus', env: 'REALTIME_INBOX_SIZE', fromEnv: (text) => (text === '' ? undefined : Number(text)), check: integerFrom(0, 10_000) },
+  inboxTtlMs: { to: 'bus', env: 'REALTIME_INBOX_TTL_MS', fromEnv: (text) => (text === '' ? undefined : Number(text)), check: integerFrom(0, MAX_U32) },
 };
 
 /** One option's value from `options`, else its environment variable, else its default; checked. */
@@ -713,22 +715,27 @@ function publishParcelEvent(req, res, next) {
 }
 
 /**
- * How many connections each of `userIds` has open now: `{ [userId]: count }` (this process, in
- * memory mode).
+ * How many connections each of `userIds` has open now: `{ [userId]: count }`, over every
+ * instance in Redis mode (an instance that died stops counting within 15 s), in this process in
+ * memory mode.
  */
-function presence(userIds) {
-  try {
-    if (!Array.isArray(userIds) || userIds.some((u) => typeof u !== 'string')) {
-      throw makeError('ERR_INVALID_USERS', 'presence(userIds): userIds must be an array of user ids (strings)');
-    }
-    ensureBus();
-    const counts = callNative(() => native.presence(userIds));
-    const out = {};
-    userIds.forEach((user, i) => { out[user] = counts[i]; });
-    return Promise.resolve(out);
-  } catch (err) {
-    return Promise.reject(err);
+async function presence(userIds) {
+  if (!Array.isArray(userIds) || userIds.some((u) => typeof u !== 'string')) {
+    throw makeError('ERR_INVALID_USERS', 'presence(userIds): userIds must be an array of user ids (strings)');
   }
+  if (userIds.length > native.MAX_USERS) {
+    throw makeError('ERR_INVALID_USERS', `presence(userIds): ${userIds.length} ids; the limit is ${native.MAX_USERS}`);
+  }
+  ensureBus();
+  let counts;
+  try {
+    counts = await callNative(() => native.presence(userIds));
+  } catch (err) {
+    throw fromNative(err);
+  }
+  const out = {};
+  userIds.forEach((user, i) => { out[user] = counts[i]; });
+  return out;
 }
 
 /**

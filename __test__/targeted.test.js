@@ -141,6 +141,7 @@ describe('events addressed to users', () => {
       }
       await assert.rejects(rt.presence('a'), { code: 'ERR_INVALID_USERS' });
       await assert.rejects(rt.presence([1]), { code: 'ERR_INVALID_USERS' });
+      await assert.rejects(rt.presence(Array.from({ length: 1001 }, (_, i) => `u${i}`)), { code: 'ERR_INVALID_USERS' });
       await rt.publishParcelUpdate('sentinel');
       await watcher.waitFor(2);
       assert.deepEqual(parcels(watcher), ['sentinel']);

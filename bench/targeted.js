@@ -2,7 +2,7 @@
 // Events addressed to users: an addressed event costs work in proportion to its user's
 // connections, as a filtered event does; a publish to offline users costs its inbox writes.
 //
-//   node bench/targeted.js [--clients 10000] [--events 2000] [--offline 1000]
+//   node bench/targeted.js [--clients 10000] [--events 2000] [--offline 1000] [--redis URL]
 //
 // One server process (this one, publishing through the public API) and one client process
 // (npm `ws`, spawned) holding --clients connections, each authenticated as its own user
@@ -12,6 +12,9 @@
 //   2. addressed, online:   each event to one connected user            (work ∝ 1 connection)
 //   3. addressed, offline:  each event to --offline users not connected (work ∝ inbox writes)
 // The clients count what they receive, so the deliveries are checked, not assumed.
+// With --redis URL the server runs on the Redis bus (presence and inboxes in Redis): each row then
+// also shows Redis's own CPU per publish (INFO cpu, read with redis-cli), and a last row the
+// time of presence() for 1,000 users.
 'use strict';
 
 const { spawn } = require('node:child_process');
@@ -25,6 +28,19 @@ const CLIENTS = arg('clients', 10000);
 const EVENTS = arg('events', 2000);
 const OFFLINE = arg('offline', 1000);
 const SECRET = 'bench-targeted-secret';
+const REDIS = (() => {
+  const i = process.argv.indexOf('--redis');
+  return i > 0 ? process.argv[i + 1] : null;
+})();
+
+/** Redis's CPU seconds so far (user + system), or NaN without --redis. */
+function redisCpu() {
+  if (!REDIS) return NaN;
+  const { spawnSync } = require('node:child_process');
+  const r = spawnSync('redis-cli', ['-u', REDIS, 'INFO', 'cpu'], { encoding: 'utf8' });
+  const field = (name) => Number((new RegExp(`^${name}:([\\d.]+)`, 'm').exec(r.stdout) || [])[1]);
+  return field('used_cpu_user') + field('used_cpu_sys');
+}
 
 const CLIENT_SCRIPT = `
 const WebSocket = require(${JSON.stringify(require.resolve('ws'))});
@@ -87,14 +103,20 @@ async function settle(clients, expected) {
 async function cpuPerPublish(publishes, clients, expected) {
   const base = await clients.received();
   const before = process.cpuUsage();
+  const redisBefore = redisCpu();
   for (let i = 0; i < publishes.length; i += 500) await Promise.all(publishes.slice(i, i + 500).map((p) => p()));
   const delivered = (await settle(clients, base + expected)) - base;
   const used = process.cpuUsage(before);
-  return { cpuUsPerPublish: (used.user + used.system) / publishes.length, delivered };
+  const redisUs = ((redisCpu() - redisBefore) * 1e6) / publishes.length;
+  return { cpuUsPerPublish: (used.user + used.system) / publishes.length, redisUs, delivered };
 }
 
 (async () => {
-  const server = await rt.startServer({ port: 0, host: '127.0.0.1', jwtSecret: SECRET, messagesPerSecond: 0, redisUrl: null });
+  const server = await rt.startServer({
+    port: 0, host: '127.0.0.1', jwtSecret: SECRET, messagesPerSecond: 0, redisUrl: REDIS, redisRequired: Boolean(REDIS),
+    // Every client comes from 127.0.0.1: the per-address limits would refuse most of them.
+    maxConnectionsPerIp: 0, maxHandshakesPerIp: 0, maxConnections: 0,
+  });
   const clients = startClients(`ws://127.0.0.1:${server.port}/ws`);
   await clients.ready;
   const results = [];
@@ -113,15 +135,33 @@ async function cpuPerPublish(publishes, clients, expected) {
   const c = await cpuPerPublish(range(publishes).map((i) => () => rt.publishParcelUpdate(`o${i}`, undefined, { users: offline })), clients, 0);
   results.push({ phase: `addressed to ${OFFLINE} users with no connection (inbox)`, targets: OFFLINE, ...c, expected: 0 });
 
+  let presenceMs = null;
+  if (REDIS) {
+    const users = range(1000).map((i) => `u${i}`);
+    const counts = await rt.presence(users);
+    if (Object.values(counts).some((n) => n !== 1)) throw new Error('presence: every one of u0..u999 has one connection');
+    const started = process.hrtime.bigint();
+    for (let i = 0; i < 100; i++) await rt.presence(users);
+    presenceMs = Number(process.hrtime.bigint() - started) / 1e6 / 100;
+  }
+
   clients.quit();
   await server.close();
 
-  console.log(`\n${CLIENTS} clients of ${CLIENTS} users (server-process CPU per publish)\n`);
-  console.log('| phase | connections or inboxes per publish | CPU µs per publish | deliveries (expected) |');
-  console.log('| --- | ---: | ---: | ---: |');
-  for (const r of results) {
-    console.log(`| ${r.phase} | ${r.targets} | ${r.cpuUsPerPublish.toFixed(1)} | ${r.delivered} (${r.expected}) |`);
+  const mode = REDIS ? 'Redis mode' : 'memory mode';
+  console.log(`\n${CLIENTS} clients of ${CLIENTS} users, ${mode} (server-process CPU per publish)\n`);
+  if (REDIS) {
+    console.log('| phase | connections or inboxes per publish | CPU µs per publish | Redis CPU µs per publish | deliveries (expected) |');
+    console.log('| --- | ---: | ---: | ---: | ---: |');
+  } else {
+    console.log('| phase | connections or inboxes per publish | CPU µs per publish | deliveries (expected) |');
+    console.log('| --- | ---: | ---: | ---: |');
   }
+  for (const r of results) {
+    const redis = REDIS ? ` ${r.redisUs.toFixed(1)} |` : '';
+    console.log(`| ${r.phase} | ${r.targets} | ${r.cpuUsPerPublish.toFixed(1)} |${redis} ${r.delivered} (${r.expected}) |`);
+  }
+  if (presenceMs !== null) console.log(`\npresence() of 1,000 users: ${presenceMs.toFixed(2)} ms per call (mean of 100)`);
   const bad = results.filter((r) => r.delivered !== r.expected);
   if (bad.length) {
     console.error('deliveries differ from what was expected:', bad);

@@ -120,11 +120,12 @@ fn bus_with(config: BusConfig) -> napi::Result<Arc<Bus>> {
                 || running.redis_tls != config.redis_tls
                 || running.channel != config.channel
                 || running.history != config.history
+                || running.inbox != config.inbox
             {
                 return Err(to_js(EngineError::new(
                     codes::BUS_CONFLICT,
-                    "this process already runs a bus with another redisUrl, channel or history \
-                     setting; one process has one bus",
+                    "this process already runs a bus with another redisUrl, channel, history or \
+                     inbox setting; one process has one bus",
                 )));
             }
             return Ok(bus.clone());
@@ -155,6 +156,9 @@ pub struct BusOptions {
     /// Events kept for clients that resume; 0 turns history (and offsets) off.
     pub history_size: Option<u32>,
     pub history_ttl_ms: Option<u32>,
+    /// Events kept per user without a connection; 0 keeps none.
+    pub inbox_size: Option<u32>,
+    pub inbox_ttl_ms: Option<u32>,
 }
 
 impl From<&BusOptions> for BusConfig {
@@ -178,6 +182,12 @@ impl From<&BusOptions> for BusConfig {
         }
         if let Some(ms) = o.history_ttl_ms {
             config.history.max_age = Duration::from_millis(ms as u64);
+        }
+        if let Some(size) = o.inbox_size {
+            config.inbox.size = size as usize;
+        }
+        if let Some(ms) = o.inbox_ttl_ms {
+            config.inbox.ttl = Duration::from_millis(ms as u64);
         }
         config
     }
@@ -229,19 +239,17 @@ pub fn publish_numbered(
     bus.publish_numbered(event).map(|n| n as f64).map_err(to_js)
 }
 
-/// How many connections each of `users` has open now, in this process (memory mode).
+/// How many connections each of `users` has open now: over every instance in Redis mode, in
+/// this process in memory mode.
 #[napi(catch_unwind)]
-pub fn presence(users: Vec<String>) -> napi::Result<Vec<u32>> {
+pub fn presence(env: &Env, users: Vec<String>) -> napi::Result<PromiseRaw<'_, Vec<u32>>> {
     let bus = global().bus.clone().ok_or_else(|| {
         to_js(EngineError::new(codes::BUS_CLOSED, "no bus: call ensureBus first"))
     })?;
-    if bus.config().redis_url.is_some() {
-        return Err(to_js(EngineError::new(
-            codes::TARGETING_UNAVAILABLE,
-            "presence counts this process's connections only: in Redis mode it is not offered yet",
-        )));
-    }
-    Ok(bus.hub().presence(&users).into_iter().map(|n| n as u32).collect())
+    env.spawn_future(async move {
+        let counts = bus.presence(users).await.map_err(to_js)?;
+        Ok(counts.into_iter().map(|n| n.min(u32::MAX as usize) as u32).collect::<Vec<u32>>())
+    })
 }
 
 /// One batch of settled publishes: every number up to `through`, resolved, or rejected with

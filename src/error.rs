@@ -62,7 +62,6 @@ pub mod codes {
     /// TLS with Redis failed: the server's certificate was not trusted, or the client's refused.
     pub const REDIS_TLS: &str = "ERR_REDIS_TLS";
     pub const BUS_CONFLICT: &str = "ERR_BUS_CONFLICT";
-    pub const TARGETING_UNAVAILABLE: &str = "ERR_TARGETING_UNAVAILABLE";
     pub const PUBLISH_QUEUE_FULL: &str = "ERR_PUBLISH_QUEUE_FULL";
     pub const BUS_CLOSED: &str = "ERR_BUS_CLOSED";
 }

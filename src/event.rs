@@ -158,6 +158,12 @@ impl Event {
         self.users.as_ref()
     }
 
+    /// The users as a JSON array (`["a","b"]`), for an addressed event.
+    pub fn users_json(&self) -> Option<String> {
+        let users: Vec<&str> = self.users.as_ref()?.iter().map(|u| &**u).collect();
+        Some(serde_json::to_string(&users).expect("strings always serialize"))
+    }
+
     /// The same event at a place in the history; its frame then carries `"offset"`.
     pub fn at(self, offset: Offset) -> Self {
         let frame = Utf8Bytes::from(frame::parcel_updated(
@@ -185,6 +191,10 @@ impl Event {
             #[serde(borrow)]
             data: Option<&'a serde_json::value::RawValue>,
             offset: Option<String>,
+            /// An addressed event's users (as the Redis bus carries them, or an outside
+            /// publisher gives them): an array of strings, else the message is refused (never
+            /// broadcast by mistake).
+            users: Option<Vec<String>>,
         }
         let wire: Wire<'_> = serde_json::from_slice(payload).map_err(|e| {
             Error::new(codes::INVALID_PARCEL_ID, format!("bus message is not a JSON event: {e}"))
@@ -192,7 +202,12 @@ impl Event {
         match (wire.kind.as_deref(), wire.parcel_id) {
             (Some("parcel_updated"), Some(id)) => {
                 let data = wire.data.map(|d| d.get()).filter(|d| *d != "null");
-                Ok((Self::with_data(&id, data)?, wire.offset))
+                let event = Self::with_data(&id, data)?;
+                let event = match wire.users {
+                    Some(users) => event.to_users(&users)?,
+                    None => event,
+                };
+                Ok((event, wire.offset))
             }
             _ => Err(Error::new(
                 codes::INVALID_PARCEL_ID,
@@ -379,6 +394,29 @@ mod tests {
         let (parsed, offset) = Event::from_json_with_offset(ev.frame().as_bytes()).unwrap();
         assert_eq!(parsed, Event::new("p1").unwrap());
         assert_eq!(offset.as_deref(), Some("1732590000000-5"));
+    }
+
+    #[test]
+    fn bus_messages_carry_users_and_bad_users_refuse_the_message() {
+        let (ev, offset) = Event::from_json_with_offset(
+            br#"{"type":"parcel_updated","parcel_id":"p","data":{"a":1},"offset":"5-1","users":["u1","u2","u1"]}"#,
+        )
+        .unwrap();
+        assert_eq!(offset.as_deref(), Some("5-1"));
+        assert_eq!(ev.users_json().as_deref(), Some(r#"["u1","u2"]"#));
+        assert_eq!(
+            ev.frame().as_str(),
+            r#"{"type":"parcel_updated","parcel_id":"p","data":{"a":1}}"#
+        );
+        for bad in [
+            &br#"{"type":"parcel_updated","parcel_id":"p","users":[1]}"#[..],
+            br#"{"type":"parcel_updated","parcel_id":"p","users":[]}"#,
+            br#"{"type":"parcel_updated","parcel_id":"p","users":[""]}"#,
+            br#"{"type":"parcel_updated","parcel_id":"p","users":"u1"}"#,
+        ] {
+            assert!(Event::from_json(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(Event::new("p").unwrap().users_json().is_none());
     }
 
     #[test]

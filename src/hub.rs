@@ -22,14 +22,16 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::error::Result;
 use crate::event::{parcel_id_of, Event, Frame, Offset};
 use crate::history::History;
 use crate::inbox::{Inbox, InboxLimits};
@@ -61,7 +63,7 @@ struct Target {
 /// Bounded like a filtered feed's queue: overflowing it marks the connection lost (1013).
 struct Direct {
     user: Arc<str>,
-    queue: Mutex<VecDeque<Frame>>,
+    queue: Mutex<DirectQueue>,
     /// The queue's length, readable without the lock: the hot path (a broadcast reaching a
     /// connection whose user has nothing waiting) costs one atomic load, not a lock.
     waiting: AtomicUsize,
@@ -71,18 +73,34 @@ struct Direct {
     lost: AtomicBool,
 }
 
+#[derive(Default)]
+struct DirectQueue {
+    frames: VecDeque<Frame>,
+    /// Offsets of the events this connection received from its user's inbox in Redis (sorted):
+    /// one that also arrives live (it was inboxed just before the connection counted as
+    /// present) is not sent twice. Emptied once a later event arrives.
+    inboxed: Vec<Offset>,
+}
+
 impl Direct {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Frame>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DirectQueue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn push(&self, frame: Frame) {
         let mut queue = self.lock();
-        if queue.len() >= FILTERED_QUEUE {
+        if let (Some(offset), Some(last)) = (frame.offset, queue.inboxed.last()) {
+            if offset > *last {
+                queue.inboxed = Vec::new();
+            } else if queue.inboxed.binary_search(&offset).is_ok() {
+                return;
+            }
+        }
+        if queue.frames.len() >= FILTERED_QUEUE {
             self.lost.store(true, Ordering::Relaxed);
             return;
         }
-        queue.push_back(frame);
+        queue.frames.push_back(frame);
         // Release: a reader that sees the count also sees every frame dispatched before.
         self.waiting.fetch_add(1, Ordering::Release);
         drop(queue);
@@ -94,7 +112,7 @@ impl Direct {
         if self.is_empty() {
             return None;
         }
-        self.lock().front().map(|f| f.before(seq))
+        self.lock().frames.front().map(|f| f.before(seq))
     }
 
     fn is_empty(&self) -> bool {
@@ -103,7 +121,7 @@ impl Direct {
 
     fn pop(&self) -> Option<Frame> {
         let mut queue = self.lock();
-        let frame = queue.pop_front();
+        let frame = queue.frames.pop_front();
         if frame.is_some() {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
@@ -113,6 +131,36 @@ impl Direct {
     fn len(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
     }
+
+    /// Drops the events at `offsets` (delivered from the inbox) from the queue, now and when
+    /// they arrive later.
+    fn skip(&self, offsets: &[Offset]) {
+        let mut queue = self.lock();
+        queue.inboxed = offsets.to_vec();
+        queue.inboxed.sort_unstable();
+        let inboxed = std::mem::take(&mut queue.inboxed);
+        queue.frames.retain(|f| f.offset.is_none_or(|o| inboxed.binary_search(&o).is_err()));
+        queue.inboxed = inboxed;
+        self.waiting.store(queue.frames.len(), Ordering::Release);
+    }
+}
+
+/// Where presence and inboxes live when they span instances (Redis mode, `bus/targeting.rs`):
+/// told of every connection of a user that opens or closes in this process.
+pub trait Directory: Send + Sync {
+    /// A connection of `user` opened here (it is already in the index): count it, then take
+    /// what waited in the user's inbox (oldest first; empty when Redis cannot be reached).
+    fn joined(&self, user: Arc<str>) -> oneshot::Receiver<Vec<Frame>>;
+    /// A connection of `user` closed here.
+    fn left(&self, user: &Arc<str>);
+    /// Resolves once every change told so far is written (a closing server's connections then
+    /// stop counting at once, not after the presence window).
+    fn settle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// How many connections each of `users` has open, over every live instance.
+    fn count(
+        &self,
+        users: Vec<String>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<usize>>> + Send + '_>>;
 }
 
 pub struct Hub {
@@ -135,8 +183,10 @@ pub struct Hub {
     next_conn: AtomicU64,
     /// The next `Frame::seq` (dispatch order).
     next_seq: AtomicU32,
-    /// Events for users with no connection here.
+    /// Events for users with no connection here (when no [`Directory`] keeps them elsewhere).
     inbox: Mutex<Inbox>,
+    /// Presence and inboxes over every instance (Redis mode); `None`: this process only.
+    directory: RwLock<Option<Arc<dyn Directory>>>,
     sink: RwLock<Option<Sink>>,
     /// The newest offset dispatched (or known at start): what a new client is told it starts at.
     head: std::sync::Mutex<Option<Offset>>,
@@ -159,6 +209,7 @@ impl Hub {
             next_conn: AtomicU64::new(0),
             next_seq: AtomicU32::new(1),
             inbox: Mutex::new(Inbox::new(InboxLimits::default())),
+            directory: RwLock::new(None),
             sink: RwLock::new(None),
             head: std::sync::Mutex::new(None),
             history: RwLock::new(None),
@@ -212,13 +263,29 @@ impl Hub {
 
     /// Hands an addressed event to every connection of its users here; users with none get it
     /// in their inbox. (Addressed events pace nobody: they do not enter the ring.)
+    /// (With a [`Directory`], the publish already put the event in the inboxes of users with no
+    /// connection on any instance.)
     fn deliver_to_users(&self, index: &Index, users: &[Box<str>], frame: &Frame) {
+        let mut local_inbox = None;
         for user in users {
             match index.users.get(&**user) {
                 Some(conns) => conns.iter().for_each(|(_, direct)| direct.push(frame.clone())),
-                None => self.lock_inbox().push(user, frame.clone()),
+                None => {
+                    if *local_inbox.get_or_insert_with(|| self.directory().is_none()) {
+                        self.lock_inbox().push(user, frame.clone());
+                    }
+                }
             }
         }
+    }
+
+    /// Where presence and inboxes span instances, if they do (Redis mode).
+    pub fn directory(&self) -> Option<Arc<dyn Directory>> {
+        self.directory.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_directory(&self, directory: Option<Arc<dyn Directory>>) {
+        *self.directory.write().unwrap_or_else(|e| e.into_inner()) = directory;
     }
 
     fn lock_inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
@@ -240,6 +307,18 @@ impl Hub {
     pub fn presence(&self, users: &[String]) -> Vec<usize> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         users.iter().map(|u| index.users.get(u.as_str()).map_or(0, Vec::len)).collect()
+    }
+
+    /// Like [`Hub::presence`], for user ids the hub handed out.
+    pub(crate) fn count_of(&self, users: &[Arc<str>]) -> Vec<usize> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        users.iter().map(|u| index.users.get(u).map_or(0, Vec::len)).collect()
+    }
+
+    /// Every user with a connection in this process, with their count.
+    pub(crate) fn user_counts(&self) -> Vec<(Arc<str>, usize)> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.users.iter().map(|(u, conns)| (u.clone(), conns.len())).collect()
     }
 
     async fn wait_for_room(&self) {
@@ -630,6 +709,17 @@ impl Feed {
                     index.users.remove(&direct.user);
                 }
             }
+            drop(index);
+            if let Some(directory) = self.hub.directory() {
+                directory.left(&direct.user);
+            }
+        }
+    }
+
+    /// Events with these offsets came from the user's inbox: they are not delivered live too.
+    pub fn skip_inboxed(&self, offsets: &[Offset]) {
+        if let (Some(direct), false) = (&self.direct, offsets.is_empty()) {
+            direct.skip(offsets);
         }
     }
 
@@ -957,6 +1047,29 @@ mod tests {
         assert_eq!(drain(&mut feed), ["t3"], "connected: delivered, not kept");
         drop(feed);
         assert!(hub.open(None, Some("z")).inbox.is_empty(), "an inbox is delivered once");
+    }
+
+    /// Events taken from the user's inbox in Redis are not delivered live a second time, whether
+    /// they were already queued or arrive later; later events pass.
+    #[tokio::test]
+    async fn inboxed_events_are_not_delivered_live_twice() {
+        let hub = Arc::new(Hub::new(64));
+        let mut feed = hub.open(None, Some("u")).feed;
+        let at = |seq| Offset { ms: 7, seq };
+        let to_u = |id: &str, seq| {
+            Event::new(id).unwrap().to_users(&["u".to_string()]).unwrap().at(at(seq))
+        };
+        hub.dispatch(&to_u("t1", 1)).await;
+        feed.skip_inboxed(&[at(2), at(1)]);
+        hub.dispatch(&to_u("t2", 2)).await;
+        hub.dispatch(&Event::new("b").unwrap().at(at(3))).await;
+        hub.dispatch(&to_u("t4", 4)).await;
+        hub.dispatch(&to_u("t1-again", 1)).await;
+        assert_eq!(
+            drain(&mut feed),
+            ["b", "t4", "t1-again"],
+            "the skip ends at the first later event"
+        );
     }
 
     /// A filter change's seam keeps the order of broadcasts and addressed events.

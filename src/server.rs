@@ -273,6 +273,11 @@ impl Server {
         if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
             log::warn!("server: some connections did not close within {grace:?}; dropped them");
         }
+        // Redis mode: the closed connections stop counting in `presence()` before close returns
+        // (a process that exits right after would otherwise count them for the presence window).
+        if let Some(directory) = self.shared.bus.hub().directory() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), directory.settle()).await;
+        }
     }
 }
 
@@ -451,6 +456,10 @@ fn log_refusal(peer: SocketAddr, status: u16, code: &str) {
     );
 }
 
+/// The longest a new connection of a user waits for Redis to count it and hand over its inbox
+/// (Redis mode); past it the connection goes on without the inbox, which stays in Redis.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Reads the request, refuses it or upgrades it.
 async fn handshake(
     mut stream: TcpStream,
@@ -489,8 +498,19 @@ async fn handshake(
     // Subscribe before the welcome frame: an event published after the client saw the welcome
     // is never missed. The welcome's offset is taken at the same instant (see `Hub::open`).
     let user = auth::user_id(&claims);
-    let hub::Opened { feed, start, inbox } =
+    let hub::Opened { feed, start, mut inbox } =
         shared.bus.hub().open(parcels.as_deref(), user.as_deref());
+    if let (Some(user), Some(directory)) = (&user, shared.bus.hub().directory()) {
+        // Redis mode: counted on every instance from now, then the user's inbox, taken from
+        // Redis after the feed opened (an event inboxed meanwhile may also arrive live: the
+        // connection drops that copy by its offset, see `Conn::start`).
+        let joined = directory.joined(user.as_str().into());
+        let taken = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            taken = tokio::time::timeout(JOIN_TIMEOUT, joined) => taken,
+        };
+        inbox.extend(taken.ok().and_then(|r| r.ok()).unwrap_or_default());
+    }
     let settings = &shared.settings;
     let (rate, burst) = (settings.messages_per_second * 4.0, settings.message_burst * 4.0);
     let metered = Metered::new(stream, rate, burst);

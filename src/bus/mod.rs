@@ -15,6 +15,7 @@
 
 mod memory;
 mod redis;
+mod targeting;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -196,14 +197,6 @@ impl Bus {
     }
 
     fn enqueue(&self, publish: Publish) -> Result<()> {
-        if publish.event.users().is_some() && self.config.redis_url.is_some() {
-            // Through Redis the addressing would be lost and the event reach everyone.
-            return Err(Error::new(
-                codes::TARGETING_UNAVAILABLE,
-                "events addressed to users are delivered in memory mode only for now; \
-                 in Redis mode publish without `users`",
-            ));
-        }
         self.queue.try_send(publish).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::new(
                 codes::PUBLISH_QUEUE_FULL,
@@ -217,6 +210,33 @@ impl Bus {
                 _ => Error::new(codes::BUS_CLOSED, "the bus has stopped"),
             },
         })
+    }
+
+    /// How many connections each of `users` has open now: over every live instance in Redis
+    /// mode (an instance that died stops counting within [`PRESENCE_WINDOW`]), in this process
+    /// otherwise. Waits for the bus to start.
+    pub async fn presence(&self, users: Vec<String>) -> Result<Vec<usize>> {
+        if users.len() > crate::event::MAX_USERS {
+            return Err(Error::new(
+                codes::INVALID_USERS,
+                format!(
+                    "presence asks for {} users; the limit is {}",
+                    users.len(),
+                    crate::event::MAX_USERS
+                ),
+            ));
+        }
+        let _ = self.ready().await;
+        match self.hub.directory() {
+            Some(directory) => directory.count(users).await,
+            // Redis configured but not answering (the in-memory fallback): this process's counts
+            // would say "offline" for users connected elsewhere.
+            None if self.config.redis_url.is_some() => Err(Error::new(
+                codes::REDIS_UNAVAILABLE,
+                "Redis is unavailable: presence over every instance cannot be counted",
+            )),
+            None => Ok(self.hub.presence(&users)),
+        }
     }
 
     /// Publishes and waits until the bus has taken the event.
@@ -259,6 +279,7 @@ struct Connector {
     tls: Option<crate::config::RedisTls>,
     channel: String,
     retention: crate::history::Retention,
+    inbox: crate::inbox::InboxLimits,
     hub: Arc<Hub>,
     connected: Arc<watch::Sender<bool>>,
     shutdown: CancellationToken,
@@ -274,6 +295,7 @@ impl Connector {
             tls,
             &self.channel,
             self.retention,
+            self.inbox,
             hub,
             connected,
             shutdown,
@@ -315,6 +337,7 @@ async fn pump(ctx: Pump, mut queue: mpsc::Receiver<Publish>) {
             }
             redis = async { late.as_mut().expect("polled only when set").await }, if late.is_some() => {
                 late = None;
+                redis.activate(&ctx.hub);
                 ctx.switch_to_redis();
                 backend = Backend::Redis(redis);
             }
@@ -335,6 +358,7 @@ impl Pump {
         };
         match self.connector().connect().await {
             Ok(redis) => {
+                redis.activate(&self.hub);
                 log::info!("bus: redis at {} (channel {})", redact_url(&url), self.config.channel);
                 self.state.send_replace(State::Ready(Mode::Redis));
                 Some((Backend::Redis(redis), None))
@@ -364,6 +388,7 @@ impl Pump {
             tls: self.config.redis_tls.clone(),
             channel: self.config.channel.clone(),
             retention: self.config.history,
+            inbox: self.config.inbox,
             hub: self.hub.clone(),
             connected: self.connected.clone(),
             shutdown: self.shutdown.clone(),

@@ -12,6 +12,9 @@
 //! offset are broadcast as they are: no offset, not in the history.
 //!
 //! With history off (`max_events == 0`) events are plain PUBLISHes, as in the original design.
+//!
+//! Events addressed to users travel the same way, with their users (the script also fills the
+//! inboxes of users connected nowhere); presence and inboxes are in `targeting.rs`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,19 +32,70 @@ use crate::error::{codes, Error, Result};
 use crate::event::Frame;
 use crate::event::{Event, Offset};
 use crate::history::{check, History, Replay, Retention};
-use crate::hub::Hub;
+use crate::hub::{Directory, Hub};
+use crate::inbox::InboxLimits;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// KEYS[1]: stream. ARGV: channel, max length, min id (or "0"), then one event JSON per event
-/// (without offset). Returns the offsets.
+/// KEYS[1]: stream. ARGV: channel, max length (0: no history), min id (or "0"), then the
+/// targeting settings (key prefix `{channel}:`, presence window ms, inbox size, inbox TTL ms),
+/// then one event JSON per event (without offset). An event addressed to users is followed by
+/// "\n" and its users as a JSON array (a compact JSON frame never holds a raw newline): its
+/// stream entry keeps them (field `u`), its message carries them (`"users"`), and users with no
+/// connection on any live instance (`targeting.rs`) get it in their inbox, decided here,
+/// atomically with the publish. Returns the offsets.
 const PUBLISH_SCRIPT: &str = r#"
+local prefix, window, size, ttl = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local now, live
+local function inbox(entry, users)
+  if size == 0 then return end
+  if not live then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    live = redis.call('ZRANGEBYSCORE', prefix .. 'instances', now - window, '+inf')
+  end
+  local online = {}
+  for _, instance in ipairs(live) do
+    local counts = redis.call('HMGET', prefix .. 'presence:' .. instance, unpack(users))
+    for i = 1, #users do
+      if counts[i] then online[i] = true end
+    end
+  end
+  for i = 1, #users do
+    if not online[i] then
+      local key = prefix .. 'inbox:' .. users[i]
+      redis.call('RPUSH', key, now .. ' ' .. entry)
+      redis.call('LTRIM', key, -size, -1)
+      redis.call('PEXPIRE', key, ttl)
+    end
+  end
+end
 local ids = {}
-for i = 4, #ARGV do
-  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i])
-  redis.call('PUBLISH', ARGV[1], string.sub(ARGV[i], 1, -2) .. ',"offset":"' .. id .. '"}')
-  ids[#ids + 1] = id
+for i = 8, #ARGV do
+  local event, users = ARGV[i], nil
+  local cut = string.find(event, '\n', 1, true)
+  if cut then
+    users = string.sub(event, cut + 1)
+    event = string.sub(event, 1, cut - 1)
+  end
+  local message = event
+  if ARGV[2] ~= '0' then
+    local id
+    if users then
+      id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', event, 'u', users)
+    else
+      id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', event)
+    end
+    message = string.sub(event, 1, -2) .. ',"offset":"' .. id .. '"}'
+    ids[#ids + 1] = id
+  end
+  if users then
+    redis.call('PUBLISH', ARGV[1], string.sub(message, 1, -2) .. ',"users":' .. users .. '}')
+    inbox(message, cjson.decode(users))
+  else
+    redis.call('PUBLISH', ARGV[1], message)
+  end
 end
 if ARGV[3] ~= '0' then redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[3]) end
 return ids
@@ -53,6 +107,10 @@ pub(super) struct RedisBus {
     stream: String,
     retention: Retention,
     script: redis::Script,
+    /// `{channel}:`, the prefix of the presence and inbox keys (`targeting.rs`).
+    prefix: String,
+    inbox: InboxLimits,
+    directory: Arc<super::targeting::RedisDirectory>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
@@ -132,8 +190,9 @@ fn classify(e: redis::RedisError) -> Error {
             codes::REDIS_AUTH,
             format!(
                 "the Redis ACL user may not run what the bus needs ({text}): grant it the \
-                 channel (&CHANNEL), its history key (~CHANNEL:*) and PUBLISH, SUBSCRIBE, \
-                 EVALSHA, EVAL, XADD, XRANGE, XREVRANGE, XTRIM, XINFO"
+                 channel (&CHANNEL), its history key (~CHANNEL:*), its presence and inbox keys \
+                 (~{{CHANNEL}}:*) and PUBLISH, SUBSCRIBE, EVALSHA, EVAL, XADD, XRANGE, XREVRANGE, \
+                 XTRIM, XINFO"
             ),
         )
     } else {
@@ -154,11 +213,13 @@ pub fn stream_key(channel: &str) -> String {
 
 impl RedisBus {
     /// Connects both connections and subscribes, or fails within a few seconds.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn connect(
         url: &str,
         tls: Option<&RedisTls>,
         channel: &str,
         retention: Retention,
+        inbox: InboxLimits,
         hub: Arc<Hub>,
         connected: Arc<watch::Sender<bool>>,
         shutdown: CancellationToken,
@@ -193,6 +254,16 @@ impl RedisBus {
             last = Some(head);
             hub.set_history(Some(Arc::new(history.clone()) as Arc<dyn History>));
         }
+        // Presence and inboxes over the instances: installed in the hub when this bus takes
+        // over publishing (`RedisBus::activate`), so no publish falls between two inboxes.
+        let directory = super::targeting::RedisDirectory::start(
+            publisher.clone(),
+            channel,
+            inbox.ttl,
+            &hub,
+            connected.subscribe(),
+            shutdown.clone(),
+        );
         connected.send_replace(true);
         let receiver =
             Receiver { client, channel: channel.to_string(), history, hub, connected, last };
@@ -203,7 +274,15 @@ impl RedisBus {
             stream,
             retention,
             script: redis::Script::new(PUBLISH_SCRIPT),
+            prefix: super::targeting::key_prefix(channel),
+            inbox,
+            directory,
         })
+    }
+
+    /// From now on this bus publishes: presence and inboxes are kept in Redis.
+    pub(super) fn activate(&self, hub: &Hub) {
+        hub.set_directory(Some(self.directory.clone() as Arc<dyn Directory>));
     }
 
     /// Publishes a batch in one round trip, in order.
@@ -211,19 +290,34 @@ impl RedisBus {
         &mut self,
         events: impl Iterator<Item = &'a Event>,
     ) -> Result<()> {
-        if self.retention.max_events == 0 {
+        let events: Vec<&Event> = events.collect();
+        let addressed = events.iter().any(|e| e.users().is_some());
+        if self.retention.max_events == 0 && !addressed {
             let mut pipe = redis::pipe();
             for event in events {
                 pipe.cmd("PUBLISH").arg(&self.channel).arg(event.frame().as_str()).ignore();
             }
             return pipe.query_async::<()>(&mut self.publisher).await.map_err(unavailable);
         }
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let min_id = now_ms.saturating_sub(self.retention.max_age.as_millis());
+        let min_id = match self.retention.max_events {
+            0 => "0".to_string(),
+            _ => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+                now.saturating_sub(self.retention.max_age.as_millis()).to_string()
+            }
+        };
         let mut invocation = self.script.key(&self.stream);
-        invocation.arg(&self.channel).arg(self.retention.max_events).arg(min_id.to_string());
+        invocation.arg(&self.channel).arg(self.retention.max_events).arg(min_id);
+        invocation
+            .arg(&self.prefix)
+            .arg(super::targeting::PRESENCE_WINDOW.as_millis() as u64)
+            .arg(self.inbox.size)
+            .arg(self.inbox.ttl.as_millis().max(1) as u64);
         for event in events {
-            invocation.arg(event.frame().as_str());
+            match event.users_json() {
+                None => invocation.arg(event.frame().as_str()),
+                Some(users) => invocation.arg(format!("{}\n{users}", event.frame().as_str())),
+            };
         }
         invocation
             .invoke_async::<Vec<String>>(&mut self.publisher)
@@ -287,11 +381,19 @@ async fn max_deleted(conn: &mut ConnectionManager, stream: &str) -> Option<Offse
     })
 }
 
-/// An entry as a frame: its `e` field re-encoded with the entry id as offset.
+/// An entry as a frame: its `e` field re-encoded with the entry id as offset, addressed to the
+/// users of its `u` field if it has one.
 fn entry_frame(id: &str, fields: &[Vec<u8>]) -> Option<(Offset, Event)> {
     let offset = parse_offset(id)?;
-    let json = fields.chunks(2).find(|kv| kv.first().map(Vec::as_slice) == Some(b"e"))?.get(1)?;
-    Some((offset, Event::from_json(json).ok()?.at(offset)))
+    let field = |name: &[u8]| {
+        fields.chunks(2).find(|kv| kv.first().map(Vec::as_slice) == Some(name))?.get(1)
+    };
+    let mut event = Event::from_json(field(b"e")?).ok()?;
+    if let Some(users) = field(b"u") {
+        let users: Vec<String> = serde_json::from_slice(users).ok()?;
+        event = event.to_users(&users).ok()?;
+    }
+    Some((offset, event.at(offset)))
 }
 
 /// The shared history in the Redis Stream.
@@ -471,5 +573,29 @@ impl Receiver {
             self.hub.dispatch(&event).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_entries_keep_their_users() {
+        let e = br#"{"type":"parcel_updated","parcel_id":"p"}"#.to_vec();
+        let fields = vec![b"e".to_vec(), e.clone(), b"u".to_vec(), br#"["a","b"]"#.to_vec()];
+        let (offset, event) = entry_frame("5-1", &fields).unwrap();
+        assert_eq!(offset, Offset { ms: 5, seq: 1 });
+        assert_eq!(
+            event.frame().as_str(),
+            r#"{"type":"parcel_updated","parcel_id":"p","offset":"5-1"}"#
+        );
+        let frame = Frame::of(&event);
+        assert!(frame.is_for(Some("a")) && frame.is_for(Some("b")));
+        assert!(!frame.is_for(Some("c")) && !frame.is_for(None), "nobody else's replay");
+        let (_, broadcast) = entry_frame("5-2", &[b"e".to_vec(), e.clone()]).unwrap();
+        assert!(Frame::of(&broadcast).is_for(None));
+        // Users that do not parse: the entry is skipped, never replayed to everyone.
+        assert!(entry_frame("5-3", &[b"e".to_vec(), e, b"u".to_vec(), b"[1]".to_vec()]).is_none());
     }
 }

@@ -257,7 +257,11 @@ impl Conn<'_> {
         // A replay already holds what the inbox kept (it is in the history, addressed to this
         // user): sent twice it would be a duplicate. Inbox frames do not count as "sent live"
         // (`first_sent`): they are older than the live stream.
-        if !replayed {
+        if !replayed && !inbox.is_empty() {
+            // An inboxed event that also arrives live (Redis mode: inboxed just before this
+            // connection counted as present) is sent once, from the inbox.
+            let offsets: Vec<Offset> = inbox.iter().filter_map(|f| f.offset).collect();
+            self.feed.skip_inboxed(&offsets);
             for frame in inbox {
                 self.feed_frame(Message::Text(frame.bytes)).await?;
             }
