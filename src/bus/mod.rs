@@ -284,7 +284,7 @@ impl Connector {
 
 enum Backend {
     Memory(memory::MemoryBus),
-    Redis(redis::RedisBus),
+    Redis(Box<redis::RedisBus>),
 }
 
 /// A Redis connection being retried in the background after a bad start.
@@ -316,7 +316,7 @@ async fn pump(ctx: Pump, mut queue: mpsc::Receiver<Publish>) {
             redis = async { late.as_mut().expect("polled only when set").await }, if late.is_some() => {
                 late = None;
                 ctx.switch_to_redis();
-                backend = Backend::Redis(redis);
+                backend = Backend::Redis(Box::new(redis));
             }
         }
     }
@@ -337,7 +337,7 @@ impl Pump {
             Ok(redis) => {
                 log::info!("bus: redis at {} (channel {})", redact_url(&url), self.config.channel);
                 self.state.send_replace(State::Ready(Mode::Redis));
-                Some((Backend::Redis(redis), None))
+                Some((Backend::Redis(Box::new(redis)), None))
             }
             // A misconfiguration (credentials, an invalid URL) never falls back silently.
             Err(e) if self.config.redis_required || e.code() != codes::REDIS_UNAVAILABLE => {
@@ -414,8 +414,9 @@ impl Pump {
     ) -> Result<()> {
         let hub = &self.hub;
         let mut attempt = 0u32;
+        let number = redis.next_batch();
         let result = loop {
-            match redis.publish(batch.iter().map(|p| &p.event)).await {
+            match redis.publish(number, batch.iter().map(|p| &p.event)).await {
                 Ok(()) => break Ok(()),
                 Err(e) if self.shutdown.is_cancelled() => break Err(e),
                 Err(e) => {
