@@ -201,7 +201,7 @@ function redisTlsFrom(options, env) {
 function busOptionsFrom(options, env) {
   const redisUrl = 'redisUrl' in options ? options.redisUrl : env.REDIS_URL;
   if (redisUrl != null && typeof redisUrl !== 'string') {
-    throw makeError('ERR_INVALID_OPTION', 'redisUrl must be a string (redis://host:port) or null');
+    throw makeError('ERR_INVALID_OPTION', 'redisUrl must be a string (redis://host:port, rediss://, redis+sentinel://, redis+cluster://) or null');
   }
   const redisTls = redisTlsFrom(options, env);
   const channel = options.channel ?? env.REDIS_CHANNEL ?? DEFAULT_CHANNEL;
@@ -213,7 +213,8 @@ function busOptionsFrom(options, env) {
     throw makeError('ERR_INVALID_OPTION', 'redisRequired must be a boolean');
   }
   const history = {};
-  for (const [key, envName, max] of [['historySize', 'REALTIME_HISTORY_SIZE', 1_000_000], ['historyTtlMs', 'REALTIME_HISTORY_TTL_MS', 0xffffffff]]) {
+  for (const [key, envName, max] of [['historySize', 'REALTIME_HISTORY_SIZE', 1_000_000], ['historyTtlMs', 'REALTIME_HISTORY_TTL_MS', 0xffffffff],
+    ['redisWaitReplicas', 'REDIS_WAIT_REPLICAS', 100], ['redisWaitTimeoutMs', 'REDIS_WAIT_TIMEOUT_MS', 3_600_000]]) {
     let value = options[key];
     if (value == null && env[envName] != null && env[envName] !== '') value = Number(env[envName]);
     if (value != null && (!Number.isInteger(value) || value < 0 || value > max)) {
@@ -228,7 +229,7 @@ const SERVER_OPTIONS = new Set([
   'port', 'host', 'path', 'jwtSecret', 'jwtAudience', 'jwtIssuer', 'jwtRequireExp', 'redisUrl', 'redisTls', 'channel', 'redisRequired', 'validateUser',
   'maxMessageBytes', 'handshakeTimeoutMs', 'pingIntervalMs', 'pongTimeoutMs', 'allowedOrigins',
   'maxConnections', 'maxConnectionsPerIp', 'maxHandshakes', 'maxHandshakesPerIp', 'headTimeoutMs', 'maxSubscriptions', 'messagesPerSecond', 'messageBurst',
-  'historySize', 'historyTtlMs', 'dashboard', 'drainMs',
+  'historySize', 'historyTtlMs', 'redisWaitReplicas', 'redisWaitTimeoutMs', 'dashboard', 'drainMs',
 ]);
 
 /** Numeric options: [env fallback, smallest allowed value, integer?]. */

@@ -106,3 +106,199 @@ describe('no silent gaps: epoch + contiguous sequence', { skip }, () => {
     }
   });
 });
+
+/** Starts a server in a child process; resolves with `{ready: {port, mode}}` or `{rejected: {code, message}}`. */
+async function tryStart(options, env = {}) {
+  const all = { port: 0, host: '127.0.0.1', jwtSecret: h.SECRET, pingIntervalMs: 0, ...options };
+  const p = h.spawnNodeScript(`
+    const rt = require(${JSON.stringify(h.PKG)});
+    rt.startServer(${JSON.stringify(all)}).then(
+      (s) => { console.log('ready ' + s.port + ' ' + s.busMode); return s.close().then(() => process.exit(0)); },
+      (err) => { console.log('rejected ' + err.code + ' ' + err.message); process.exit(0); });
+  `, { env: h.cleanEnv({ LOG_LEVEL: 'off', ...env }) });
+  await p.waitForExit(30_000);
+  const ready = /^ready (\d+) (\w+)$/m.exec(p.out());
+  if (ready) return { ready: { port: Number(ready[1]), mode: ready[2] } };
+  const rejected = /^rejected (\S+) (.*)$/m.exec(p.out());
+  assert.ok(rejected, `neither ready nor rejected: ${p.out()} ${p.err()}`);
+  return { rejected: { code: rejected[1], message: rejected[2] } };
+}
+
+/**
+ * A publish-only child process on `redisUrl` that fires seq-0 .. seq-(n-1), one every `everyMs`,
+ * without waiting (publishes pile up in the bus's queue while Redis fails over). Prints
+ * "ok i" / "err i CODE" as each settles; exits once all have.
+ */
+function steadyPublisher(redisUrl, n, everyMs, env = {}) {
+  return h.spawnNodeScript(`
+    const rt = require(${JSON.stringify(h.PKG)});
+    let i = 0;
+    const timer = setInterval(() => {
+      const k = i++;
+      rt.publishParcelUpdate('seq-' + k).then(() => console.log('ok ' + k), (e) => console.log('err ' + k + ' ' + e.code));
+      if (i === ${n}) clearInterval(timer);
+    }, ${everyMs});
+  `, { env: h.cleanEnv({ REDIS_URL: redisUrl, REDIS_REQUIRED: '1', LOG_LEVEL: 'warn', ...env }) });
+}
+
+function settledAs(proc, word) {
+  return [...proc.out().matchAll(new RegExp(`^${word} (\\d+)`, 'gm'))].map((m) => Number(m[1]));
+}
+
+/**
+ * Checks what one client received of seq-*: every resolved one, first occurrences in order, and
+ * a repeat only with the same offset (the same event twice, never two events for one publish).
+ */
+function assertReceivedAll(client, resolved, what) {
+  const events = eventsOf(client).filter((e) => e.id.startsWith('seq-'));
+  const firstOffset = new Map();
+  const order = [];
+  for (const e of events) {
+    const k = Number(e.id.slice(4));
+    if (firstOffset.has(k)) {
+      assert.equal(e.offset, firstOffset.get(k), `${what}: seq-${k} arrived twice with different offsets`);
+      continue;
+    }
+    firstOffset.set(k, e.offset);
+    order.push(k);
+  }
+  const missing = resolved.filter((k) => !firstOffset.has(k));
+  assert.deepEqual(missing, [], `${what}: resolved publishes never received`);
+  assert.ok(order.every((k, i) => i === 0 || k > order[i - 1]), `${what}: in order: ${order.join(',')}`);
+  const others = client.raw.slice(1).filter((r) => !r.startsWith('{"type":"parcel_updated"'));
+  assert.ok(others.every((r) => r.startsWith('{"type":"resync_required"')), `${what}: nothing but events and resync notices: ${others}`);
+}
+
+/** The parcel ids in a history stream (`XRANGE` on `port`). */
+function streamParcelIds(cli) {
+  const r = cli(['XRANGE', HISTORY, '-', '+']);
+  return [...r.stdout.matchAll(/"parcel_id":"(seq-\d+)"/g)].map((m) => m[1]);
+}
+
+describe('Sentinel: 1 master, 1 replica, 3 sentinels', { skip }, () => {
+  let set;
+  const clients = [];
+  const procs = [];
+  after(async () => {
+    await Promise.all(clients.map((c) => c.close()));
+    await Promise.all(procs.map((p) => p.stop()));
+    await set?.stop();
+  });
+
+  test('an unknown master name rejects with ERR_REDIS_SENTINEL; a sentinel URL without sentinels reachable falls back like any outage', async () => {
+    set = await topo.startSentinelSet();
+    const url = set.url().replace(`/${set.masterName}`, '/no-such-master');
+    for (const redisRequired of [false, true]) {
+      const r = await tryStart({ redisUrl: url, redisRequired });
+      assert.equal(r.rejected && r.rejected.code, 'ERR_REDIS_SENTINEL', JSON.stringify(r));
+      assert.match(r.rejected.message, /no-such-master/);
+      assert.match(r.rejected.message, /MASTER_NAME/, 'the message names the fix');
+    }
+    const ok = await tryStart({ redisUrl: set.url(), redisRequired: true });
+    assert.equal(ok.ready && ok.ready.mode, 'redis', JSON.stringify(ok));
+    const bad = await tryStart({ redisUrl: 'redis+sentinel://127.0.0.1:1' });
+    assert.equal(bad.rejected && bad.rejected.code, 'ERR_INVALID_OPTION', JSON.stringify(bad));
+  });
+
+  for (const waitReplicas of [0, 1]) {
+    test(`the master SIGKILLed mid-stream${waitReplicas ? ' with redisWaitReplicas: 1' : ''}: every client of both servers gets every resolved publish, in order, once${waitReplicas ? '; no resolved publish is lost from the history' : ''}`, async (t) => {
+      if (waitReplicas) {
+        // The previous test's failover left the old master dead: a fresh set.
+        await set.stop();
+        set = await topo.startSentinelSet();
+      }
+      const servers = [await serverOn(set.url(), { redisRequired: true }), await serverOn(set.url(), { redisRequired: true })];
+      procs.push(...servers.map((s) => s.proc));
+      const mine = [];
+      for (const s of servers) for (let k = 0; k < 2; k++) mine.push(await open(s.url, clients));
+      const N = 300;
+      const pub = steadyPublisher(set.url(), N, 20, waitReplicas ? { REDIS_WAIT_REPLICAS: String(waitReplicas) } : {});
+      procs.push(pub);
+      await pub.waitForOutput(/^ok 50\n/m, { ms: 20_000 });
+      const { killed, promoted } = await set.killMaster();
+      t.diagnostic(`killed ${killed.port}, promoted ${promoted.port}`);
+      // The old master comes back empty; the sentinels make it a replica of the new one.
+      await killed.restart();
+      await pub.waitForExit(120_000);
+      const resolved = settledAs(pub, 'ok');
+      const rejected = [...pub.out().matchAll(/^err (\d+) (\S+)/gm)].map((m) => [Number(m[1]), m[2]]);
+      t.diagnostic(`resolved ${resolved.length} of ${N}; rejected ${JSON.stringify(rejected.slice(0, 5))}${rejected.length > 5 ? '…' : ''}`);
+      assert.ok(resolved.length > 50, 'publishes resolved');
+      assert.ok(rejected.every(([, code]) => code === 'ERR_REDIS_REPLICATION'), `only replication shortfalls reject: ${JSON.stringify(rejected)}`);
+      if (!waitReplicas) assert.equal(rejected.length, 0, 'without redisWaitReplicas every publish resolves (held, then sent)');
+      const last = Math.max(...resolved);
+      await Promise.all(mine.map((c) => waitForEvent(c, `seq-${last}`, 30_000)));
+      mine.forEach((c, i) => assertReceivedAll(c, resolved, `client ${i}`));
+      if (waitReplicas) {
+        const master = set.currentMaster().port;
+        const kept = new Set(streamParcelIds((args) => h.redisCli(master, args)));
+        const lost = resolved.filter((k) => !kept.has(`seq-${k}`));
+        assert.deepEqual(lost, [], 'every resolved publish is in the new master\'s history');
+      }
+      // The bus followed the failover: /metrics names the new master.
+      const masterNow = new RegExp(`realtime_redis_master_info\\{address="127\\.0\\.0\\.1:${set.currentMaster().port}"\\} 1`);
+      for (const s of servers) {
+        await h.waitUntil(async () => masterNow.test((await h.httpGet(s.port, '/metrics')).raw), '/metrics names the new master', 15_000, 200);
+        assert.match((await h.httpGet(s.port, '/metrics')).raw, /realtime_redis_failovers_total 1\n/);
+      }
+      for (const c of mine) await c.close();
+    });
+  }
+});
+
+describe('Redis Cluster: 3 masters + 3 replicas', { skip }, () => {
+  let cluster;
+  let plain;
+  const clients = [];
+  const procs = [];
+  after(async () => {
+    await Promise.all(clients.map((c) => c.close()));
+    await Promise.all(procs.map((p) => p.stop()));
+    await cluster?.stop();
+    await plain?.kill();
+  });
+
+  test('a seed that is not a cluster, and a cluster node behind redis://, reject with ERR_REDIS_CLUSTER', async () => {
+    cluster = await topo.startCluster();
+    plain = await h.startRedis();
+    for (const redisUrl of [`redis+cluster://127.0.0.1:${plain.port}`, `redis://127.0.0.1:${cluster.nodes[0].port}`]) {
+      const r = await tryStart({ redisUrl });
+      assert.equal(r.rejected && r.rejected.code, 'ERR_REDIS_CLUSTER', `${redisUrl}: ${JSON.stringify(r)}`);
+      assert.match(r.rejected.message, /redis\+cluster:\/\/|redis:\/\//, 'the message names the fix');
+    }
+  });
+
+  test('the master owning the history slot SIGKILLed mid-stream: every client gets every resolved publish, in order, once; redis-cli -c PUBLISH on any node reaches the clients', async (t) => {
+    const servers = [await serverOn(cluster.url(), { redisRequired: true }), await serverOn(cluster.url(), { redisRequired: true })];
+    procs.push(...servers.map((s) => s.proc));
+    const mine = [];
+    for (const s of servers) for (let k = 0; k < 2; k++) mine.push(await open(s.url, clients));
+    // The keys of the channel share one slot.
+    const slots = ['history', 'epoch', 'seq'].map((k) => h.redisCli(cluster.nodes[0].port, ['CLUSTER', 'KEYSLOT', `{${CHANNEL}}:${k}`]).stdout.trim());
+    assert.equal(new Set(slots).size, 1, `one slot: ${slots}`);
+    const N = 300;
+    const pub = steadyPublisher(cluster.url(), N, 20);
+    procs.push(pub);
+    await pub.waitForOutput(/^ok 50\n/m, { ms: 20_000 });
+    const { killed, promoted } = await cluster.killOwnerOf(HISTORY);
+    t.diagnostic(`killed ${killed.port}, promoted ${promoted}`);
+    await pub.waitForExit(120_000);
+    const resolved = settledAs(pub, 'ok');
+    assert.equal(resolved.length, N, `every publish resolved: ${pub.out().match(/^err .*$/gm)}`);
+    await Promise.all(mine.map((c) => waitForEvent(c, `seq-${N - 1}`, 30_000)));
+    mine.forEach((c, i) => assertReceivedAll(c, resolved, `client ${i}`));
+
+    // Outside publishers: redis-cli -c PUBLISH on every live node reaches every client.
+    for (const node of cluster.alive()) {
+      const id = `cli-${node.port}`;
+      const r = cluster.cli(node.port, ['PUBLISH', CHANNEL, `{"type":"parcel_updated","parcel_id":"${id}"}`]);
+      assert.equal(r.status, 0, r.stderr);
+      for (const c of mine) assert.equal(await waitForEvent(c, id, 10_000), h.frame(id));
+    }
+    const masterNow = new RegExp(`realtime_redis_master_info\\{address="127\\.0\\.0\\.1:${promoted}"\\} 1`);
+    for (const s of servers) {
+      await h.waitUntil(async () => masterNow.test((await h.httpGet(s.port, '/metrics')).raw), '/metrics names the master of the slot now', 15_000, 200);
+      assert.match((await h.httpGet(s.port, '/metrics')).raw, /realtime_redis_failovers_total 1\n/);
+    }
+  });
+});

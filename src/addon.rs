@@ -120,11 +120,13 @@ fn bus_with(config: BusConfig) -> napi::Result<Arc<Bus>> {
                 || running.redis_tls != config.redis_tls
                 || running.channel != config.channel
                 || running.history != config.history
+                || running.redis_wait_replicas != config.redis_wait_replicas
+                || running.redis_wait_timeout != config.redis_wait_timeout
             {
                 return Err(to_js(EngineError::new(
                     codes::BUS_CONFLICT,
-                    "this process already runs a bus with another redisUrl, channel or history \
-                     setting; one process has one bus",
+                    "this process already runs a bus with another redisUrl, channel, history or \
+                     redisWait setting; one process has one bus",
                 )));
             }
             return Ok(bus.clone());
@@ -155,6 +157,10 @@ pub struct BusOptions {
     /// Events kept for clients that resume; 0 turns history (and offsets) off.
     pub history_size: Option<u32>,
     pub history_ttl_ms: Option<u32>,
+    /// Replicas that must acknowledge each publish (`WAIT`); 0 waits for none.
+    pub redis_wait_replicas: Option<u32>,
+    /// How long `WAIT` may take before the publishes reject with ERR_REDIS_REPLICATION.
+    pub redis_wait_timeout_ms: Option<u32>,
 }
 
 impl From<&BusOptions> for BusConfig {
@@ -178,6 +184,12 @@ impl From<&BusOptions> for BusConfig {
         }
         if let Some(ms) = o.history_ttl_ms {
             config.history.max_age = Duration::from_millis(ms as u64);
+        }
+        if let Some(n) = o.redis_wait_replicas {
+            config.redis_wait_replicas = n;
+        }
+        if let Some(ms) = o.redis_wait_timeout_ms {
+            config.redis_wait_timeout = Duration::from_millis(ms as u64);
         }
         config
     }

@@ -13,8 +13,10 @@
 //! published. In Redis mode the hub is fed only by the subscription, so every process, this one
 //! included, sees exactly the events Redis delivered, once each.
 
+mod link;
 mod memory;
 mod redis;
+pub mod topology;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -259,6 +261,7 @@ struct Connector {
     tls: Option<crate::config::RedisTls>,
     channel: String,
     retention: crate::history::Retention,
+    wait: Option<(u32, Duration)>,
     hub: Arc<Hub>,
     connected: Arc<watch::Sender<bool>>,
     shutdown: CancellationToken,
@@ -274,6 +277,7 @@ impl Connector {
             tls,
             &self.channel,
             self.retention,
+            self.wait,
             hub,
             connected,
             shutdown,
@@ -364,6 +368,8 @@ impl Pump {
             tls: self.config.redis_tls.clone(),
             channel: self.config.channel.clone(),
             retention: self.config.history,
+            wait: (self.config.redis_wait_replicas > 0)
+                .then_some((self.config.redis_wait_replicas, self.config.redis_wait_timeout)),
             hub: self.hub.clone(),
             connected: self.connected.clone(),
             shutdown: self.shutdown.clone(),
@@ -419,6 +425,12 @@ impl Pump {
             match redis.publish(number, batch.iter().map(|p| &p.event)).await {
                 Ok(()) => break Ok(()),
                 Err(e) if self.shutdown.is_cancelled() => break Err(e),
+                // Published, but not confirmed on enough replicas: sending again would
+                // duplicate; the publishers learn it.
+                Err(e) if e.code() == codes::REDIS_REPLICATION => {
+                    log::warn!("bus: {e}");
+                    break Err(e);
+                }
                 Err(e) => {
                     if attempt == 0 {
                         log::warn!("bus: {e}; holding publishes until Redis is back");

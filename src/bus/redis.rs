@@ -19,20 +19,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use redis::aio::PubSub;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff;
+use super::link::{Conn, Link};
 use crate::config::RedisTls;
 use crate::error::{codes, Error, Result};
 use crate::event::Frame;
 use crate::event::{Event, Offset};
 use crate::history::{History, Replay, Retention};
 use crate::hub::Hub;
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The epoch prologue shared by both scripts. KEYS[1]: stream, KEYS[2]: epoch hash (`epoch`, and
 /// `node`: the master's replication id when the epoch began), KEYS[3]: sequence. ARGV[1]: a floor
@@ -118,7 +116,7 @@ return seq
 "#;
 
 pub(super) struct RedisBus {
-    publisher: ConnectionManager,
+    link: Arc<Link>,
     channel: String,
     keys: Keys,
     /// This publisher's batch-number key (see [`Keys::batch`]).
@@ -129,15 +127,17 @@ pub(super) struct RedisBus {
     batches: u64,
     /// Its newest offset's epoch is the floor of a new epoch (offsets keep ordering).
     hub: Arc<Hub>,
+    /// `redisWaitReplicas` and `redisWaitTimeoutMs`, when at least one replica is asked for.
+    wait: Option<(u32, Duration)>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Error {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::new(codes::REDIS_UNAVAILABLE, format!("Redis is unavailable: {e}"))
 }
 
 /// The client for `url`; a `rediss://` URL with the CA, client certificate and verification
 /// that `tls` asks for.
-fn client(url: &str, tls: Option<&RedisTls>) -> Result<redis::Client> {
+pub(super) fn client(url: &str, tls: Option<&RedisTls>) -> Result<redis::Client> {
     let invalid = |e: &dyn std::fmt::Display| {
         Error::new(codes::INVALID_OPTION, format!("invalid redisUrl: {e}"))
     };
@@ -156,6 +156,13 @@ fn client(url: &str, tls: Option<&RedisTls>) -> Result<redis::Client> {
         (false, false) => format!("{url}#insecure"),
         _ => url.to_string(),
     };
+    redis::Client::build_with_tls(url.as_str(), certificates(tls)?).map_err(|e| {
+        Error::new(codes::INVALID_OPTION, format!("invalid redisTls or redisUrl: {e}"))
+    })
+}
+
+/// The CA and client certificate of `tls`, as redis-rs takes them.
+pub(super) fn certificates(tls: &RedisTls) -> Result<redis::TlsCertificates> {
     let client_tls = match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
             client_cert: cert.as_bytes().to_vec(),
@@ -169,18 +176,15 @@ fn client(url: &str, tls: Option<&RedisTls>) -> Result<redis::Client> {
             ))
         }
     };
-    let certificates = redis::TlsCertificates {
+    Ok(redis::TlsCertificates {
         client_tls,
         root_cert: tls.ca.as_ref().map(|ca| ca.as_bytes().to_vec()),
-    };
-    redis::Client::build_with_tls(url.as_str(), certificates).map_err(|e| {
-        Error::new(codes::INVALID_OPTION, format!("invalid redisTls or redisUrl: {e}"))
     })
 }
 
 /// A failed connect as the caller must see it: credentials that Redis refused are a
 /// misconfiguration (`ERR_REDIS_AUTH`, never a silent fallback), anything else is unavailability.
-fn classify(e: redis::RedisError) -> Error {
+pub(super) fn classify(e: redis::RedisError) -> Error {
     let text = e.to_string();
     let code = e.code().unwrap_or_default();
     let has = |word: &str| code == word || text.contains(word);
@@ -208,8 +212,8 @@ fn classify(e: redis::RedisError) -> Error {
             codes::REDIS_AUTH,
             format!(
                 "the Redis ACL user may not run what the bus needs ({text}): grant it the \
-                 channel (&CHANNEL), its history key (~CHANNEL:*) and PUBLISH, SUBSCRIBE, \
-                 EVALSHA, EVAL, XADD, XRANGE, XREVRANGE, XTRIM, XINFO"
+                 channel (&CHANNEL), its keys (~{{CHANNEL}}:*) and PUBLISH, SUBSCRIBE, EVALSHA, \
+                 EVAL, XADD, XRANGE, XREVRANGE, XDEL, GET, SET, HMGET, HSET, INFO, TIME, WAIT"
             ),
         )
     } else {
@@ -259,31 +263,26 @@ fn publisher_id() -> String {
 
 impl RedisBus {
     /// Connects both connections and subscribes, or fails within a few seconds.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn connect(
         url: &str,
         tls: Option<&RedisTls>,
         channel: &str,
         retention: Retention,
+        wait: Option<(u32, Duration)>,
         hub: Arc<Hub>,
         connected: Arc<watch::Sender<bool>>,
         shutdown: CancellationToken,
     ) -> Result<Self> {
-        let client = client(url, tls)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1);
-        let publisher = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| unavailable("connection timed out"))?
-        .map_err(classify)?;
-        let pubsub = subscribe(&client, channel).await?;
         let keys = Keys::new(channel);
+        let metrics = hub.clone();
+        let report = Box::new(move |master: &str, failovers: u64| {
+            metrics.metrics().set_redis_master(master, failovers);
+        });
+        let link = Link::open(url, tls, &keys.history, report).await?;
+        let pubsub = link.subscribe(channel).await?;
         let history = (retention.max_events > 0).then(|| StreamHistory {
-            connection: publisher.clone(),
+            link: link.clone(),
             keys: keys.clone(),
             hub: Arc::downgrade(&hub),
         });
@@ -292,7 +291,7 @@ impl RedisBus {
             // New clients start at the newest offset: the epoch's last sequence number (the
             // epoch is created now if Redis has none, so that even "nothing yet" names one).
             let floor = hub.head().map_or(0, |h| h.ms);
-            let head = init_epoch(&mut publisher.clone(), &keys, floor).await.map_err(classify)?;
+            let head = init_epoch(&mut link.conn().0, &keys, floor).await.map_err(classify)?;
             // Replaces the head of a memory history this bus may have run before Redis answered.
             hub.reset_head(head);
             last = Some(head);
@@ -300,17 +299,18 @@ impl RedisBus {
         }
         connected.send_replace(true);
         let receiver = Receiver {
-            client,
+            link: link.clone(),
             channel: channel.to_string(),
             history,
             hub: hub.clone(),
             connected,
             last,
         };
+        tokio::spawn(link.clone().watch(shutdown.clone()));
         tokio::spawn(receiver.run(pubsub, shutdown));
         let script = redis::Script::new(&format!("{EPOCH_LUA}{PUBLISH_SCRIPT_BODY}"));
         Ok(Self {
-            publisher,
+            link,
             channel: channel.to_string(),
             batch_key: format!("{}{}", keys.batch, publisher_id()),
             keys,
@@ -318,6 +318,7 @@ impl RedisBus {
             script,
             batches: 0,
             hub,
+            wait,
         })
     }
 
@@ -328,19 +329,67 @@ impl RedisBus {
         self.batches
     }
 
-    /// Publishes a batch in one round trip, in order. `number`: from [`RedisBus::next_batch`],
-    /// the same for every attempt of one batch.
+    /// Publishes a batch in one round trip, in order (two with `redisWaitReplicas`: then
+    /// `WAIT`). `number`: from [`RedisBus::next_batch`], the same for every attempt of one
+    /// batch. A failure that may be an outage or a failover (`ERR_REDIS_UNAVAILABLE`) is worth
+    /// sending the batch again; `ERR_REDIS_REPLICATION` is final (the events went out).
     pub(super) async fn publish<'a>(
         &mut self,
         number: u64,
         events: impl Iterator<Item = &'a Event>,
     ) -> Result<()> {
+        let (mut conn, generation) = self.link.conn();
+        let sent = self.send(&mut conn, number, events).await;
+        if let Err(e) = sent {
+            // The master may have moved (a failover): find it again before the retry.
+            if let Err(renew) = self.link.renew(generation).await {
+                log::debug!("bus: looking for the Redis master again failed: {renew}");
+            }
+            return Err(unavailable(e));
+        }
+        let Some((replicas, timeout)) = self.wait else { return Ok(()) };
+        let started = std::time::Instant::now();
+        let acked = match conn.wait(replicas, timeout, self.link.slot).await {
+            Ok(acked) => acked,
+            Err(e) => {
+                let _ = self.link.renew(generation).await;
+                return Err(Error::new(
+                    codes::REDIS_REPLICATION,
+                    format!(
+                        "the events were published, but whether {replicas} replica(s) have \
+                         them is unknown: WAIT failed ({})",
+                        e.message()
+                    ),
+                ));
+            }
+        };
+        self.hub.metrics().replication_waited(started.elapsed(), acked >= replicas);
+        if acked < replicas {
+            return Err(Error::new(
+                codes::REDIS_REPLICATION,
+                format!(
+                    "the events were published, but only {acked} of the {replicas} replica(s) \
+                     redisWaitReplicas asks for acknowledged them within {} ms: a failover now \
+                     could lose them (check the replicas, or lower redisWaitReplicas)",
+                    timeout.as_millis()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn send<'a>(
+        &self,
+        conn: &mut Conn,
+        number: u64,
+        events: impl Iterator<Item = &'a Event>,
+    ) -> redis::RedisResult<()> {
         if self.retention.max_events == 0 {
             let mut pipe = redis::pipe();
             for event in events {
                 pipe.cmd("PUBLISH").arg(&self.channel).arg(event.frame().as_str()).ignore();
             }
-            return pipe.query_async::<()>(&mut self.publisher).await.map_err(unavailable);
+            return pipe.query_async::<()>(conn).await;
         }
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let cutoff = match self.retention.max_age.as_millis() {
@@ -359,16 +408,12 @@ impl RedisBus {
         for event in events {
             invocation.arg(event.frame().as_str());
         }
-        invocation.invoke_async::<i64>(&mut self.publisher).await.map(|_| ()).map_err(unavailable)
+        invocation.invoke_async::<i64>(conn).await.map(|_| ())
     }
 }
 
 /// Creates the epoch if Redis has none (or must begin a new one); returns the newest offset.
-async fn init_epoch(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    floor: u64,
-) -> redis::RedisResult<Offset> {
+async fn init_epoch(conn: &mut Conn, keys: &Keys, floor: u64) -> redis::RedisResult<Offset> {
     let script = redis::Script::new(&format!("{EPOCH_LUA}{INIT_SCRIPT_BODY}"));
     let (epoch, seq): (String, String) = script
         .key(&keys.history)
@@ -381,18 +426,6 @@ async fn init_epoch(
     Ok(Offset { ms: epoch.parse().map_err(|_| bad())?, seq: seq.parse().map_err(|_| bad())? })
 }
 
-async fn subscribe(client: &redis::Client, channel: &str) -> Result<PubSub> {
-    let connect = async {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
-        Ok::<_, redis::RedisError>(pubsub)
-    };
-    tokio::time::timeout(CONNECT_TIMEOUT, connect)
-        .await
-        .map_err(|_| unavailable("connection timed out"))?
-        .map_err(classify)
-}
-
 type Entries = Vec<(String, Vec<Vec<u8>>)>;
 
 fn parse_offset(id: &str) -> Option<Offset> {
@@ -400,10 +433,7 @@ fn parse_offset(id: &str) -> Option<Offset> {
 }
 
 /// The newest entry's offset, if the stream has any.
-async fn newest_offset(
-    conn: &mut ConnectionManager,
-    stream: &str,
-) -> redis::RedisResult<Option<Offset>> {
+async fn newest_offset(conn: &mut Conn, stream: &str) -> redis::RedisResult<Option<Offset>> {
     let entries: Entries = redis::cmd("XREVRANGE")
         .arg(stream)
         .arg("+")
@@ -449,7 +479,7 @@ pub fn follows(prev: Offset, next: Offset) -> bool {
 /// The shared history in the Redis Stream.
 #[derive(Clone)]
 struct StreamHistory {
-    connection: ConnectionManager,
+    link: Arc<Link>,
     keys: Keys,
     hub: std::sync::Weak<Hub>,
 }
@@ -461,14 +491,18 @@ impl StreamHistory {
         since: Offset,
         until: Option<Offset>,
     ) -> redis::RedisResult<Vec<(Offset, Event)>> {
-        let mut conn = self.connection.clone();
+        let (mut conn, generation) = self.link.conn();
         let end = until.map_or("+".to_string(), |u| u.to_string());
-        let entries: Entries = redis::cmd("XRANGE")
+        let entries: redis::RedisResult<Entries> = redis::cmd("XRANGE")
             .arg(&self.keys.history)
             .arg(format!("({since}"))
             .arg(end)
             .query_async(&mut conn)
-            .await?;
+            .await;
+        if entries.is_err() {
+            let _ = self.link.renew(generation).await;
+        }
+        let entries: Entries = entries?;
         Ok(entries.iter().filter_map(|(id, fields)| entry_frame(id, fields)).collect())
     }
 }
@@ -509,8 +543,7 @@ impl History for StreamHistory {
 
     fn newest(&self) -> Pin<Box<dyn Future<Output = Option<Offset>> + Send + '_>> {
         Box::pin(async move {
-            let mut conn = self.connection.clone();
-            newest_offset(&mut conn, &self.keys.history).await.ok().flatten()
+            newest_offset(&mut self.link.conn().0, &self.keys.history).await.ok().flatten()
         })
     }
 }
@@ -521,7 +554,7 @@ const HISTORY_CAP: u64 = 1_000_000;
 
 /// Feeds the hub from the subscription, catching up from the stream after every reconnect.
 struct Receiver {
-    client: redis::Client,
+    link: Arc<Link>,
     channel: String,
     history: Option<StreamHistory>,
     hub: Arc<Hub>,
@@ -541,7 +574,7 @@ impl Receiver {
                     _ = tokio::time::sleep(backoff(attempt)) => {}
                 }
                 attempt = attempt.saturating_add(1);
-                match subscribe(&self.client, &self.channel).await {
+                match self.link.subscribe(&self.channel).await {
                     Ok(conn) => {
                         if let Err(e) = self.catch_up().await {
                             log::debug!("bus: catch-up after reconnect failed: {e}");
