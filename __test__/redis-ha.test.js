@@ -141,6 +141,18 @@ function steadyPublisher(redisUrl, n, everyMs, env = {}) {
   `, { env: h.cleanEnv({ REDIS_URL: redisUrl, REDIS_REQUIRED: '1', LOG_LEVEL: 'warn', ...env }) });
 }
 
+/** Publishes `id` from a publish-only child process; resolves with 'ok' or the rejection's code. */
+async function publishOnce(redisUrl, id, env = {}) {
+  const p = h.spawnNodeScript(`
+    const rt = require(${JSON.stringify(h.PKG)});
+    rt.publishParcelUpdate(${JSON.stringify(id)}).then(() => console.log('ok'), (e) => console.log('err ' + e.code + ' ' + e.message));
+  `, { env: h.cleanEnv({ REDIS_URL: redisUrl, REDIS_REQUIRED: '1', LOG_LEVEL: 'off', ...env }) });
+  await p.waitForExit(30_000);
+  const m = /^(ok|err (\S+) (.*))$/m.exec(p.out());
+  assert.ok(m, `${p.out()} ${p.err()}`);
+  return m[1] === 'ok' ? { code: 'ok' } : { code: m[2], message: m[3] };
+}
+
 function settledAs(proc, word) {
   return [...proc.out().matchAll(new RegExp(`^${word} (\\d+)`, 'gm'))].map((m) => Number(m[1]));
 }
@@ -202,9 +214,9 @@ describe('Sentinel: 1 master, 1 replica, 3 sentinels', { skip }, () => {
 
   for (const waitReplicas of [0, 1]) {
     test(`the master SIGKILLed mid-stream${waitReplicas ? ' with redisWaitReplicas: 1' : ''}: every client of both servers gets every resolved publish, in order, once${waitReplicas ? '; no resolved publish is lost from the history' : ''}`, async (t) => {
-      if (waitReplicas) {
-        // The previous test's failover left the old master dead: a fresh set.
-        await set.stop();
+      if (waitReplicas || !set) {
+        // A fresh set for each failover.
+        await set?.stop();
         set = await topo.startSentinelSet();
       }
       const servers = [await serverOn(set.url(), { redisRequired: true }), await serverOn(set.url(), { redisRequired: true })];
@@ -234,6 +246,11 @@ describe('Sentinel: 1 master, 1 replica, 3 sentinels', { skip }, () => {
         const kept = new Set(streamParcelIds((args) => h.redisCli(master, args)));
         const lost = resolved.filter((k) => !kept.has(`seq-${k}`));
         assert.deepEqual(lost, [], 'every resolved publish is in the new master\'s history');
+        // Once the old master has rejoined as a replica, publishes resolve again.
+        await h.waitUntil(() => /^slave0:.*state=online/m.test(h.redisCli(master, ['INFO', 'replication']).stdout),
+          'the old master rejoins as a replica, in sync', 60_000, 200);
+        assert.deepEqual(await publishOnce(set.url(), 'after-rejoin', { REDIS_WAIT_REPLICAS: '1' }), { code: 'ok' });
+        for (const c of mine) await waitForEvent(c, 'after-rejoin', 10_000);
       }
       // The bus followed the failover: /metrics names the new master.
       const masterNow = new RegExp(`realtime_redis_master_info\\{address="127\\.0\\.0\\.1:${set.currentMaster().port}"\\} 1`);
@@ -266,6 +283,17 @@ describe('Redis Cluster: 3 masters + 3 replicas', { skip }, () => {
       assert.equal(r.rejected && r.rejected.code, 'ERR_REDIS_CLUSTER', `${redisUrl}: ${JSON.stringify(r)}`);
       assert.match(r.rejected.message, /redis\+cluster:\/\/|redis:\/\//, 'the message names the fix');
     }
+  });
+
+  test('redisWaitReplicas: WAIT goes to the master of the channel\'s slot; one replica answers, two cannot (ERR_REDIS_REPLICATION); a lone Redis has none', async () => {
+    assert.deepEqual(await publishOnce(cluster.url(), 'wait-1', { REDIS_WAIT_REPLICAS: '1' }), { code: 'ok' });
+    const two = await publishOnce(cluster.url(), 'wait-2', { REDIS_WAIT_REPLICAS: '2', REDIS_WAIT_TIMEOUT_MS: '300' });
+    assert.equal(two.code, 'ERR_REDIS_REPLICATION', JSON.stringify(two));
+    assert.match(two.message, /only 1 of the 2 replica/);
+    const lone = await publishOnce(`redis://127.0.0.1:${plain.port}`, 'wait-lone', { REDIS_WAIT_REPLICAS: '1', REDIS_WAIT_TIMEOUT_MS: '200' });
+    assert.equal(lone.code, 'ERR_REDIS_REPLICATION', JSON.stringify(lone));
+    // Published all the same: it is in the history.
+    assert.match(h.redisCli(plain.port, ['XRANGE', HISTORY, '-', '+']).stdout, /wait-lone/);
   });
 
   test('the master owning the history slot SIGKILLed mid-stream: every client gets every resolved publish, in order, once; redis-cli -c PUBLISH on any node reaches the clients', async (t) => {
