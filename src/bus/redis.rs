@@ -1,14 +1,18 @@
 //! The Redis bus.
 //!
-//! Publishing: one Lua script per batch appends each event to a capped Redis Stream
-//! (`<channel>:history`: the history every server shares, whose entry ids are the offsets) and
-//! PUBLISHes it on the channel with its offset, atomically and in order, in one round trip.
-//! Plain pub/sub subscribers (e.g. `redis-cli SUBSCRIBE parcel_events`) see every event.
+//! Publishing: one Lua script per batch gives each event the next offset `<epoch>-<seq>` (a
+//! contiguous sequence within an epoch that a Redis which lost its data, or a new master, renews),
+//! appends it to a capped Redis Stream (`{<channel>}:history`: the history every server shares,
+//! whose entry ids are the offsets) and PUBLISHes it on the channel with its offset, atomically
+//! and in order, in one round trip. Plain pub/sub subscribers (e.g. `redis-cli SUBSCRIBE
+//! parcel_events`) see every event. Every key shares the `{<channel>}` hash tag (one cluster
+//! slot). Where Redis is (one node, Sentinel, Cluster) is `link.rs`'s business.
 //!
 //! Receiving: a dedicated SUBSCRIBE connection feeds the hub. After a loss it resubscribes and
 //! first reads the stream from the last offset it dispatched, so connected clients miss nothing
 //! published meanwhile by other processes (duplicates between the catch-up and the live
-//! subscription are dropped by offset). Messages that an outside client PUBLISHed without an
+//! subscription are dropped by offset); a hole in the live sequence is filled the same way, or,
+//! when the stream no longer has it, connected clients are told to resync. Messages that an outside client PUBLISHed without an
 //! offset are broadcast as they are: no offset, not in the history.
 //!
 //! With history off (`max_events == 0`) events are plain PUBLISHes, as in the original design.
