@@ -212,6 +212,19 @@ describe('Sentinel: 1 master, 1 replica, 3 sentinels', { skip }, () => {
     assert.equal(bad.rejected && bad.rejected.code, 'ERR_INVALID_OPTION', JSON.stringify(bad));
   });
 
+  test('sentinels with a password: without sentinelPassword ERR_REDIS_AUTH naming it; with it the server starts', async () => {
+    const locked = await topo.startSentinelSet({ sentinelPassword: 's3nt!nel' });
+    try {
+      const r = await tryStart({ redisUrl: locked.url() });
+      assert.equal(r.rejected && r.rejected.code, 'ERR_REDIS_AUTH', JSON.stringify(r));
+      assert.match(r.rejected.message, /sentinelPassword/, 'the message names the fix');
+      const ok = await tryStart({ redisUrl: `${locked.url()}?sentinelPassword=${encodeURIComponent('s3nt!nel')}`, redisRequired: true });
+      assert.equal(ok.ready && ok.ready.mode, 'redis', JSON.stringify(ok));
+    } finally {
+      await locked.stop();
+    }
+  });
+
   for (const waitReplicas of [0, 1]) {
     test(`the master SIGKILLed mid-stream${waitReplicas ? ' with redisWaitReplicas: 1' : ''}: every client of both servers gets every resolved publish, in order, once${waitReplicas ? '; no resolved publish is lost from the history' : ''}`, async (t) => {
       if (waitReplicas || !set) {

@@ -153,8 +153,9 @@ function infoField(text, field) {
  * Sentinel: a master, one replica and three sentinels watching `masterName` (quorum 2, a master
  * is down after 1 s of silence). `{ master, replica, sentinels, url(db?), currentMaster(),
  * killMaster(), stop() }`; `url()` is the redis+sentinel:// URL listing every sentinel.
+ * `sentinelPassword`: the sentinels require it (`requirepass`); `url()` does not carry it.
  */
-async function startSentinelSet({ masterName = 'mymaster' } = {}) {
+async function startSentinelSet({ masterName = 'mymaster', sentinelPassword } = {}) {
   const master = await startNode([]);
   const replica = await startNode(['--replicaof', '127.0.0.1', String(master.port)]);
   await h.waitUntil(() => infoField(h.redisCli(replica.port, ['INFO', 'replication']).stdout, 'master_link_status') === 'up',
@@ -169,21 +170,24 @@ async function startSentinelSet({ masterName = 'mymaster' } = {}) {
       `sentinel monitor ${masterName} 127.0.0.1 ${master.port} 2`,
       `sentinel down-after-milliseconds ${masterName} 1000`,
       `sentinel failover-timeout ${masterName} 4000`,
-      `sentinel parallel-syncs ${masterName} 1`, '',
+      `sentinel parallel-syncs ${masterName} 1`,
+      // The sentinels' own password (clients give it as sentinelPassword), also between them.
+      ...(sentinelPassword ? [`requirepass ${sentinelPassword}`, `sentinel sentinel-pass ${sentinelPassword}`] : []), '',
     ].join('\n'));
     const proc = h.spawnProcess('redis-server', [conf, '--sentinel']);
     sentinels.push({ port, proc });
   }
+  const auth = sentinelPassword ? ['-a', sentinelPassword, '--no-auth-warning'] : [];
   for (const s of sentinels) {
     await h.waitUntil(() => {
       if (s.proc.exitInfo) throw new Error(`sentinel exited: ${s.proc.out()} ${s.proc.err()}`);
-      const r = h.redisCli(s.port, ['SENTINEL', 'sentinels', masterName]);
+      const r = h.redisCli(s.port, [...auth, 'SENTINEL', 'sentinels', masterName]);
       // Each sentinel knows the two others (found through the master's hello channel).
       return r.status === 0 && (r.stdout.match(/^name$/gm) || []).length >= 2;
     }, `sentinel ${s.port} knows the other two`, 15_000, 100);
   }
   const currentMaster = () => {
-    const r = h.redisCli(sentinels[0].port, ['SENTINEL', 'get-master-addr-by-name', masterName]);
+    const r = h.redisCli(sentinels[0].port, [...auth, 'SENTINEL', 'get-master-addr-by-name', masterName]);
     const [host, port] = r.stdout.trim().split('\n');
     return { host, port: Number(port) };
   };
