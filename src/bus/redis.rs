@@ -42,11 +42,14 @@ use crate::hub::Hub;
 /// `seq` (the last sequence number given) set. A new epoch begins (sequence back to 0) when none
 /// exists (a Redis that lost its data), when the sequence key is missing, when the stream holds an
 /// entry at or after the next offset, or when the master changed (its replication id differs:
-/// a failover or a restart may have lost writes, whose offsets must never be given again). A new
-/// epoch is the master's clock in microseconds, above every epoch known: offsets keep ordering.
+/// a failover or a restart may have lost writes, whose offsets must never be given again; where
+/// `INFO` is not allowed, only a lost epoch or sequence key begins a new epoch). A new epoch is
+/// the master's clock in microseconds, above every epoch known: offsets keep ordering.
 const EPOCH_LUA: &str = r#"
 local function num(id) return tonumber(string.match(id or '', '^(%d+)')) end
-local node = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+local info = redis.pcall('INFO', 'replication')
+if type(info) ~= 'string' then info = '' end
+local node = string.match(info, 'master_replid:(%w+)') or ''
 local meta = redis.call('HMGET', KEYS[2], 'epoch', 'node')
 local epoch = meta[1]
 local seq = tonumber(redis.call('GET', KEYS[3]) or '')
