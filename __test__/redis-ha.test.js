@@ -343,3 +343,28 @@ describe('Redis Cluster: 3 masters + 3 replicas', { skip }, () => {
     }
   });
 });
+
+describe('rediss+cluster:// (a TLS-only cluster)', { skip: topo.tlsSkipReason() }, () => {
+  let cluster;
+  const clients = [];
+  const procs = [];
+  after(async () => {
+    await Promise.all(clients.map((c) => c.close()));
+    await Promise.all(procs.map((p) => p.stop()));
+    await cluster?.stop();
+  });
+
+  test('servers and a publisher on rediss+cluster:// with a private CA: events cross; a wrong CA rejects with ERR_REDIS_TLS', async () => {
+    const certs = topo.makeCertificates();
+    cluster = await topo.startTlsCluster(certs);
+    const ca = certs.pem(certs.ca);
+    const wrong = await tryStart({ redisUrl: cluster.url(), redisTls: { ca: certs.pem(certs.otherCa) } });
+    assert.equal(wrong.rejected && wrong.rejected.code, 'ERR_REDIS_TLS', JSON.stringify(wrong));
+    const servers = [await serverOn(cluster.url(), { redisRequired: true, redisTls: { ca } }),
+      await serverOn(cluster.url(), { redisRequired: true, redisTls: { ca } })];
+    procs.push(...servers.map((s) => s.proc));
+    const mine = [await open(servers[0].url, clients), await open(servers[1].url, clients)];
+    assert.deepEqual(await publishOnce(cluster.url(), 'over-tls-cluster', { REDIS_TLS_CA_FILE: certs.ca }), { code: 'ok' });
+    for (const c of mine) assert.match(await waitForEvent(c, 'over-tls-cluster', 10_000), /"offset":"\d+-1"\}$/);
+  });
+});

@@ -62,7 +62,8 @@ function makeCertificates() {
     run('openssl', ['x509', '-req', '-in', f(`${name}.csr`), '-CA', f('test-ca.crt'), '-CAkey', f('test-ca.key'),
       '-CAcreateserial', '-days', '2', '-extfile', f(`${name}.ext`), '-out', f(`${name}.crt`)], `signing the ${name} certificate`);
   };
-  leaf('server', 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
+  // clientAuth too: cluster nodes present it to each other on the TLS cluster bus.
+  leaf('server', 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n');
   leaf('client', 'extendedKeyUsage=clientAuth\n');
   return {
     dir,
@@ -273,6 +274,37 @@ async function startCluster() {
   };
 }
 
+/**
+ * A Redis Cluster of 3 masters + 3 replicas speaking only TLS (clients, replication and the
+ * cluster bus), with `certs` from makeCertificates(). `{ nodes, url(), cli(port, args), stop() }`;
+ * `url()` is the rediss+cluster:// URL of three seeds.
+ */
+async function startTlsCluster(certs) {
+  const nodes = [];
+  const tls = ['--tls-cert-file', certs.server.cert, '--tls-key-file', certs.server.key, '--tls-ca-cert-file', certs.ca,
+    '--tls-auth-clients', 'no', '--tls-replication', 'yes', '--tls-cluster', 'yes'];
+  for (let i = 0; i < 6; i++) {
+    const port = await h.freePort();
+    const busPort = await h.freePort();
+    nodes.push(await startNode(['--port', '0', '--tls-port', String(port), ...tls, '--cluster-enabled', 'yes',
+      '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '1000', '--cluster-port', String(busPort)],
+    { port, cli: (p, args) => tlsCli(p, certs, args) }));
+  }
+  run('redis-cli', ['--tls', '--cacert', certs.ca, '--cert', certs.client.cert, '--key', certs.client.key, '--cluster', 'create',
+    ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '1', '--cluster-yes'], 'redis-cli --cluster create (TLS)');
+  const cli = (port, args) => tlsCli(port, certs, ['-c', ...args]);
+  await h.waitUntil(() => nodes.every((n) => infoField(cli(n.port, ['CLUSTER', 'INFO']).stdout, 'cluster_state') === 'ok'),
+    'every TLS cluster node reports cluster_state:ok', 20_000, 100);
+  return {
+    nodes,
+    cli,
+    url: () => `rediss+cluster://${nodes.slice(0, 3).map((n) => `127.0.0.1:${n.port}`).join(',')}`,
+    async stop() {
+      await Promise.all(nodes.map((n) => n.kill()));
+    },
+  };
+}
+
 module.exports = {
   tlsSkipReason,
   opensslInstalled,
@@ -282,6 +314,7 @@ module.exports = {
   startAuthRedis,
   startSentinelSet,
   startCluster,
+  startTlsCluster,
   infoField,
   tempDir,
 };
