@@ -274,6 +274,34 @@ describe('Sentinel: 1 master, 1 replica, 3 sentinels', { skip }, () => {
       for (const c of mine) await c.close();
     });
   }
+
+  test('a manual SENTINEL FAILOVER (the old master stays up, as a replica) mid-stream: every resolved publish reaches every client, in order; /metrics follows', async () => {
+    if (!set) set = await topo.startSentinelSet();
+    // Both nodes up and in sync (after the previous test the old master rejoined).
+    await h.waitUntil(() => /^slave0:.*state=online/m.test(h.redisCli(set.currentMaster().port, ['INFO', 'replication']).stdout),
+      'a replica in sync', 60_000, 200);
+    const servers = [await serverOn(set.url(), { redisRequired: true }), await serverOn(set.url(), { redisRequired: true })];
+    procs.push(...servers.map((s) => s.proc));
+    const mine = [];
+    for (const s of servers) mine.push(await open(s.url, clients));
+    const before = set.currentMaster().port;
+    const N = 200;
+    const pub = steadyPublisher(set.url(), N, 20);
+    procs.push(pub);
+    await pub.waitForOutput(/^ok 50\n/m, { ms: 20_000 });
+    const r = h.redisCli(set.sentinels[0].port, ['SENTINEL', 'FAILOVER', set.masterName]);
+    assert.equal(r.stdout.trim(), 'OK', r.stdout + r.stderr);
+    await h.waitUntil(() => set.currentMaster().port !== before, 'the sentinels switch the master', 30_000, 100);
+    await pub.waitForExit(120_000);
+    const resolved = settledAs(pub, 'ok');
+    assert.equal(resolved.length, N, `every publish resolved: ${pub.out().match(/^err .*$/gm)}`);
+    await Promise.all(mine.map((c) => waitForEvent(c, `seq-${N - 1}`, 30_000)));
+    mine.forEach((c, i) => assertReceivedAll(c, resolved, `client ${i}`));
+    const masterNow = new RegExp(`realtime_redis_master_info\\{address="127\\.0\\.0\\.1:${set.currentMaster().port}"\\} 1`);
+    for (const s of servers) {
+      await h.waitUntil(async () => masterNow.test((await h.httpGet(s.port, '/metrics')).raw), '/metrics names the new master', 15_000, 200);
+    }
+  });
 });
 
 describe('Redis Cluster: 3 masters + 3 replicas', { skip }, () => {

@@ -199,11 +199,13 @@ impl Link {
         Ok(())
     }
 
-    /// In a cluster, notes every few seconds which master owns the channel's slot (the cluster
-    /// connection follows a failover by itself; this keeps `/metrics` and the failover count
-    /// true even in a process that publishes nothing). Ends with `shutdown`.
+    /// Every few seconds, checks which node is the master now: in a cluster, the master of the
+    /// channel's slot (the cluster connection follows a failover by itself); with Sentinel, the
+    /// one the sentinels name (a manual `SENTINEL FAILOVER` leaves the old master alive, as a
+    /// replica: nothing fails, yet commands must move). Keeps `/metrics` and the failover count
+    /// true even in a process that publishes nothing. Ends with `shutdown`.
     pub(super) async fn watch(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
-        if !matches!(self.topology, Topology::Cluster(_)) {
+        if matches!(self.topology, Topology::Node(_)) {
             return;
         }
         loop {
@@ -211,9 +213,22 @@ impl Link {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
-            let generation = self.lock().generation;
+            let (master, generation) = {
+                let current = self.lock();
+                (current.master.clone(), current.generation)
+            };
+            if let Topology::Sentinel(set) = &self.topology {
+                match resolve_master(set, self.tls.as_ref()).await {
+                    Ok(addr) if format!("{}:{}", addr.0, addr.1) == master => continue,
+                    Ok(_) => {}
+                    Err(e) => {
+                        log::debug!("bus: could not ask the sentinels for the master: {e}");
+                        continue;
+                    }
+                }
+            }
             if let Err(e) = self.renew(generation).await {
-                log::debug!("bus: could not ask the cluster which master serves the slot: {e}");
+                log::debug!("bus: could not find the Redis master: {e}");
             }
         }
     }
