@@ -16,7 +16,7 @@
 mod link;
 mod memory;
 mod redis;
-pub mod topology;
+mod topology;
 
 use std::future::Future;
 use std::pin::Pin;
