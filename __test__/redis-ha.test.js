@@ -187,6 +187,37 @@ function streamParcelIds(cli) {
   return [...r.stdout.matchAll(/"parcel_id":"(seq-\d+)"/g)].map((m) => m[1]);
 }
 
+describe('offsets the history never gave', { skip }, () => {
+  const clients = [];
+  let server;
+  let redis;
+  after(async () => {
+    await Promise.all(clients.map((c) => c.close()));
+    await server?.proc.stop();
+    await redis?.kill();
+  });
+
+  test('a PUBLISH carrying an offset the history never gave is broadcast without it; the sequence goes on untouched, no resync', async () => {
+    redis = await h.startRedis();
+    server = await serverOn(redis.url);
+    const c = await open(server.url, clients);
+    server.proc.write('publish real 2');
+    await server.proc.waitForOutput(/^published real$/m);
+    const second = offsetOf(await waitForEvent(c, 'real-2'));
+    // (A copy of an offset already delivered is a duplicate, and dropped as such.)
+    for (const offset of ['99999999999999999-1', `${parseOffset(second).ms}-7`, '1-1']) {
+      const id = `forged-${offset}`;
+      h.redisCli(redis.port, ['PUBLISH', CHANNEL, `{"type":"parcel_updated","parcel_id":"${id}","offset":"${offset}"}`]);
+      assert.equal(await waitForEvent(c, id), h.frame(id), `${offset}: broadcast without an offset`);
+    }
+    server.proc.write('publish after 1');
+    await server.proc.waitForOutput(/^published after$/m);
+    const next = parseOffset(offsetOf(await waitForEvent(c, 'after-1')));
+    assert.deepEqual(next, { ms: parseOffset(second).ms, seq: parseOffset(second).seq + 1n }, 'the sequence goes on');
+    assert.ok(!c.raw.some((r) => r.startsWith('{"type":"resync_required"')), 'nobody told to resync');
+  });
+});
+
 describe('Sentinel: 1 master, 1 replica, 3 sentinels', { skip }, () => {
   let set;
   const clients = [];

@@ -631,14 +631,32 @@ impl Receiver {
                         return;
                     }
                     // Not the next one (a message lost on the way, or a new epoch): the stream
-                    // tells what came between, or that clients must refetch.
-                    if !follows(last, offset) {
-                        if let Err(e) = self.catch_up().await {
-                            log::warn!("bus: could not read the history to fill a gap: {e}");
-                            self.lost_events(Some(last), Some(offset));
-                        }
-                        if self.last.is_some_and(|l| l.ms == offset.ms && offset.seq <= l.seq) {
-                            return;
+                    // tells what came between (and has this one), or that clients must refetch.
+                    if offset.ms != last.ms || offset.seq != last.seq + 1 {
+                        match self.catch_up().await {
+                            Ok(())
+                                if self
+                                    .last
+                                    .is_some_and(|l| l.ms == offset.ms && offset.seq <= l.seq) =>
+                            {
+                                return;
+                            }
+                            // Not in the history: an offset this bus never gave (e.g. a frame a
+                            // client received, PUBLISHed again by hand): broadcast it as a bare
+                            // message, without touching the sequence.
+                            Ok(()) => {
+                                log::debug!(
+                                    "bus: a message on {} carries offset {offset}, which the \
+                                     history does not hold; broadcast without it",
+                                    self.channel
+                                );
+                                self.hub.dispatch(&event).await;
+                                return;
+                            }
+                            Err(e) => {
+                                log::warn!("bus: could not read the history to fill a gap: {e}");
+                                self.lost_events(Some(last), Some(offset));
+                            }
                         }
                     }
                 }
