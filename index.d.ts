@@ -43,7 +43,11 @@ export interface ServerOptions {
   jwtRequireExp?: boolean;
   /**
    * Redis URL for multi-process broadcasting. Default: `REDIS_URL`. Absent, empty or null: the
-   * in-memory bus (one process).
+   * in-memory bus (one process). Forms: `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS),
+   * `redis+sentinel://[user:pass@]host:port[,host:port...]/MASTER_NAME[/db][?sentinelPassword=…]`
+   * (and `rediss+sentinel://`), `redis+cluster://[user:pass@]host:port[,host:port...]` (and
+   * `rediss+cluster://`). An unknown master name rejects with ERR_REDIS_SENTINEL, a cluster seed
+   * that is not a cluster (or a cluster node behind redis://) with ERR_REDIS_CLUSTER.
    */
   redisUrl?: string | null;
   /**
@@ -124,6 +128,14 @@ export interface ServerOptions {
   inboxSize?: number;
   /** How long an inboxed event waits, in ms. `REALTIME_INBOX_TTL_MS`, default 86400000 (24 h). */
   inboxTtlMs?: number;
+  /**
+   * Redis mode: a publish resolves only once this many replicas acknowledged it (`WAIT` after
+   * each batch); fewer within `redisWaitTimeoutMs` reject it with ERR_REDIS_REPLICATION (the
+   * event was published all the same). `REDIS_WAIT_REPLICAS`, default 0 (no waiting).
+   */
+  redisWaitReplicas?: number;
+  /** How long `redisWaitReplicas` waits, in ms. `REDIS_WAIT_TIMEOUT_MS`, default 1000. */
+  redisWaitTimeoutMs?: number;
   /**
    * Serve the live dashboard at `GET /` and its figures at `GET /stats`. Default: true, unless
    * `REALTIME_DASHBOARD` is `0`/`false`/`no`/`off`. `/health` and `/metrics` are always served.
@@ -254,6 +266,9 @@ export type ErrorCode =
   | 'ERR_REDIS_UNAVAILABLE'
   | 'ERR_REDIS_AUTH'
   | 'ERR_REDIS_TLS'
+  | 'ERR_REDIS_SENTINEL'
+  | 'ERR_REDIS_CLUSTER'
+  | 'ERR_REDIS_REPLICATION'
   | 'ERR_BUS_CONFLICT'
   | 'ERR_PUBLISH_QUEUE_FULL'
   | 'ERR_BUS_CLOSED'

@@ -360,7 +360,7 @@ const OPTIONS = {
     env: 'REDIS_URL',
     given: (options, key) => key in options,
     check: (value) => {
-      if (value != null && typeof value !== 'string') throw invalid('redisUrl must be a string (redis://host:port) or null');
+      if (value != null && typeof value !== 'string') throw invalid('redisUrl must be a string (redis://host:port, rediss://, redis+sentinel://, redis+cluster://) or null');
       return value || undefined;
     },
   },
@@ -371,6 +371,8 @@ const OPTIONS = {
   historyTtlMs: { to: 'bus', env: 'REALTIME_HISTORY_TTL_MS', fromEnv: (text) => (text === '' ? undefined : Number(text)), check: integerFrom(0, MAX_U32) },
   inboxSize: { to: 'bus', env: 'REALTIME_INBOX_SIZE', fromEnv: (text) => (text === '' ? undefined : Number(text)), check: integerFrom(0, 10_000) },
   inboxTtlMs: { to: 'bus', env: 'REALTIME_INBOX_TTL_MS', fromEnv: (text) => (text === '' ? undefined : Number(text)), check: integerFrom(0, MAX_U32) },
+  redisWaitReplicas: { to: 'bus', env: 'REDIS_WAIT_REPLICAS', fromEnv: (text) => (text === '' ? undefined : Number(text)), check: integerFrom(0, 100) },
+  redisWaitTimeoutMs: { to: 'bus', env: 'REDIS_WAIT_TIMEOUT_MS', fromEnv: (text) => (text === '' ? undefined : Number(text)), check: integerFrom(0, 3_600_000) },
 };
 
 /** One option's value from `options`, else its environment variable, else its default; checked. */

@@ -52,6 +52,11 @@ const EXPECTED_FAMILIES = {
   realtime_bus_info: 'gauge',
   realtime_redis_connected: 'gauge',
   realtime_redis_reconnects_total: 'counter',
+  realtime_redis_master_info: 'gauge',
+  realtime_redis_failovers_total: 'counter',
+  realtime_redis_replication_waits_total: 'counter',
+  realtime_redis_replication_wait_seconds_total: 'counter',
+  realtime_redis_replication_failures_total: 'counter',
   realtime_publish_to_send_seconds: 'histogram',
   realtime_log_records_dropped_total: 'counter',
 };

@@ -61,7 +61,8 @@ function makeCertificates() {
     run('openssl', ['x509', '-req', '-in', f(`${name}.csr`), '-CA', f('test-ca.crt'), '-CAkey', f('test-ca.key'),
       '-CAcreateserial', '-days', '2', '-extfile', f(`${name}.ext`), '-out', f(`${name}.crt`)], `signing the ${name} certificate`);
   };
-  leaf('server', 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
+  // clientAuth too: cluster nodes present it to each other on the TLS cluster bus.
+  leaf('server', 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n');
   leaf('client', 'extendedKeyUsage=clientAuth\n');
   return {
     dir,
@@ -140,8 +141,9 @@ function infoField(text, field) {
  * Sentinel: a master, one replica and three sentinels watching `masterName` (quorum 2, a master
  * is down after 1 s of silence). `{ master, replica, sentinels, url(db?), currentMaster(),
  * killMaster(), stop() }`; `url()` is the redis+sentinel:// URL listing every sentinel.
+ * `sentinelPassword`: the sentinels require it (`requirepass`); `url()` does not carry it.
  */
-async function startSentinelSet({ masterName = 'mymaster' } = {}) {
+async function startSentinelSet({ masterName = 'mymaster', sentinelPassword } = {}) {
   const master = await startNode([]);
   const replica = await startNode(['--replicaof', '127.0.0.1', String(master.port)]);
   await h.waitUntil(() => infoField(h.redisCli(replica.port, ['INFO', 'replication']).stdout, 'master_link_status') === 'up',
@@ -156,21 +158,24 @@ async function startSentinelSet({ masterName = 'mymaster' } = {}) {
       `sentinel monitor ${masterName} 127.0.0.1 ${master.port} 2`,
       `sentinel down-after-milliseconds ${masterName} 1000`,
       `sentinel failover-timeout ${masterName} 4000`,
-      `sentinel parallel-syncs ${masterName} 1`, '',
+      `sentinel parallel-syncs ${masterName} 1`,
+      // The sentinels' own password (clients give it as sentinelPassword), also between them.
+      ...(sentinelPassword ? [`requirepass ${sentinelPassword}`, `sentinel sentinel-pass ${sentinelPassword}`] : []), '',
     ].join('\n'));
     const proc = h.spawnProcess('redis-server', [conf, '--sentinel']);
     sentinels.push({ port, proc });
   }
+  const auth = sentinelPassword ? ['-a', sentinelPassword, '--no-auth-warning'] : [];
   for (const s of sentinels) {
     await h.waitUntil(() => {
       if (s.proc.exitInfo) throw new Error(`sentinel exited: ${s.proc.out()} ${s.proc.err()}`);
-      const r = h.redisCli(s.port, ['SENTINEL', 'sentinels', masterName]);
+      const r = h.redisCli(s.port, [...auth, 'SENTINEL', 'sentinels', masterName]);
       // Each sentinel knows the two others (found through the master's hello channel).
       return r.status === 0 && (r.stdout.match(/^name$/gm) || []).length >= 2;
     }, `sentinel ${s.port} knows the other two`, 15_000, 100);
   }
   const currentMaster = () => {
-    const r = h.redisCli(sentinels[0].port, ['SENTINEL', 'get-master-addr-by-name', masterName]);
+    const r = h.redisCli(sentinels[0].port, [...auth, 'SENTINEL', 'get-master-addr-by-name', masterName]);
     const [host, port] = r.stdout.trim().split('\n');
     return { host, port: Number(port) };
   };
@@ -256,6 +261,37 @@ async function startCluster() {
   };
 }
 
+/**
+ * A Redis Cluster of 3 masters + 3 replicas speaking only TLS (clients, replication and the
+ * cluster bus), with `certs` from makeCertificates(). `{ nodes, url(), cli(port, args), stop() }`;
+ * `url()` is the rediss+cluster:// URL of three seeds.
+ */
+async function startTlsCluster(certs) {
+  const nodes = [];
+  const tls = ['--tls-cert-file', certs.server.cert, '--tls-key-file', certs.server.key, '--tls-ca-cert-file', certs.ca,
+    '--tls-auth-clients', 'no', '--tls-replication', 'yes', '--tls-cluster', 'yes'];
+  for (let i = 0; i < 6; i++) {
+    const port = await h.freePort();
+    const busPort = await h.freePort();
+    nodes.push(await startNode(['--port', '0', '--tls-port', String(port), ...tls, '--cluster-enabled', 'yes',
+      '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '1000', '--cluster-port', String(busPort)],
+    { port, cli: (p, args) => tlsCli(p, certs, args) }));
+  }
+  run('redis-cli', ['--tls', '--cacert', certs.ca, '--cert', certs.client.cert, '--key', certs.client.key, '--cluster', 'create',
+    ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '1', '--cluster-yes'], 'redis-cli --cluster create (TLS)');
+  const cli = (port, args) => tlsCli(port, certs, ['-c', ...args]);
+  await h.waitUntil(() => nodes.every((n) => infoField(cli(n.port, ['CLUSTER', 'INFO']).stdout, 'cluster_state') === 'ok'),
+    'every TLS cluster node reports cluster_state:ok', 20_000, 100);
+  return {
+    nodes,
+    cli,
+    url: () => `rediss+cluster://${nodes.slice(0, 3).map((n) => `127.0.0.1:${n.port}`).join(',')}`,
+    async stop() {
+      await Promise.all(nodes.map((n) => n.kill()));
+    },
+  };
+}
+
 module.exports = {
   tlsSkipReason,
   opensslInstalled,
@@ -265,6 +301,7 @@ module.exports = {
   startAuthRedis,
   startSentinelSet,
   startCluster,
+  startTlsCluster,
   infoField,
   tempDir,
 };

@@ -149,7 +149,7 @@ describe('events addressed to users, Redis mode, two instances', { skip }, () =>
     await received(aFiltered, 'for-a-2');
     for (const c of [bOn1, bOn2, anonymous]) await received(c, 'everyone');
     assert.deepEqual(parcels(a), ['for-a-1', 'for-a-2', 'everyone']);
-    assert.equal(h.redisCli(redis.port, ['XLEN', `${CHANNEL}:history`]).stdout.trim(), '3', 'addressed events are in the history');
+    assert.equal(h.redisCli(redis.port, ['XLEN', `{${CHANNEL}}:history`]).stdout.trim(), '3', 'addressed events are in the history');
     assert.deepEqual(parcels(aFiltered), ['for-a-1', 'for-a-2'], 'addressed to a: delivered whatever the filter');
     for (const c of [bOn1, bOn2, anonymous]) assert.deepEqual(parcels(c), ['everyone'], 'bystanders get the broadcast only');
     const frame = JSON.parse(a.raw.find((m) => m.includes('for-a-1')));

@@ -121,11 +121,13 @@ fn bus_with(config: BusConfig) -> napi::Result<Arc<Bus>> {
                 || running.channel != config.channel
                 || running.history != config.history
                 || running.inbox != config.inbox
+                || running.redis_wait_replicas != config.redis_wait_replicas
+                || running.redis_wait_timeout != config.redis_wait_timeout
             {
                 return Err(to_js(EngineError::new(
                     codes::BUS_CONFLICT,
-                    "this process already runs a bus with another redisUrl, channel, history or \
-                     inbox setting; one process has one bus",
+                    "this process already runs a bus with another redisUrl, channel, history, inbox \
+                     or redisWait setting; one process has one bus",
                 )));
             }
             return Ok(bus.clone());
@@ -159,6 +161,10 @@ pub struct BusOptions {
     /// Events kept per user without a connection; 0 keeps none.
     pub inbox_size: Option<u32>,
     pub inbox_ttl_ms: Option<u32>,
+    /// Replicas that must acknowledge each publish (`WAIT`); 0 waits for none.
+    pub redis_wait_replicas: Option<u32>,
+    /// How long `WAIT` may take before the publishes reject with ERR_REDIS_REPLICATION.
+    pub redis_wait_timeout_ms: Option<u32>,
 }
 
 impl From<&BusOptions> for BusConfig {
@@ -188,6 +194,12 @@ impl From<&BusOptions> for BusConfig {
         }
         if let Some(ms) = o.inbox_ttl_ms {
             config.inbox.ttl = Duration::from_millis(ms as u64);
+        }
+        if let Some(n) = o.redis_wait_replicas {
+            config.redis_wait_replicas = n;
+        }
+        if let Some(ms) = o.redis_wait_timeout_ms {
+            config.redis_wait_timeout = Duration::from_millis(ms as u64);
         }
         config
     }

@@ -178,6 +178,12 @@ pub struct BusConfig {
     pub history: crate::history::Retention,
     /// How the inboxes of users without a connection are bounded (memory mode).
     pub inbox: crate::inbox::InboxLimits,
+    /// `redisWaitReplicas`: replicas that must acknowledge each batch before its publishes
+    /// resolve (`WAIT`); 0 waits for none.
+    pub redis_wait_replicas: u32,
+    /// `redisWaitTimeoutMs`: how long `WAIT` may take before the publishes reject with
+    /// `ERR_REDIS_REPLICATION`.
+    pub redis_wait_timeout: std::time::Duration,
 }
 
 impl Default for BusConfig {
@@ -191,6 +197,8 @@ impl Default for BusConfig {
             publish_queue: 65_536,
             history: crate::history::Retention::default(),
             inbox: crate::inbox::InboxLimits::default(),
+            redis_wait_replicas: 0,
+            redis_wait_timeout: std::time::Duration::from_millis(1000),
         }
     }
 }
@@ -219,8 +227,19 @@ impl std::fmt::Debug for RedisTls {
     }
 }
 
-/// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`, for logs.
+/// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`, for logs (a
+/// `sentinelPassword` in the query too).
 pub fn redact_url(url: &str) -> String {
+    if let Some((base, query)) = url.split_once('?') {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        return format!("{}?{}", redact_url(base), query.join("&"));
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = &url[scheme + 3..at];
@@ -245,5 +264,9 @@ mod tests {
         assert_eq!(redact_url("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redact_url("redis://:pw@h"), "redis://:***@h");
         assert_eq!(redact_url("redis://token@h"), "redis://***@h");
+        assert_eq!(
+            redact_url("redis+sentinel://u:pw@a:1,b:2/m?sentinelPassword=s&x=1"),
+            "redis+sentinel://u:***@a:1,b:2/m?sentinelPassword=***&x=1"
+        );
     }
 }

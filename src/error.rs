@@ -61,6 +61,12 @@ pub mod codes {
     pub const REDIS_AUTH: &str = "ERR_REDIS_AUTH";
     /// TLS with Redis failed: the server's certificate was not trusted, or the client's refused.
     pub const REDIS_TLS: &str = "ERR_REDIS_TLS";
+    /// No sentinel of a `redis+sentinel://` URL knows the master name.
+    pub const REDIS_SENTINEL: &str = "ERR_REDIS_SENTINEL";
+    /// A `redis+cluster://` seed is not in cluster mode, or a `redis://` URL names a cluster node.
+    pub const REDIS_CLUSTER: &str = "ERR_REDIS_CLUSTER";
+    /// `redisWaitReplicas`: fewer replicas than asked acknowledged a publish in time.
+    pub const REDIS_REPLICATION: &str = "ERR_REDIS_REPLICATION";
     pub const BUS_CONFLICT: &str = "ERR_BUS_CONFLICT";
     pub const PUBLISH_QUEUE_FULL: &str = "ERR_PUBLISH_QUEUE_FULL";
     pub const BUS_CLOSED: &str = "ERR_BUS_CLOSED";

@@ -21,9 +21,12 @@ pub const MAX_PARCEL_ID_BYTES: usize = 256;
 /// Largest `data` object a publisher may attach, in bytes of compact JSON.
 pub const MAX_DATA_BYTES: usize = 4096;
 
-/// A position in the event history: `<ms>-<seq>`, ordered as a pair of integers. In Redis mode
-/// it is the Redis Stream entry id (shared by every server); in memory mode `<process start ms>-<n>`.
-/// Clients treat it as an opaque string.
+/// A position in the event history: `<epoch>-<seq>`, ordered as a pair of integers; within an
+/// epoch the sequence numbers are contiguous (1, 2, 3, ...), so a hole is visible. In Redis mode
+/// the epoch is the master's clock in microseconds when the history began (a Redis that lost its
+/// data, or a new master, begins a new one) and the offset is also the Redis Stream entry id
+/// (shared by every server); in memory mode it is `<process start ms>-<n>`. Clients treat it as
+/// an opaque string. (`ms` is the epoch.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Offset {
     pub ms: u64,

@@ -13,9 +13,11 @@
 //! published. In Redis mode the hub is fed only by the subscription, so every process, this one
 //! included, sees exactly the events Redis delivered, once each.
 
+mod link;
 mod memory;
 mod redis;
 mod targeting;
+mod topology;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -280,6 +282,7 @@ struct Connector {
     channel: String,
     retention: crate::history::Retention,
     inbox: crate::inbox::InboxLimits,
+    wait: Option<(u32, Duration)>,
     hub: Arc<Hub>,
     connected: Arc<watch::Sender<bool>>,
     shutdown: CancellationToken,
@@ -296,6 +299,7 @@ impl Connector {
             &self.channel,
             self.retention,
             self.inbox,
+            self.wait,
             hub,
             connected,
             shutdown,
@@ -306,7 +310,7 @@ impl Connector {
 
 enum Backend {
     Memory(memory::MemoryBus),
-    Redis(redis::RedisBus),
+    Redis(Box<redis::RedisBus>),
 }
 
 /// A Redis connection being retried in the background after a bad start.
@@ -339,7 +343,7 @@ async fn pump(ctx: Pump, mut queue: mpsc::Receiver<Publish>) {
                 late = None;
                 redis.activate(&ctx.hub);
                 ctx.switch_to_redis();
-                backend = Backend::Redis(redis);
+                backend = Backend::Redis(Box::new(redis));
             }
         }
     }
@@ -361,7 +365,7 @@ impl Pump {
                 redis.activate(&self.hub);
                 log::info!("bus: redis at {} (channel {})", redact_url(&url), self.config.channel);
                 self.state.send_replace(State::Ready(Mode::Redis));
-                Some((Backend::Redis(redis), None))
+                Some((Backend::Redis(Box::new(redis)), None))
             }
             // A misconfiguration (credentials, an invalid URL) never falls back silently.
             Err(e) if self.config.redis_required || e.code() != codes::REDIS_UNAVAILABLE => {
@@ -389,6 +393,8 @@ impl Pump {
             channel: self.config.channel.clone(),
             retention: self.config.history,
             inbox: self.config.inbox,
+            wait: (self.config.redis_wait_replicas > 0)
+                .then_some((self.config.redis_wait_replicas, self.config.redis_wait_timeout)),
             hub: self.hub.clone(),
             connected: self.connected.clone(),
             shutdown: self.shutdown.clone(),
@@ -439,10 +445,17 @@ impl Pump {
     ) -> Result<()> {
         let hub = &self.hub;
         let mut attempt = 0u32;
+        let number = redis.next_batch();
         let result = loop {
-            match redis.publish(batch.iter().map(|p| &p.event)).await {
+            match redis.publish(number, batch.iter().map(|p| &p.event)).await {
                 Ok(()) => break Ok(()),
                 Err(e) if self.shutdown.is_cancelled() => break Err(e),
+                // Published, but not confirmed on enough replicas: sending again would
+                // duplicate; the publishers learn it.
+                Err(e) if e.code() == codes::REDIS_REPLICATION => {
+                    log::warn!("bus: {e}");
+                    break Err(e);
+                }
                 Err(e) => {
                     if attempt == 0 {
                         log::warn!("bus: {e}; holding publishes until Redis is back");

@@ -22,10 +22,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::link::Link;
 use crate::error::{codes, Error, Result};
 use crate::event::{Event, Frame, MAX_USERS};
 use crate::hub::{Directory, Hub};
@@ -120,7 +120,8 @@ struct Pending {
 
 /// Presence and inboxes in Redis, for one bus.
 pub(super) struct RedisDirectory {
-    conn: ConnectionManager,
+    /// The way to Redis of the moment (the master, across failovers).
+    link: Arc<Link>,
     instance: String,
     instances_key: String,
     presence_key: String,
@@ -151,7 +152,7 @@ fn instance_id() -> String {
 impl RedisDirectory {
     /// Creates the directory of `channel` and starts its task (it stops with `shutdown`).
     pub(super) fn start(
-        conn: ConnectionManager,
+        link: Arc<Link>,
         channel: &str,
         inbox_ttl: Duration,
         hub: &Arc<Hub>,
@@ -161,7 +162,7 @@ impl RedisDirectory {
         let prefix = key_prefix(channel);
         let instance = instance_id();
         let directory = Arc::new(Self {
-            conn,
+            link,
             instances_key: format!("{prefix}instances"),
             presence_key: format!("{prefix}presence:{instance}"),
             inbox_prefix: format!("{prefix}inbox:"),
@@ -200,7 +201,7 @@ impl RedisDirectory {
             }
         }
         // Gone: this instance's connections stop counting now rather than after the window.
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn().0;
         let mut pipe = redis::pipe();
         pipe.cmd("ZREM").arg(&self.instances_key).arg(&self.instance).ignore();
         pipe.cmd("DEL").arg(&self.presence_key).ignore();
@@ -211,7 +212,7 @@ impl RedisDirectory {
     async fn heartbeat(&self, hub: &Weak<Hub>) {
         let Some(hub) = hub.upgrade() else { return };
         let users = hub.user_counts().len();
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn().0;
         let result = self
             .heartbeat_script
             .key(&self.instances_key)
@@ -303,7 +304,7 @@ impl RedisDirectory {
         for (user, _) in &joins {
             invocation.arg(&**user);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn().0;
         match invocation.invoke_async::<Vec<redis::Value>>(&mut conn).await {
             Ok(reply) => {
                 let mut reply = reply.into_iter();
@@ -415,7 +416,7 @@ impl Directory for RedisDirectory {
             for user in &users {
                 invocation.arg(user);
             }
-            let mut conn = self.conn.clone();
+            let mut conn = self.link.conn().0;
             let counts: Vec<i64> = invocation.invoke_async(&mut conn).await.map_err(|e| {
                 Error::new(codes::REDIS_UNAVAILABLE, format!("Redis is unavailable: {e}"))
             })?;

@@ -247,6 +247,25 @@ pub struct BusMetrics {
     redis_reconnects: AtomicU64,
     /// Publishes of the batch being retried while Redis is unreachable.
     held: AtomicU64,
+    /// The Redis master in use now (`host:port`; in a cluster, the master of the channel's slot).
+    redis_master: std::sync::Mutex<String>,
+    /// Times the bus saw the master change (Sentinel or Cluster failovers).
+    redis_failovers: AtomicU64,
+    /// `redisWaitReplicas`: batches waited for, the time spent waiting, and batches that fewer
+    /// replicas than asked acknowledged in time.
+    replication_waits: AtomicU64,
+    replication_wait_ns: AtomicU64,
+    replication_failures: AtomicU64,
+}
+
+/// What [`BusMetrics::redis`] reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RedisFigures {
+    pub master: String,
+    pub failovers: u64,
+    pub replication_waits: u64,
+    pub replication_wait_seconds: f64,
+    pub replication_failures: u64,
 }
 
 impl BusMetrics {
@@ -271,6 +290,28 @@ impl BusMetrics {
     /// Publishes of the batch being retried while Redis is unreachable.
     pub fn held(&self) -> u64 {
         self.held.load(Ordering::Relaxed)
+    }
+    pub(crate) fn set_redis_master(&self, master: &str, failovers: u64) {
+        *self.redis_master.lock().unwrap_or_else(|e| e.into_inner()) = master.to_string();
+        self.redis_failovers.store(failovers, Ordering::Relaxed);
+    }
+    pub(crate) fn replication_waited(&self, d: Duration, enough: bool) {
+        self.replication_waits.fetch_add(1, Ordering::Relaxed);
+        self.replication_wait_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        if !enough {
+            self.replication_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    /// The Redis master, failovers seen and the replication wait.
+    pub fn redis(&self) -> RedisFigures {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RedisFigures {
+            master: self.redis_master.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            failovers: load(&self.redis_failovers),
+            replication_waits: load(&self.replication_waits),
+            replication_wait_seconds: load(&self.replication_wait_ns) as f64 / 1e9,
+            replication_failures: load(&self.replication_failures),
+        }
     }
 }
 

@@ -68,6 +68,8 @@ pub struct Snapshot {
     /// What the server and the bus say of themselves (draining, bus mode, Redis, queue).
     pub status: Status,
     pub redis_reconnects: u64,
+    /// The Redis master now, failovers seen, the replication wait (`redisWaitReplicas`).
+    pub redis: super::RedisFigures,
     pub clients: u64,
     pub connections_total: u64,
     pub closed: Vec<(&'static str, u64)>,
@@ -120,6 +122,7 @@ impl Snapshot {
             health,
             status,
             redis_reconnects: load(&bus.redis_reconnects),
+            redis: bus.redis(),
             clients: server.clients() as u64,
             connections_total: server.connections_total(),
             closed: server.closed_counts(),
@@ -179,6 +182,11 @@ impl Snapshot {
                 "redisRequired": self.status.redis_required,
                 "redisConnected": self.status.redis_connected,
                 "redisReconnects": self.redis_reconnects,
+                "redisMaster": self.redis.master,
+                "redisFailovers": self.redis.failovers,
+                "replicationWaits": self.redis.replication_waits,
+                "replicationWaitSeconds": self.redis.replication_wait_seconds,
+                "replicationFailures": self.redis.replication_failures,
             },
             "connections": {
                 "open": self.clients,
@@ -294,6 +302,37 @@ impl Snapshot {
             "counter",
             "Times the Redis subscription was restored after a loss.",
             self.redis_reconnects as f64,
+        );
+        w.family(
+            "realtime_redis_master_info",
+            "gauge",
+            "The Redis master in use (host:port; in a cluster, the master of the channel's hash slot): 1; address \"\" and 0 while none (memory mode).",
+        );
+        let master = self.redis.master.as_str();
+        w.sample("realtime_redis_master_info", &[("address", master)], f(!master.is_empty()));
+        w.single(
+            "realtime_redis_failovers_total",
+            "counter",
+            "Times the bus saw the Redis master change (Sentinel or Cluster failover).",
+            self.redis.failovers as f64,
+        );
+        w.single(
+            "realtime_redis_replication_waits_total",
+            "counter",
+            "Publish batches that waited for redisWaitReplicas replicas (WAIT).",
+            self.redis.replication_waits as f64,
+        );
+        w.single(
+            "realtime_redis_replication_wait_seconds_total",
+            "counter",
+            "Time spent in WAIT for redisWaitReplicas (divide by the waits for the mean).",
+            self.redis.replication_wait_seconds,
+        );
+        w.single(
+            "realtime_redis_replication_failures_total",
+            "counter",
+            "Batches fewer replicas than redisWaitReplicas acknowledged in time (their publishes rejected with ERR_REDIS_REPLICATION).",
+            self.redis.replication_failures as f64,
         );
 
         let name = "realtime_publish_to_send_seconds";
