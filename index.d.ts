@@ -177,6 +177,14 @@ export interface ServerStats {
     redisRequired: boolean;
     redisConnected: boolean;
     redisReconnects: number;
+    /** The Redis master in use (`host:port`; in a cluster, the master of the channel's slot); '' in memory mode. */
+    redisMaster: string;
+    /** Times this process saw the master change (Sentinel or Cluster failover). */
+    redisFailovers: number;
+    /** `redisWaitReplicas`: batches that waited, the time spent waiting, and the batches fewer replicas acknowledged in time. */
+    replicationWaits: number;
+    replicationWaitSeconds: number;
+    replicationFailures: number;
   };
   connections: {
     open: number;

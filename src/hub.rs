@@ -18,7 +18,8 @@
 //! work in proportion to the user's connections. A connection merges that queue with its ring or
 //! filtered feed by dispatch order (`Frame::seq`): every frame arrives in publish order. A user
 //! with no connection in this process gets the event in their inbox (`inbox.rs`), which their
-//! next connection receives right after the welcome.
+//! next connection receives right after the welcome. In Redis mode a [`Directory`]
+//! (`bus/targeting.rs`) keeps presence and inboxes in Redis instead, over every instance.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;

@@ -215,8 +215,8 @@ impl Bus {
     }
 
     /// How many connections each of `users` has open now: over every live instance in Redis
-    /// mode (an instance that died stops counting within [`PRESENCE_WINDOW`]), in this process
-    /// otherwise. Waits for the bus to start.
+    /// mode (an instance that died stops counting within `targeting::PRESENCE_WINDOW`), in this
+    /// process otherwise. Waits for the bus to start.
     pub async fn presence(&self, users: Vec<String>) -> Result<Vec<usize>> {
         if users.len() > crate::event::MAX_USERS {
             return Err(Error::new(
