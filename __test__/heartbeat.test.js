@@ -11,7 +11,9 @@ const h = require('./helpers');
 
 const BASE = { host: '127.0.0.1', jwtSecret: h.SECRET, redisUrl: null };
 const PING_MS = 200;
-const PONG_MS = 300;
+// Long enough that the answering clients' automatic pongs (from this busy test process) are
+// always in time on a loaded machine; the silent ones still show the timeout.
+const PONG_MS = 1000;
 
 /** Records the protocol-level pings a ws client receives (times in ms). */
 function recordPings(client) {
@@ -31,7 +33,7 @@ async function silentClient(server) {
   return { client, pings, openedAt };
 }
 
-describe('heartbeats (pingIntervalMs 200, pongTimeoutMs 300)', () => {
+describe('heartbeats (pingIntervalMs 200, pongTimeoutMs 1000)', () => {
   let server;
   const clients = [];
   const servers = [];
@@ -65,7 +67,7 @@ describe('heartbeats (pingIntervalMs 200, pongTimeoutMs 300)', () => {
     await h.waitUntil(() => server.clientCount === 1, 'clientCount is back to 1 after the 4408');
 
     // The answering client went through several ping rounds and is still served.
-    await h.waitUntil(() => alivePings.length >= 4, 'the answering client received 4 pings', 5000);
+    await h.waitUntil(() => alivePings.length >= 4, 'the answering client received 4 pings', 20_000);
     assert.equal(alive.closeInfo, null, 'the answering client is still open');
     assert.equal(server.clientCount, 1);
     await rt.publishParcelUpdate('hb-after-drop');
@@ -80,7 +82,7 @@ describe('heartbeats (pingIntervalMs 200, pongTimeoutMs 300)', () => {
     clients.push(client);
     const pongs = [];
     client.ws.on('pong', () => pongs.push(Date.now()));
-    // Answer each server ping 100 ms later (within the 300 ms pong timeout) with something
+    // Answer each server ping 100 ms later (well within the 2 s pong timeout) with something
     // other than a pong frame.
     const answers = [
       () => client.send('{"type":"ping"}'),
@@ -193,7 +195,7 @@ describe('heartbeat settings', () => {
   });
 
   test('REALTIME_PING_INTERVAL_MS / REALTIME_PONG_TIMEOUT_MS are the fallbacks', async () => {
-    const server = await h.withEnv({ REALTIME_PING_INTERVAL_MS: '150', REALTIME_PONG_TIMEOUT_MS: '200' }, () =>
+    const server = await h.withEnv({ REALTIME_PING_INTERVAL_MS: '150', REALTIME_PONG_TIMEOUT_MS: '1000' }, () =>
       rt.startServer({ ...BASE, port: 0 }));
     const clients = [];
     try {
@@ -201,7 +203,7 @@ describe('heartbeat settings', () => {
       clients.push(alive);
       const { client: silent, pings } = await silentClient(server);
       clients.push(silent);
-      await h.expectClose(silent, 4408, 'no answer to ping', 3000);
+      await h.expectClose(silent, 4408, 'no answer to ping', 10_000);
       assert.equal(pings.length, 1);
       await h.waitUntil(() => server.clientCount === 1, 'clientCount is 1');
       assert.equal(alive.closeInfo, null);
