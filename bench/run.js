@@ -874,6 +874,7 @@ async function main() {
   meta.total_secs = (Date.now() - t0) / 1000;
   meta.background = ctx.background;
   meta.max_background_cores = Math.max(0, ...ctx.background.map((b) => b.busy_cores));
+  meta.quiet_wait_s = o.quietWait ?? 60;
   if (o.merge && !o.smoke) {
     // Re-ran some scenarios (each still rt vs baseline in this run): keep the others' figures.
     const file = path.join(RESULTS, 'latest.json');
