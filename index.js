@@ -638,8 +638,18 @@ function publishParcelUpdate(parcelId, data, options) {
     const users = publishUsers(options);
     ensureBus();
     const number = callNative(() => native.publishNumbered(parcelId, json, users));
+    if (pending.size === 0) hold(); // a publish in flight keeps the process alive
+    if (number < 0) {
+      // Memory mode, queue not backed up: accepted in order for good. It resolves on the next
+      // turn of the event loop (not as a microtask: a loop of awaited publishes still lets I/O
+      // run). The entry only keeps the process alive until the engine has dispatched it.
+      pending.set(-number, null);
+      return new Promise((resolve) => {
+        if (acceptedNow.length === 0) setImmediate(resolveAccepted);
+        acceptedNow.push(resolve);
+      });
+    }
     return new Promise((resolve, reject) => {
-      if (pending.size === 0) hold(); // a publish in flight keeps the process alive
       pending.set(number, { resolve, reject });
     });
   } catch (err) {
@@ -649,15 +659,27 @@ function publishParcelUpdate(parcelId, data, options) {
 
 // Publishes in flight, by number (in increasing order: a Map iterates in insertion order). The
 // engine settles them a batch at a time: "everything up to `through`", resolved or rejected.
+// `null`: resolved already when the engine took it (memory mode), kept until dispatched.
 const pending = new Map();
+// Resolvers of publishes accepted at once, called together on the next turn of the event loop.
+let acceptedNow = [];
+
+function resolveAccepted() {
+  const accepted = acceptedNow;
+  acceptedNow = [];
+  for (const resolve of accepted) resolve();
+}
 
 function settle({ through, error }) {
+  // Publishes accepted at once were made before the ones settled here: they resolve first.
+  if (acceptedNow.length > 0) resolveAccepted();
   const err = error ? fromNative(new Error(error)) : null;
-  for (const [number, { resolve, reject }] of pending) {
+  for (const [number, entry] of pending) {
     if (number > through) break;
     pending.delete(number);
-    if (err) reject(err);
-    else resolve();
+    if (entry === null) continue; // resolved when accepted
+    if (err) entry.reject(err);
+    else entry.resolve();
   }
   if (pending.size === 0) release();
 }

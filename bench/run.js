@@ -77,6 +77,7 @@ function parseOptions(argv) {
       case '--no-build': o.build = false; break;
       case '--no-write': o.write = false; break;
       case '--merge': o.merge = true; break;
+      case '--quiet-wait': o.quietWait = num(val(), 'quiet-wait'); break;
       case '--clients': o.clients = num(val(), 'clients'); break;
       case '--duration': o.duration = num(val(), 'duration'); break;
       case '--latency-rates': o.latencyRates = val().split(',').map((v) => num(v, 'latency-rates')); break;
@@ -214,7 +215,7 @@ async function waitForQuiet(label) {
   const t0 = Date.now();
   let load = await backgroundLoad();
   let warned = false;
-  const maxWaitMs = ctx.opts.smoke ? 0 : 60_000;
+  const maxWaitMs = ctx.opts.smoke ? 0 : (ctx.opts.quietWait ?? 60) * 1000;
   while (load.busy_cores > 0.25 && Date.now() - t0 < maxWaitMs) {
     if (!warned) log(`${label}: the machine is busy (${load.busy_cores.toFixed(2)} cores used by other processes); waiting up to ${maxWaitMs / 1000} s`);
     warned = true;
@@ -827,6 +828,7 @@ async function main() {
   meta.total_secs = (Date.now() - t0) / 1000;
   meta.background = ctx.background;
   meta.max_background_cores = Math.max(0, ...ctx.background.map((b) => b.busy_cores));
+  meta.quiet_wait_s = o.quietWait ?? 60;
   if (o.merge && !o.smoke) {
     // Re-ran some scenarios (each still rt vs baseline in this run): keep the others' figures.
     const file = path.join(RESULTS, 'latest.json');

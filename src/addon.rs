@@ -235,6 +235,7 @@ pub fn bus_info() -> BusInfo {
 
 /// Enqueues one event and returns its number at once (no promise per publish: the JS thread's
 /// cost stays a fraction of a microsecond). The ack sink settles numbered publishes in batches.
+/// A negative number -n: publish n is accepted already (memory mode, see `Bus::publish_numbered`).
 #[napi(catch_unwind)]
 pub fn publish_numbered(
     parcel_id: String,
@@ -248,7 +249,12 @@ pub fn publish_numbered(
     if let Some(users) = users {
         event = event.to_users(&users).map_err(to_js)?;
     }
-    bus.publish_numbered(event).map(|n| n as f64).map_err(to_js)
+    // Negative: accepted already (memory mode), the promise may resolve at once; the number
+    // still comes back through the ack sink.
+    match bus.publish_numbered(event).map_err(to_js)? {
+        crate::bus::Taken::Accepted(n) => Ok(-(n as f64)),
+        crate::bus::Taken::Queued(n) => Ok(n as f64),
+    }
 }
 
 /// How many connections each of `users` has open now: over every instance in Redis mode, in

@@ -272,7 +272,7 @@ function markdown(doc) {
     ['Rust', m.rustc ?? '–'],
     ['Redis', m.redis ?? 'not installed'],
     ['Open files per process', `${m.nofile_limit} (hard limit${m.nofile_raisable === false ? '; cannot be raised here: no CAP_SYS_RESOURCE' : ''})`],
-    ['Other load', meta.background ? `at most ${fmtNum(meta.max_background_cores)} cores busy with other processes right before a measured run (the suite waits up to 60 s for < 0.25)` : '–'],
+    ['Other load', meta.background ? `at most ${fmtNum(meta.max_background_cores)} cores busy with other processes right before a measured run (the suite waits up to ${meta.quiet_wait_s ?? 60} s for < 0.25)` : '–'],
     ['Date', m.date],
     ['Commit', m.commit ?? '–'],
   ]));

@@ -73,6 +73,30 @@ enum Ack {
 /// replaced, and its settled numbers must never be confused with the new one's).
 static NEXT_NUMBER: std::sync::Mutex<u64> = std::sync::Mutex::new(1);
 
+/// What [`Bus::publish_numbered`] did with an event (its number either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Accepted for good: the caller need not wait for the sink (memory mode, queue not backed up).
+    Accepted(u64),
+    /// Queued: settled later by the [`AckSink`].
+    Queued(u64),
+}
+
+/// In memory mode, publishes settle as the queue takes them while fewer than this many wait in
+/// it; beyond, they settle when dispatched (publishers then go at the clients' pace).
+pub const SETTLE_AT_ONCE_BELOW: usize = 1024;
+
+/// Whether memory-mode publishes may settle when queued (`REALTIME_PUBLISH_RESOLVES=accepted`)
+/// rather than when dispatched (the default, `dispatched`). Opt-in: with it, a promise that
+/// resolved no longer means that the event has reached the connections (a client connecting
+/// right after may still get it live rather than in its replay, with an older welcome offset).
+fn settle_at_once_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("REALTIME_PUBLISH_RESOLVES").is_ok_and(|v| v.trim() == "accepted")
+    })
+}
+
 /// Told, once per batch, that every numbered publish up to `through` is settled with `result`.
 pub type AckSink = Arc<dyn Fn(u64, &Result<()>) + Send + Sync>;
 
@@ -186,11 +210,28 @@ impl Bus {
 
     /// Enqueues an event and returns its number; the [`AckSink`] (see [`Bus::set_ack_sink`])
     /// later settles it. Numbers increase by one per call, in call order.
-    pub fn publish_numbered(&self, event: Event) -> Result<u64> {
+    ///
+    /// `Taken::Accepted` (opt-in, `REALTIME_PUBLISH_RESOLVES=accepted`): in memory mode the
+    /// queue is the bus, so an event it takes is accepted (in order, never lost: the pump
+    /// dispatches everything queued, and dispatch cannot fail). The caller may treat it as
+    /// settled at once; the sink still reports the number later (the JS skin keeps the process
+    /// alive until then). The caller waits for the sink only when the clients hold the bus back:
+    /// [`SETTLE_AT_ONCE_BELOW`] publishes already wait in the queue, or a dispatch waits for the
+    /// slowest ring reader (or has just given up on it). That is the backpressure an awaiting
+    /// publisher feels (and, when the queue is full, `ERR_PUBLISH_QUEUE_FULL`). By default, in
+    /// Redis mode, and on a memory bus that may switch to Redis, it is always `Taken::Queued`:
+    /// settled once dispatched (memory) or acknowledged by Redis.
+    pub fn publish_numbered(&self, event: Event) -> Result<Taken> {
+        let at_once = settle_at_once_enabled()
+            && self.config.redis_url.is_none()
+            && self.queue.max_capacity() - self.queue.capacity() < SETTLE_AT_ONCE_BELOW
+            && !self.hub.is_waiting()
+            && !self.hub.is_overrun();
         let mut next = NEXT_NUMBER.lock().unwrap_or_else(|e| e.into_inner());
-        self.enqueue(Publish { event, ack: Ack::Numbered(*next) })?;
+        let number = *next;
+        self.enqueue(Publish { event, ack: Ack::Numbered(number) })?;
         *next += 1;
-        Ok(*next - 1)
+        Ok(if at_once { Taken::Accepted(number) } else { Taken::Queued(number) })
     }
 
     /// Where numbered publishes are settled.

@@ -673,3 +673,99 @@ impl Conn<'_> {
         why.into()
     }
 }
+
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+
+    /// Prints the size of each state of a connection's task (`cargo test -- --nocapture`).
+    #[tokio::test]
+    #[ignore]
+    async fn print_state_sizes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let ws = WebSocketStream::from_raw_socket(
+            Metered::new(stream, 10.0, 10.0),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let hub = std::sync::Arc::new(Hub::new(64));
+        let feed = hub.feed();
+        let auth = Authenticator::new("s", Duration::ZERO, &Default::default());
+        let settings = Settings {
+            send_timeout: Duration::from_secs(1),
+            stall_timeout: Duration::from_secs(1),
+            ping_interval: None,
+            pong_timeout: Duration::from_secs(1),
+            jwt_leeway: Duration::ZERO,
+            max_subscriptions: 10,
+            messages_per_second: 10.0,
+            message_burst: 10.0,
+        };
+        let client = Client {
+            user: None,
+            user_claim: None,
+            expires_at: None,
+            parcels: None,
+            since: None,
+            start: None,
+            inbox: None,
+        };
+        let ops = Context::default();
+        let mut conn = Conn {
+            ws,
+            feed,
+            hub: &hub,
+            auth: &auth,
+            settings: &settings,
+            client,
+            last_seen: Instant::now(),
+            ping_sent: None,
+            bucket: TokenBucket::new(1.0, 1.0),
+            budget: ByteBudget::new(),
+            skip_through: None,
+            first_sent: None,
+            ops: &ops,
+            drain_slot: None,
+            noticed: false,
+        };
+        eprintln!("Ws {}", std::mem::size_of::<Ws>());
+        eprintln!("Feed {}", std::mem::size_of::<Feed>());
+        eprintln!("Client {}", std::mem::size_of::<Client>());
+        eprintln!("Conn {}", std::mem::size_of_val(&conn));
+        eprintln!("Frame {}", std::mem::size_of::<Frame>());
+        eprintln!("Message {}", std::mem::size_of::<Message>());
+        {
+            let f = conn.write_events(Frame::control("x".into()));
+            eprintln!("write_events {}", std::mem::size_of_val(&f));
+        }
+        {
+            let f = conn.on_inbound(None);
+            eprintln!("on_inbound {}", std::mem::size_of_val(&f));
+        }
+        {
+            let f = conn.on_timer();
+            eprintln!("on_timer {}", std::mem::size_of_val(&f));
+        }
+        {
+            let f = conn.send(Message::text("x"));
+            eprintln!("send {}", std::mem::size_of_val(&f));
+        }
+        {
+            let f = conn.feed.recv();
+            eprintln!("feed.recv {}", std::mem::size_of_val(&f));
+        }
+        {
+            let f = conn.ws.next();
+            eprintln!("ws.next {}", std::mem::size_of_val(&f));
+        }
+        let token = CancellationToken::new();
+        {
+            let f = token.cancelled();
+            eprintln!("cancelled {}", std::mem::size_of_val(&f));
+        }
+        eprintln!("serve {}", std::mem::size_of_val(&conn.serve(token)));
+    }
+}

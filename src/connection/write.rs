@@ -2,10 +2,11 @@
 //! the close handshake.
 
 use std::future::Future;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -29,7 +30,9 @@ pub(super) enum Written {
 }
 
 /// Writes `first` and whatever else is waiting. The common case (the socket takes it at once)
-/// costs no timer; a blocked write is watched every [`STALL_CHECK`].
+/// costs no timer; a blocked write is watched every [`STALL_CHECK`] (its timer allocated only
+/// then). The batch is polled by hand, not an `async` block: this state lives in every
+/// connection's task, idle or not, so it is kept to a few words (see `Batch`).
 pub(super) async fn write(
     ws: &mut Ws,
     first: Utf8Bytes,
@@ -38,26 +41,34 @@ pub(super) async fn write(
     settings: &Settings,
 ) -> Written {
     let reads_ring = feed.reads_ring();
-    let mut batch = std::pin::pin!(send_batch(ws, first, feed));
-    let poll_once = std::future::poll_fn(|cx| Poll::Ready(batch.as_mut().poll(cx)));
-    let result = match poll_once.await {
+    let mut batch = Batch { next: Some(first), fed: 0, flushing: false };
+    let once = std::future::poll_fn(|cx| Poll::Ready(batch.poll(ws, feed, cx))).await;
+    let result = match once {
         Poll::Ready(result) => result,
         Poll::Pending => {
             let started = Instant::now();
-            loop {
-                tokio::select! {
-                    result = batch.as_mut() => break result,
-                    _ = tokio::time::sleep(STALL_CHECK) => {
-                        let blocked = started.elapsed();
-                        if blocked >= settings.send_timeout {
-                            return Written::Stuck;
-                        }
-                        let held = hub.is_waiting() || hub.is_overrun();
-                        if reads_ring && blocked >= settings.stall_timeout && held {
-                            return Written::Stalled;
-                        }
-                    }
+            let mut check = Box::pin(tokio::time::sleep(STALL_CHECK));
+            let watched = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = batch.poll(ws, feed, cx) {
+                    return Poll::Ready(Ok(result));
                 }
+                while check.as_mut().poll(cx).is_ready() {
+                    let blocked = started.elapsed();
+                    if blocked >= settings.send_timeout {
+                        return Poll::Ready(Err(Written::Stuck));
+                    }
+                    let held = hub.is_waiting() || hub.is_overrun();
+                    if reads_ring && blocked >= settings.stall_timeout && held {
+                        return Poll::Ready(Err(Written::Stalled));
+                    }
+                    check.as_mut().reset(Instant::now() + STALL_CHECK);
+                }
+                Poll::Pending
+            })
+            .await;
+            match watched {
+                Ok(result) => result,
+                Err(written) => return written,
             }
         }
     };
@@ -65,6 +76,56 @@ pub(super) async fn write(
         Ok(None) => Written::Done,
         Ok(Some(n)) => Written::Lagged(n),
         Err(e) => Written::Failed(e),
+    }
+}
+
+/// One batch in progress: feeds the first frame and whatever else is already waiting (up to
+/// [`MAX_BATCH`]), then flushes once: bursts become few large writes instead of a syscall per
+/// event. `poll` returns `Some(n)` when the connection fell `n` events behind. (The feed counts
+/// the frames and bytes: see `Feed::take_counts`.)
+struct Batch {
+    /// The frame to feed next (taken from the feed, not yet accepted by the socket's buffer).
+    next: Option<Utf8Bytes>,
+    fed: usize,
+    flushing: bool,
+}
+
+impl Batch {
+    fn poll(
+        &mut self,
+        ws: &mut Ws,
+        feed: &mut Feed,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<u64>, WsError>> {
+        let mut ws = Pin::new(ws);
+        while !self.flushing {
+            if let Some(bytes) = self.next.take() {
+                // What `SinkExt::feed` does: room first, then the frame.
+                match ws.as_mut().poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        self.next = Some(bytes);
+                        return Poll::Pending;
+                    }
+                }
+                if let Err(e) = ws.as_mut().start_send(Message::Text(bytes)) {
+                    return Poll::Ready(Err(e));
+                }
+                self.fed += 1;
+                continue;
+            }
+            if self.fed >= MAX_BATCH {
+                self.flushing = true;
+                break;
+            }
+            match feed.try_recv() {
+                Ok(Some(frame)) => self.next = Some(frame.bytes),
+                Ok(None) | Err(FeedError::Closed) => self.flushing = true,
+                Err(FeedError::Lagged(n)) => return Poll::Ready(Ok(Some(n))),
+            }
+        }
+        ws.as_mut().poll_flush(cx).map_ok(|()| None)
     }
 }
 
@@ -110,26 +171,6 @@ pub(super) async fn guarded(
         Ok(()) => Guarded::Done,
         Err(e) => Guarded::Failed(e),
     }
-}
-
-/// Feeds `first` and whatever else is already waiting (up to [`MAX_BATCH`]), then flushes once.
-/// Returns `Some(n)` when the connection fell `n` events behind. (The feed counts the frames and
-/// bytes: see `Feed::take_counts`.)
-async fn send_batch(
-    ws: &mut Ws,
-    first: Utf8Bytes,
-    feed: &mut Feed,
-) -> Result<Option<u64>, WsError> {
-    ws.feed(Message::Text(first)).await?;
-    for _ in 1..MAX_BATCH {
-        match feed.try_recv() {
-            Ok(Some(frame)) => ws.feed(Message::Text(frame.bytes)).await?,
-            Ok(None) | Err(FeedError::Closed) => break,
-            Err(FeedError::Lagged(n)) => return Ok(Some(n)),
-        }
-    }
-    ws.flush().await?;
-    Ok(None)
 }
 
 /// The close frame of `why` (a disconnect without a close code closes normally).
