@@ -281,8 +281,8 @@ pub(super) fn classify(e: redis::RedisError) -> Error {
                 "the Redis ACL user may not run what the bus needs ({text}): grant it the \
                  channel (&CHANNEL), its keys (~{{CHANNEL}}:*: history, epoch, presence, inboxes) \
                  and PUBLISH, SUBSCRIBE, EVALSHA, EVAL, XADD, XRANGE, XREVRANGE, XDEL, GET, SET, \
-                 HMGET, HSET, INFO, TIME, WAIT, ZADD, ZRANGEBYSCORE, ZREM, RPUSH, LTRIM, PEXPIRE, \
-                 LRANGE, DEL"
+                 HMGET, HSET, HDEL, HLEN, EXISTS, INFO, TIME, WAIT, ROLE, CLUSTER, ZADD, \
+                 ZRANGEBYSCORE, ZREMRANGEBYSCORE, ZREM, RPUSH, LPUSH, LTRIM, PEXPIRE, LRANGE, DEL"
             ),
         )
     } else {
