@@ -340,6 +340,26 @@ function spawnNodeScript(script, options) {
 }
 
 /**
+ * Starts a server with `options` in a child process and closes it at once: resolves with
+ * `{ready: {port, mode}}` or `{rejected: {code, message}}` (what startServer did).
+ */
+async function tryStart(options, env = {}) {
+  const all = { port: 0, host: '127.0.0.1', jwtSecret: SECRET, pingIntervalMs: 0, ...options };
+  const p = spawnNodeScript(`
+    const rt = require(${JSON.stringify(PKG)});
+    rt.startServer(${JSON.stringify(all)}).then(
+      (s) => { console.log('ready ' + s.port + ' ' + s.busMode); return s.close().then(() => process.exit(0)); },
+      (err) => { console.log('rejected ' + err.code + ' ' + err.message); process.exit(0); });
+  `, { env: cleanEnv({ LOG_LEVEL: 'off', ...env }) });
+  await p.waitForExit(30_000);
+  const ready = /^ready (\d+) (\w+)$/m.exec(p.out());
+  if (ready) return { ready: { port: Number(ready[1]), mode: ready[2] } };
+  const rejected = /^rejected (\S+) (.*)$/m.exec(p.out());
+  assert.ok(rejected, `neither ready nor rejected: ${p.out()} ${p.err()}`);
+  return { rejected: { code: rejected[1], message: rejected[2] } };
+}
+
+/**
  * A child process running a server with `options` (port 0 on 127.0.0.1 with the test secret
  * unless given). It prints `ready PORT BUSMODE`, then obeys lines on stdin:
  * - `publish ID` publishes ID; `publish PREFIX N` publishes PREFIX-1 .. PREFIX-N at once, in
@@ -504,6 +524,7 @@ module.exports = {
   spawnProcess,
   spawnNodeScript,
   spawnServer,
+  tryStart,
   redisInstalled: kit.redisInstalled,
   redisSkipReason: kit.redisSkipReason,
   redisCli: kit.redisCli,

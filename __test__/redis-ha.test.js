@@ -107,23 +107,6 @@ describe('no silent gaps: epoch + contiguous sequence', { skip }, () => {
   });
 });
 
-/** Starts a server in a child process; resolves with `{ready: {port, mode}}` or `{rejected: {code, message}}`. */
-async function tryStart(options, env = {}) {
-  const all = { port: 0, host: '127.0.0.1', jwtSecret: h.SECRET, pingIntervalMs: 0, ...options };
-  const p = h.spawnNodeScript(`
-    const rt = require(${JSON.stringify(h.PKG)});
-    rt.startServer(${JSON.stringify(all)}).then(
-      (s) => { console.log('ready ' + s.port + ' ' + s.busMode); return s.close().then(() => process.exit(0)); },
-      (err) => { console.log('rejected ' + err.code + ' ' + err.message); process.exit(0); });
-  `, { env: h.cleanEnv({ LOG_LEVEL: 'off', ...env }) });
-  await p.waitForExit(30_000);
-  const ready = /^ready (\d+) (\w+)$/m.exec(p.out());
-  if (ready) return { ready: { port: Number(ready[1]), mode: ready[2] } };
-  const rejected = /^rejected (\S+) (.*)$/m.exec(p.out());
-  assert.ok(rejected, `neither ready nor rejected: ${p.out()} ${p.err()}`);
-  return { rejected: { code: rejected[1], message: rejected[2] } };
-}
-
 /**
  * A publish-only child process on `redisUrl` that fires seq-0 .. seq-(n-1), one every `everyMs`,
  * without waiting (publishes pile up in the bus's queue while Redis fails over). Prints
@@ -232,24 +215,24 @@ describe('Sentinel: 1 master, 1 replica, 3 sentinels', { skip }, () => {
     set = await topo.startSentinelSet();
     const url = set.url().replace(`/${set.masterName}`, '/no-such-master');
     for (const redisRequired of [false, true]) {
-      const r = await tryStart({ redisUrl: url, redisRequired });
+      const r = await h.tryStart({ redisUrl: url, redisRequired });
       assert.equal(r.rejected && r.rejected.code, 'ERR_REDIS_SENTINEL', JSON.stringify(r));
       assert.match(r.rejected.message, /no-such-master/);
       assert.match(r.rejected.message, /MASTER_NAME/, 'the message names the fix');
     }
-    const ok = await tryStart({ redisUrl: set.url(), redisRequired: true });
+    const ok = await h.tryStart({ redisUrl: set.url(), redisRequired: true });
     assert.equal(ok.ready && ok.ready.mode, 'redis', JSON.stringify(ok));
-    const bad = await tryStart({ redisUrl: 'redis+sentinel://127.0.0.1:1' });
+    const bad = await h.tryStart({ redisUrl: 'redis+sentinel://127.0.0.1:1' });
     assert.equal(bad.rejected && bad.rejected.code, 'ERR_INVALID_OPTION', JSON.stringify(bad));
   });
 
   test('sentinels with a password: without sentinelPassword ERR_REDIS_AUTH naming it; with it the server starts', async () => {
     const locked = await topo.startSentinelSet({ sentinelPassword: 's3nt!nel' });
     try {
-      const r = await tryStart({ redisUrl: locked.url() });
+      const r = await h.tryStart({ redisUrl: locked.url() });
       assert.equal(r.rejected && r.rejected.code, 'ERR_REDIS_AUTH', JSON.stringify(r));
       assert.match(r.rejected.message, /sentinelPassword/, 'the message names the fix');
-      const ok = await tryStart({ redisUrl: `${locked.url()}?sentinelPassword=${encodeURIComponent('s3nt!nel')}`, redisRequired: true });
+      const ok = await h.tryStart({ redisUrl: `${locked.url()}?sentinelPassword=${encodeURIComponent('s3nt!nel')}`, redisRequired: true });
       assert.equal(ok.ready && ok.ready.mode, 'redis', JSON.stringify(ok));
     } finally {
       await locked.stop();
@@ -351,7 +334,7 @@ describe('Redis Cluster: 3 masters + 3 replicas', { skip }, () => {
     cluster = await topo.startCluster();
     plain = await h.startRedis();
     for (const redisUrl of [`redis+cluster://127.0.0.1:${plain.port}`, `redis://127.0.0.1:${cluster.nodes[0].port}`]) {
-      const r = await tryStart({ redisUrl });
+      const r = await h.tryStart({ redisUrl });
       assert.equal(r.rejected && r.rejected.code, 'ERR_REDIS_CLUSTER', `${redisUrl}: ${JSON.stringify(r)}`);
       assert.match(r.rejected.message, /redis\+cluster:\/\/|redis:\/\//, 'the message names the fix');
     }
@@ -417,7 +400,7 @@ describe('rediss+cluster:// (a TLS-only cluster)', { skip: topo.tlsSkipReason() 
     const certs = topo.makeCertificates();
     cluster = await topo.startTlsCluster(certs);
     const ca = certs.pem(certs.ca);
-    const wrong = await tryStart({ redisUrl: cluster.url(), redisTls: { ca: certs.pem(certs.otherCa) } });
+    const wrong = await h.tryStart({ redisUrl: cluster.url(), redisTls: { ca: certs.pem(certs.otherCa) } });
     assert.equal(wrong.rejected && wrong.rejected.code, 'ERR_REDIS_TLS', JSON.stringify(wrong));
     const servers = [await serverOn(cluster.url(), { redisRequired: true, redisTls: { ca } }),
       await serverOn(cluster.url(), { redisRequired: true, redisTls: { ca } })];

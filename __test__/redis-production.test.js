@@ -12,23 +12,6 @@ const topo = require('./redis-topology');
 
 const skip = h.redisSkipReason();
 
-/** Starts a server in a child process; resolves with `{ready: {port, mode}}` or `{rejected: {code, message}}`. */
-async function tryStart(options, env = {}) {
-  const all = { port: 0, host: '127.0.0.1', jwtSecret: h.SECRET, pingIntervalMs: 0, ...options };
-  const p = h.spawnNodeScript(`
-    const rt = require(${JSON.stringify(h.PKG)});
-    rt.startServer(${JSON.stringify(all)}).then(
-      (s) => { console.log('ready ' + s.port + ' ' + s.busMode); return s.close().then(() => process.exit(0)); },
-      (err) => { console.log('rejected ' + err.code + ' ' + err.message); process.exit(0); });
-  `, { env: h.cleanEnv({ LOG_LEVEL: 'off', ...env }) });
-  await p.waitForExit(20_000);
-  const ready = /^ready (\d+) (\w+)$/m.exec(p.out());
-  if (ready) return { ready: { port: Number(ready[1]), mode: ready[2] } };
-  const rejected = /^rejected (\S+) (.*)$/m.exec(p.out());
-  assert.ok(rejected, `neither ready nor rejected: ${p.out()} ${p.err()}`);
-  return { rejected: { code: rejected[1], message: rejected[2] } };
-}
-
 describe('misconfiguration fails loudly', { skip }, () => {
   let redis;
   after(() => redis?.stop());
@@ -38,14 +21,14 @@ describe('misconfiguration fails loudly', { skip }, () => {
     const base = `127.0.0.1:${redis.port}`;
     for (const url of [`redis://:wrong-password@${base}`, `redis://${base}`, `redis://app:not-app-pw@${base}`, `redis://nobody:x@${base}`]) {
       // Not redisRequired: a misconfiguration must not fall back to memory either.
-      const r = await tryStart({ redisUrl: url });
+      const r = await h.tryStart({ redisUrl: url });
       assert.ok(r.rejected, `${url} must be refused, got ${JSON.stringify(r)}`);
       assert.equal(r.rejected.code, 'ERR_REDIS_AUTH', `${url}: ${r.rejected.message}`);
       assert.match(r.rejected.message, /password in redisUrl/, 'the message names the fix');
       assert.doesNotMatch(r.rejected.message, /wrong-password|not-app-pw/, 'no secret in the message');
     }
     for (const url of [`redis://:right-password@${base}`, `redis://app:app-pw@${base}`]) {
-      const r = await tryStart({ redisUrl: url, redisRequired: true });
+      const r = await h.tryStart({ redisUrl: url, redisRequired: true });
       assert.deepEqual(r.ready && r.ready.mode, 'redis', `${url}: ${JSON.stringify(r)}`);
     }
   });
@@ -65,11 +48,11 @@ describe('rediss:// (TLS)', { skip: topo.tlsSkipReason() }, () => {
     plain = await topo.startTlsRedis(certs);
     mutual = await topo.startTlsRedis(certs, { mutual: true });
     const ca = certs.pem(certs.ca);
-    const r = await tryStart({ redisUrl: plain.url, redisTls: { ca }, redisRequired: true });
+    const r = await h.tryStart({ redisUrl: plain.url, redisTls: { ca }, redisRequired: true });
     assert.equal(r.ready && r.ready.mode, 'redis', JSON.stringify(r));
     // Mutual TLS through the environment variables npm start reads (paths).
     const env = { REDIS_TLS_CA_FILE: certs.ca, REDIS_TLS_CERT_FILE: certs.client.cert, REDIS_TLS_KEY_FILE: certs.client.key };
-    const m = await tryStart({ redisUrl: mutual.url, redisRequired: true }, env);
+    const m = await h.tryStart({ redisUrl: mutual.url, redisRequired: true }, env);
     assert.equal(m.ready && m.ready.mode, 'redis', JSON.stringify(m));
 
     const tlsOptions = { ca, cert: certs.pem(certs.client.cert), key: certs.pem(certs.client.key) };
@@ -91,17 +74,17 @@ describe('rediss:// (TLS)', { skip: topo.tlsSkipReason() }, () => {
   });
 
   test('a wrong CA, no CA (system roots) and a missing client certificate reject with ERR_REDIS_TLS', async () => {
-    const wrongCa = await tryStart({ redisUrl: plain.url, redisTls: { ca: certs.pem(certs.otherCa) } });
+    const wrongCa = await h.tryStart({ redisUrl: plain.url, redisTls: { ca: certs.pem(certs.otherCa) } });
     assert.equal(wrongCa.rejected && wrongCa.rejected.code, 'ERR_REDIS_TLS', JSON.stringify(wrongCa));
     assert.match(wrongCa.rejected.message, /redisTls\.ca/, 'the message names the fix');
-    const systemRoots = await tryStart({ redisUrl: plain.url });
+    const systemRoots = await h.tryStart({ redisUrl: plain.url });
     assert.equal(systemRoots.rejected && systemRoots.rejected.code, 'ERR_REDIS_TLS', JSON.stringify(systemRoots));
-    const noClientCert = await tryStart({ redisUrl: mutual.url, redisTls: { ca: certs.pem(certs.ca) } });
+    const noClientCert = await h.tryStart({ redisUrl: mutual.url, redisTls: { ca: certs.pem(certs.ca) } });
     assert.ok(noClientCert.rejected, `mutual TLS without a client certificate must be refused: ${JSON.stringify(noClientCert)}`);
     assert.equal(noClientCert.rejected.code, 'ERR_REDIS_TLS', noClientCert.rejected.message);
-    const bad = await tryStart({ redisUrl: plain.url, redisTls: { ca: 'not a pem' } });
+    const bad = await h.tryStart({ redisUrl: plain.url, redisTls: { ca: 'not a pem' } });
     assert.equal(bad.rejected && bad.rejected.code, 'ERR_INVALID_OPTION');
-    const notTls = await tryStart({ redisUrl: `redis://127.0.0.1:${plain.port}`, redisTls: { ca: certs.pem(certs.ca) } });
+    const notTls = await h.tryStart({ redisUrl: `redis://127.0.0.1:${plain.port}`, redisTls: { ca: certs.pem(certs.ca) } });
     assert.equal(notTls.rejected && notTls.rejected.code, 'ERR_INVALID_OPTION', JSON.stringify(notTls));
   });
 });
@@ -164,7 +147,7 @@ describe('a bad start recovers', { skip }, () => {
   });
 
   test('redisRequired with Redis down still refuses to start', async () => {
-    const r = await tryStart({ redisUrl: `redis://127.0.0.1:${await h.freePort()}`, redisRequired: true });
+    const r = await h.tryStart({ redisUrl: `redis://127.0.0.1:${await h.freePort()}`, redisRequired: true });
     assert.equal(r.rejected && r.rejected.code, 'ERR_REDIS_UNAVAILABLE', JSON.stringify(r));
   });
 });
