@@ -37,6 +37,15 @@ async function resumeOutcome(client) {
   return { kind: JSON.parse(client.raw[i]).type, before: client.raw.slice(1, i), frame: client.raw[i] };
 }
 
+/** After the suite: closes its clients, stops its child processes, then its Redis topology. */
+function stopAfter(clients, procs, topology) {
+  after(async () => {
+    await Promise.all(clients.map((c) => c.close()));
+    await Promise.all(procs.map((p) => p.stop()));
+    await topology()?.stop();
+  });
+}
+
 describe('no silent gaps: epoch + contiguous sequence', { skip }, () => {
   const clients = [];
   const procs = [];
@@ -205,11 +214,7 @@ describe('Sentinel: 1 master, 1 replica, 3 sentinels', { skip }, () => {
   let set;
   const clients = [];
   const procs = [];
-  after(async () => {
-    await Promise.all(clients.map((c) => c.close()));
-    await Promise.all(procs.map((p) => p.stop()));
-    await set?.stop();
-  });
+  stopAfter(clients, procs, () => set);
 
   test('an unknown master name rejects with ERR_REDIS_SENTINEL; a sentinel URL without sentinels reachable falls back like any outage', async () => {
     set = await topo.startSentinelSet();
@@ -390,11 +395,7 @@ describe('rediss+cluster:// (a TLS-only cluster)', { skip: topo.tlsSkipReason() 
   let cluster;
   const clients = [];
   const procs = [];
-  after(async () => {
-    await Promise.all(clients.map((c) => c.close()));
-    await Promise.all(procs.map((p) => p.stop()));
-    await cluster?.stop();
-  });
+  stopAfter(clients, procs, () => cluster);
 
   test('servers and a publisher on rediss+cluster:// with a private CA: events cross; a wrong CA rejects with ERR_REDIS_TLS', async () => {
     const certs = topo.makeCertificates();
