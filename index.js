@@ -639,18 +639,20 @@ function publishParcelUpdate(parcelId, data, options) {
     ensureBus();
     const number = callNative(() => native.publishNumbered(parcelId, json, users));
     if (pending.size === 0) hold(); // a publish in flight keeps the process alive
-    if (number < 0) {
+    if (number < 0 && waitingForDispatch === 0) {
       // Memory mode, queue not backed up: accepted in order for good. It resolves on the next
       // turn of the event loop (not as a microtask: a loop of awaited publishes still lets I/O
       // run). The entry only keeps the process alive until the engine has dispatched it.
+      // (Not while an earlier publish waits for its dispatch: it must resolve first.)
       pending.set(-number, null);
       return new Promise((resolve) => {
         if (acceptedNow.length === 0) setImmediate(resolveAccepted);
         acceptedNow.push(resolve);
       });
     }
+    waitingForDispatch += 1;
     return new Promise((resolve, reject) => {
-      pending.set(number, { resolve, reject });
+      pending.set(Math.abs(number), { resolve, reject });
     });
   } catch (err) {
     return Promise.reject(err);
@@ -663,6 +665,10 @@ function publishParcelUpdate(parcelId, data, options) {
 const pending = new Map();
 // Resolvers of publishes accepted at once, called together on the next turn of the event loop.
 let acceptedNow = [];
+// Entries of `pending` that are not null: publishes that resolve only when the engine settles
+// them. While there are any, later publishes wait for the engine too, so that promises resolve in
+// call order (the engine may accept a publish at once again as soon as its queue has drained).
+let waitingForDispatch = 0;
 
 function resolveAccepted() {
   const accepted = acceptedNow;
@@ -678,6 +684,7 @@ function settle({ through, error }) {
     if (number > through) break;
     pending.delete(number);
     if (entry === null) continue; // resolved when accepted
+    waitingForDispatch -= 1;
     if (err) entry.reject(err);
     else entry.resolve();
   }

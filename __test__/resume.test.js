@@ -521,25 +521,32 @@ describe('filtered resume under a continuous burst (memory)', () => {
       await old.close();
       const a = `burst${round}-a`;
       const b = `burst${round}-b`;
-      // A continuous stream a, b, a, b... from before the connects until after they resumed.
+      // A continuous stream a, b, a, b... from before the connects until after they resumed:
+      // 11 events per millisecond at most (an awaited publish resolves as soon as the bus took
+      // it, so without the timer the stream would outrun the 10,000 events of history while the
+      // clients connect).
       const published = [];
       let stop = false;
       const pump = (async () => {
         while (!stop) {
-          for (let i = 0; i < 200; i++) {
+          for (let i = 0; i < 10; i++) {
             published.push(published.length % 2 ? b : a);
             rt.publishParcelUpdateDirect(published[published.length - 1]);
           }
           published.push(a);
           await rt.publishParcelUpdate(a);
+          await new Promise((resolve) => setTimeout(resolve, 1));
         }
       })();
       // Ten clients connect at once, each a chance to start in the middle of a dispatch.
       const cs = await Promise.all(Array.from({ length: 10 }, () => h.connectReady(`${since(url, last)}&parcels=${a}`)));
       clients.push(...cs);
-      await Promise.all(cs.map((c) => waitForRaw(c, (r) => r.startsWith('{"type":"resumed"'), `round ${round}: resumed`)));
-      stop = true;
-      await pump;
+      try {
+        await Promise.all(cs.map((c) => waitForRaw(c, (r) => r.startsWith('{"type":"resumed"'), `round ${round}: resumed`)));
+      } finally {
+        stop = true; // also when it failed: the stream must not outlive the test
+        await pump;
+      }
       published.push(a);
       await rt.publishParcelUpdate(a);
       const expected = [];

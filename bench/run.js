@@ -296,6 +296,7 @@ function deliveryFigures(pub, rep, cpu) {
     closes: rep.closes,
     latency_us: rep.latency_us,
     call_latency_us: pub.call_latency_us,
+    redis_rtt_us: pub.redis_rtt_us,
     event_loop_delay: pub.event_loop_delay,
     event_loop_utilization: pub.event_loop_utilization,
     cpu_s: cpu,

@@ -6,8 +6,32 @@
 //   node bench/server-rt.js --publisher-only --redis redis://...   (a separate publisher process)
 'use strict';
 
+const net = require('node:net');
 const rt = require('..');
 const { serve, parseArgs } = require('./lib/control');
+
+/** `PING` over a connection of its own to the Redis at `url`: one bare round trip per call. */
+function redisPinger(url) {
+  const { hostname, port } = new URL(url);
+  const socket = net.connect(Number(port || 6379), hostname);
+  socket.setNoDelay(true);
+  const waiting = [];
+  let buffered = '';
+  socket.on('data', (d) => {
+    buffered += d.toString('latin1');
+    let at;
+    while ((at = buffered.indexOf('\r\n')) >= 0) {
+      buffered = buffered.slice(at + 2);
+      waiting.shift()?.();
+    }
+  });
+  socket.on('error', () => {});
+  socket.unref();
+  return () => new Promise((resolve) => {
+    waiting.push(resolve);
+    socket.write('PING\r\n');
+  });
+}
 
 async function main() {
   const args = parseArgs(process.argv.slice(2));
@@ -23,6 +47,7 @@ async function main() {
       clientCount: () => 0,
       close: async () => {},
       hello: { impl: 'rt', role: 'publisher' },
+      probe: redisUrl ? redisPinger(redisUrl) : undefined,
     });
     return;
   }

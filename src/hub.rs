@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::error::Result;
 use crate::event::{parcel_id_of, Event, Frame, Offset};
@@ -191,6 +191,11 @@ pub struct Hub {
     sink: RwLock<Option<Sink>>,
     /// The newest offset dispatched (or known at start): what a new client is told it starts at.
     head: std::sync::Mutex<Option<Offset>>,
+    /// Memory mode: publishes the bus's queue has taken (each may have resolved to its caller
+    /// already, before its dispatch), and how many of them were dispatched since. See
+    /// [`Hub::caught_up`].
+    taken: AtomicU64,
+    dispatched: watch::Sender<u64>,
     /// Where past events are found for clients that resume; `None` when history is off.
     history: RwLock<Option<Arc<dyn History>>>,
     metrics: BusMetrics,
@@ -213,6 +218,8 @@ impl Hub {
             directory: RwLock::new(None),
             sink: RwLock::new(None),
             head: std::sync::Mutex::new(None),
+            taken: AtomicU64::new(0),
+            dispatched: watch::channel(0).0,
             history: RwLock::new(None),
             metrics: BusMetrics::default(),
         }
@@ -343,6 +350,28 @@ impl Hub {
         }
         self.metrics.paced(started.elapsed());
         self.waiting.store(false, Ordering::SeqCst);
+    }
+
+    /// Memory mode: the bus's queue took one more publish (its caller may be told at once).
+    pub(crate) fn taken(&self) {
+        self.taken.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Memory mode: `n` publishes the queue took were dispatched.
+    pub(crate) fn dispatched(&self, n: u64) {
+        self.dispatched.send_modify(|d| *d += n);
+    }
+
+    /// Resolves once every publish the queue had taken when called has been dispatched. A
+    /// connection waits for it before it opens its feed: a publish may resolve before its
+    /// dispatch (memory mode), yet a client that connects after `await publishParcelUpdate()`
+    /// must find the event in its replay and an offset at or past it in its welcome, as if it had
+    /// been dispatched. Immediate when the queue is empty (the usual case); otherwise as long as
+    /// the pump takes to dispatch what is queued.
+    pub(crate) async fn caught_up(&self) {
+        let target = self.taken.load(Ordering::Acquire);
+        let mut dispatched = self.dispatched.subscribe();
+        let _ = dispatched.wait_for(|d| *d >= target).await;
     }
 
     /// Bounds how long one dispatch waits for the slowest ring reader (see `max_wait_ms`); the
@@ -949,6 +978,24 @@ mod tests {
         }
         publisher.await.unwrap();
         assert!(opened > 10, "only {opened} feeds opened while events flowed");
+    }
+
+    #[tokio::test]
+    async fn a_new_feed_waits_for_the_publishes_taken_before_it() {
+        let hub = Arc::new(Hub::new(16));
+        hub.taken();
+        hub.taken();
+        let waiter = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.caught_up().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "two publishes taken, none dispatched");
+        hub.dispatched(1);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one of two dispatched");
+        hub.dispatched(1);
+        waiter.await.unwrap();
     }
 
     #[tokio::test]

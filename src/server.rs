@@ -460,6 +460,9 @@ fn log_refusal(peer: SocketAddr, status: u16, code: &str) {
 /// The longest a new connection of a user waits for Redis to count it and hand over its inbox
 /// (Redis mode); past it the connection goes on without the inbox, which stays in Redis.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a new connection waits for the publishes queued before it to be dispatched (see
+/// `Hub::caught_up`; the pump waits at most the stall bound per dispatch, so this is rarely hit).
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads the request, refuses it or upgrades it.
 async fn handshake(
@@ -495,6 +498,13 @@ async fn handshake(
     let accept = http::switching_protocols(&derive_accept_key(key.as_bytes()), protocol.as_deref());
     if stream.write_all(&accept).await.is_err() {
         return None;
+    }
+    // Every publish that may have resolved already is dispatched first (memory mode; at once
+    // unless publishes are queued), so the feed and the welcome's offset include it. Bounded:
+    // past CATCH_UP_TIMEOUT the feed opens anyway and those events arrive live.
+    tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        _ = tokio::time::timeout(CATCH_UP_TIMEOUT, shared.bus.hub().caught_up()) => {}
     }
     // Subscribe before the welcome frame: an event published after the client saw the welcome
     // is never missed. The welcome's offset is taken at the same instant (see `Hub::open`).

@@ -42,7 +42,7 @@ function eldSummary(h) {
  * `publishOne(id)` returns a promise (the package's API) or undefined (the baseline, which has
  * fanned the event out synchronously by the time it returns).
  */
-async function publishRun(publishOne, opts) {
+async function publishRun(publishOne, opts, probe) {
   const base = opts.base ?? 0;
   const rate = opts.rate ?? 0;
   const durationMs = (opts.duration ?? 10) * 1000;
@@ -56,6 +56,7 @@ async function publishRun(publishOne, opts) {
   const inflight = [];
   let inflightCount = 0;
   const callNs = [];
+  const probeNs = [];
   // Optional publisher data of about `dataBytes` (the package's API takes it; the baseline
   // ignores it).
   const data = opts.dataBytes ? { note: 'x'.repeat(opts.dataBytes) } : undefined;
@@ -107,6 +108,16 @@ async function publishRun(publishOne, opts) {
     const intervalNs = 1e9 / rate;
     const dueNs = (k) => startNs + BigInt(Math.round(k * intervalNs));
     scheduled = Math.min(Math.floor((durationMs / 1000) * rate), maxCount);
+    // Beside it, when the server gives one (the Redis publisher), a bare round trip to the same
+    // Redis every 10 ms: what "one Redis round trip" costs under this load, for the call's target.
+    const probing = probe && (async () => {
+      while (!done()) {
+        const p0 = nowNs();
+        await probe();
+        probeNs.push(Number(nowNs() - p0));
+        await sleep(10);
+      }
+    })();
     while (!done()) {
       const due = Math.min(Math.floor(((performance.now() - t0) / 1000) * rate), maxCount);
       if (seq - base < due) {
@@ -122,6 +133,7 @@ async function publishRun(publishOne, opts) {
         await sleep(1);
       }
     }
+    await probing;
   } else {
     // Paced: every ~1 ms, publish what is due by now. Each id carries the time its event was
     // DUE (start + k / rate), not the time the call finally happened: a publisher held up by a
@@ -170,10 +182,11 @@ async function publishRun(publishOne, opts) {
     cpu_user_s: cpu.user / 1e6,
     cpu_system_s: cpu.system / 1e6,
     call_latency_us: callNs.length ? callSummary(callNs) : undefined,
+    redis_rtt_us: probeNs.length ? callSummary(probeNs) : undefined,
   };
 }
 
-/** p50/p99/max (µs) of the publish-call durations of an awaited run. */
+/** p50/p99/max (µs) of the publish-call (or probe) durations of an awaited run. */
 function callSummary(values) {
   const v = Float64Array.from(values).sort();
   const at = (q) => v[Math.min(v.length - 1, Math.floor(q * v.length))] / 1000;
@@ -205,7 +218,7 @@ function stats(clientCount, gc) {
 }
 
 /** Serves the protocol until `quit` or stdin closes; `close()` stops the server. */
-function serve({ publishOne, clientCount, close, hello }) {
+function serve({ publishOne, clientCount, close, hello, probe }) {
   send({ event: 'ready', pid: process.pid, ...hello });
   const rl = readline.createInterface({ input: process.stdin });
   let queue = Promise.resolve();
@@ -229,7 +242,7 @@ function serve({ publishOne, clientCount, close, hello }) {
       }
       try {
         if (msg.cmd === 'stats') send(stats(clientCount, msg.gc));
-        else if (msg.cmd === 'publish') send(await publishRun(publishOne, msg));
+        else if (msg.cmd === 'publish') send(await publishRun(publishOne, msg, probe));
         else if (msg.cmd === 'quit') await quit();
         else send({ event: 'error', message: `unknown command ${msg.cmd}` });
       } catch (err) {

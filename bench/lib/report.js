@@ -69,7 +69,10 @@ function summarize(results) {
       add({
         key: 'publish_call_redis', label: 'await publishParcelUpdate() p50 / p99, Redis mode (the p99 is the figure)', unit: 'µs', better: 'lower',
         rt: pl.rt_redis.call_latency_us?.p99, reference: null, baseline: null, fmt: fmtMs,
-        target: '≤ 2 ms + one Redis round trip', met: null, note: `rt (redis) p50 ${fmtMs(pl.rt_redis.call_latency_us?.p50)}`,
+        target: '≤ 2 ms + one Redis round trip',
+        // The round trip: a bare PING from the publishing process to the same Redis, p99, in the same run.
+        met: pl.rt_redis.redis_rtt_us ? pl.rt_redis.call_latency_us.p99 <= 2000 + pl.rt_redis.redis_rtt_us.p99 : null,
+        note: `rt (redis) p50 ${fmtMs(pl.rt_redis.call_latency_us?.p50)}; bare Redis round trip p50 / p99 ${fmtMs(pl.rt_redis.redis_rtt_us?.p50)} / ${fmtMs(pl.rt_redis.redis_rtt_us?.p99)}`,
       });
     }
   }

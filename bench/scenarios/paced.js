@@ -114,7 +114,7 @@ module.exports = (h) => {
         // The reference's "publish" is a pipe write (nothing to await): measured, but say so.
         for (const impl of o.impls) out[impl] = await publishLatency(impl, o);
         if (o.impls.includes('rt') && o.redisUrl) out.rt_redis = await publishLatency('rt', o, o.redisUrl);
-        for (const [k, v] of Object.entries(out)) log(`publishlatency: ${k} @${o.publishLatencyRate}/s × ${o.clients}: call p50 ${fmtUs(v.call_latency_us?.p50)}, p99 ${fmtUs(v.call_latency_us?.p99)}; lost ${v.lost}`);
+        for (const [k, v] of Object.entries(out)) log(`publishlatency: ${k} @${o.publishLatencyRate}/s × ${o.clients}: call p50 ${fmtUs(v.call_latency_us?.p50)}, p99 ${fmtUs(v.call_latency_us?.p99)}${v.redis_rtt_us ? `; bare Redis round trip p50 ${fmtUs(v.redis_rtt_us.p50)}, p99 ${fmtUs(v.redis_rtt_us.p99)}` : ''}; lost ${v.lost}`);
         results.publishlatency = out;
       },
     },

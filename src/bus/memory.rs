@@ -38,5 +38,6 @@ impl MemoryBus {
             self.hub.dispatch(&event).await;
         }
         self.hub.metrics().published(batch.len() as u64);
+        self.hub.dispatched(batch.len() as u64);
     }
 }

@@ -10,12 +10,14 @@
 //!
 //! `publish` only enqueues: the caller's thread (the JS thread) never encodes, sends or waits
 //! on Redis. One pump task drains the queue in order, so events leave in the order they were
-//! published. In Redis mode the hub is fed only by the subscription, so every process, this one
+//! published. The pump and every Redis task run on the bus's own thread (`runtime.rs`), never
+//! queued behind the connection tasks that a dispatch wakes. In Redis mode the hub is fed only by the subscription, so every process, this one
 //! included, sees exactly the events Redis delivered, once each.
 
 mod link;
 mod memory;
 mod redis;
+mod runtime;
 mod targeting;
 mod topology;
 
@@ -86,14 +88,23 @@ pub enum Taken {
 /// it; beyond, they settle when dispatched (publishers then go at the clients' pace).
 pub const SETTLE_AT_ONCE_BELOW: usize = 1024;
 
-/// Whether memory-mode publishes may settle when queued (`REALTIME_PUBLISH_RESOLVES=accepted`)
-/// rather than when dispatched (the default, `dispatched`). Opt-in: with it, a promise that
-/// resolved no longer means that the event has reached the connections (a client connecting
-/// right after may still get it live rather than in its replay, with an older welcome offset).
+/// Whether memory-mode publishes may settle when queued (the default, `accepted`) rather than
+/// once dispatched (`REALTIME_PUBLISH_RESOLVES=dispatched`). Either way a client that connects
+/// after the promise resolved finds the event in its replay (see `Hub::caught_up`); what
+/// `dispatched` adds is that the fan-out to the connected clients has begun.
 fn settle_at_once_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("REALTIME_PUBLISH_RESOLVES").is_ok_and(|v| v.trim() == "accepted")
+    *ON.get_or_init(|| match std::env::var("REALTIME_PUBLISH_RESOLVES") {
+        Err(_) => true,
+        Ok(v) if v.trim() == "accepted" || v.trim().is_empty() => true,
+        Ok(v) if v.trim() == "dispatched" => false,
+        Ok(v) => {
+            log::warn!(
+                "REALTIME_PUBLISH_RESOLVES must be \"accepted\" or \"dispatched\", got {v:?}; \
+                 using \"accepted\""
+            );
+            true
+        }
     })
 }
 
@@ -149,7 +160,7 @@ impl Bus {
             shutdown: shutdown.clone(),
             ack_sink: ack_sink.clone(),
         };
-        tokio::spawn(pump(ctx, rx));
+        runtime::spawn(pump(ctx, rx));
         Arc::new(Bus { config, queue, hub, state, redis_connected, shutdown, ack_sink })
     }
 
@@ -211,16 +222,18 @@ impl Bus {
     /// Enqueues an event and returns its number; the [`AckSink`] (see [`Bus::set_ack_sink`])
     /// later settles it. Numbers increase by one per call, in call order.
     ///
-    /// `Taken::Accepted` (opt-in, `REALTIME_PUBLISH_RESOLVES=accepted`): in memory mode the
-    /// queue is the bus, so an event it takes is accepted (in order, never lost: the pump
-    /// dispatches everything queued, and dispatch cannot fail). The caller may treat it as
-    /// settled at once; the sink still reports the number later (the JS skin keeps the process
-    /// alive until then). The caller waits for the sink only when the clients hold the bus back:
+    /// `Taken::Accepted` (the default; not with `REALTIME_PUBLISH_RESOLVES=dispatched`): in
+    /// memory mode the queue is the bus, so an event it takes is accepted (in order, never lost:
+    /// the pump dispatches everything queued, and dispatch cannot fail; a connection opening
+    /// meanwhile waits for it, see `Hub::caught_up`). The caller may treat it as settled at once
+    /// (unless an earlier publish of its own still waits for the sink: promises settle in call
+    /// order); the sink still reports the number later (the JS skin keeps the process alive
+    /// until then). The caller waits for the sink only when the clients hold the bus back:
     /// [`SETTLE_AT_ONCE_BELOW`] publishes already wait in the queue, or a dispatch waits for the
     /// slowest ring reader (or has just given up on it). That is the backpressure an awaiting
-    /// publisher feels (and, when the queue is full, `ERR_PUBLISH_QUEUE_FULL`). By default, in
-    /// Redis mode, and on a memory bus that may switch to Redis, it is always `Taken::Queued`:
-    /// settled once dispatched (memory) or acknowledged by Redis.
+    /// publisher feels (and, when the queue is full, `ERR_PUBLISH_QUEUE_FULL`). With
+    /// `dispatched`, in Redis mode, and on a memory bus that may switch to Redis, it is always
+    /// `Taken::Queued`: settled once dispatched (memory) or acknowledged by Redis.
     pub fn publish_numbered(&self, event: Event) -> Result<Taken> {
         let at_once = settle_at_once_enabled()
             && self.config.redis_url.is_none()
@@ -252,7 +265,11 @@ impl Bus {
                 State::Failed(e) => e.clone(),
                 _ => Error::new(codes::BUS_CLOSED, "the bus has stopped"),
             },
-        })
+        })?;
+        if self.config.redis_url.is_none() {
+            self.hub.taken();
+        }
+        Ok(())
     }
 
     /// How many connections each of `users` has open now: over every live instance in Redis

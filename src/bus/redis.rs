@@ -386,8 +386,8 @@ impl RedisBus {
             connected,
             last,
         };
-        tokio::spawn(link.clone().watch(shutdown.clone()));
-        tokio::spawn(receiver.run(pubsub, shutdown));
+        super::runtime::spawn(link.clone().watch(shutdown.clone()));
+        super::runtime::spawn(receiver.run(pubsub, shutdown));
         let script = redis::Script::new(&format!("{EPOCH_LUA}{PUBLISH_SCRIPT_BODY}"));
         Ok(Self {
             link,

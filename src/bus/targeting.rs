@@ -178,7 +178,7 @@ impl RedisDirectory {
             heartbeat_script: redis::Script::new(HEARTBEAT_SCRIPT),
             count_script: redis::Script::new(COUNT_SCRIPT),
         });
-        tokio::spawn(directory.clone().run(Arc::downgrade(hub), shutdown));
+        super::runtime::spawn(directory.clone().run(Arc::downgrade(hub), shutdown));
         directory
     }
 
