@@ -191,10 +191,11 @@ pub struct Hub {
     sink: RwLock<Option<Sink>>,
     /// The newest offset dispatched (or known at start): what a new client is told it starts at.
     head: std::sync::Mutex<Option<Offset>>,
-    /// Memory mode: publishes the bus's queue has taken (each may have resolved to its caller
-    /// already, before its dispatch), and how many of them were dispatched since. See
-    /// [`Hub::caught_up`].
+    /// Memory mode: how many publishes the bus's queue has taken, the position among them of the
+    /// last one that resolved to its caller before its dispatch, and how many were dispatched.
+    /// See [`Hub::caught_up`].
     taken: AtomicU64,
+    accepted: AtomicU64,
     dispatched: watch::Sender<u64>,
     /// Where past events are found for clients that resume; `None` when history is off.
     history: RwLock<Option<Arc<dyn History>>>,
@@ -219,6 +220,7 @@ impl Hub {
             sink: RwLock::new(None),
             head: std::sync::Mutex::new(None),
             taken: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             dispatched: watch::channel(0).0,
             history: RwLock::new(None),
             metrics: BusMetrics::default(),
@@ -352,9 +354,15 @@ impl Hub {
         self.waiting.store(false, Ordering::SeqCst);
     }
 
-    /// Memory mode: the bus's queue took one more publish (its caller may be told at once).
-    pub(crate) fn taken(&self) {
-        self.taken.fetch_add(1, Ordering::AcqRel);
+    /// Memory mode: the bus's queue took one more publish; returns its position (from 1, in queue
+    /// order: the caller holds the bus's enqueue lock).
+    pub(crate) fn taken(&self) -> u64 {
+        self.taken.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Memory mode: the publish at `position` resolved to its caller before its dispatch.
+    pub(crate) fn accepted(&self, position: u64) {
+        self.accepted.fetch_max(position, Ordering::AcqRel);
     }
 
     /// Memory mode: `n` publishes the queue took were dispatched.
@@ -362,14 +370,14 @@ impl Hub {
         self.dispatched.send_modify(|d| *d += n);
     }
 
-    /// Resolves once every publish the queue had taken when called has been dispatched. A
-    /// connection waits for it before it opens its feed: a publish may resolve before its
-    /// dispatch (memory mode), yet a client that connects after `await publishParcelUpdate()`
-    /// must find the event in its replay and an offset at or past it in its welcome, as if it had
-    /// been dispatched. Immediate when the queue is empty (the usual case); otherwise as long as
-    /// the pump takes to dispatch what is queued.
+    /// Resolves once every publish that resolved to its caller before its dispatch has been
+    /// dispatched. A connection waits for it before it opens its feed: a client that connects
+    /// after `await publishParcelUpdate()` must find the event in its replay and an offset at or
+    /// past it in its welcome, as if the publish had waited for its dispatch. Immediate in the
+    /// usual case (the queue is empty); publishes that wait for their dispatch (a burst the
+    /// clients hold back) are not waited for.
     pub(crate) async fn caught_up(&self) {
-        let target = self.taken.load(Ordering::Acquire);
+        let target = self.accepted.load(Ordering::Acquire);
         let mut dispatched = self.dispatched.subscribe();
         let _ = dispatched.wait_for(|d| *d >= target).await;
     }
@@ -983,8 +991,9 @@ mod tests {
     #[tokio::test]
     async fn a_new_feed_waits_for_the_publishes_taken_before_it() {
         let hub = Arc::new(Hub::new(16));
-        hub.taken();
-        hub.taken();
+        hub.accepted(hub.taken());
+        hub.accepted(hub.taken());
+        hub.taken(); // waits for its dispatch: its caller is not told before, no feed waits for it
         let waiter = tokio::spawn({
             let hub = hub.clone();
             async move { hub.caught_up().await }

@@ -499,9 +499,9 @@ async fn handshake(
     if stream.write_all(&accept).await.is_err() {
         return None;
     }
-    // Every publish that may have resolved already is dispatched first (memory mode; at once
-    // unless publishes are queued), so the feed and the welcome's offset include it. Bounded:
-    // past CATCH_UP_TIMEOUT the feed opens anyway and those events arrive live.
+    // Every publish that resolved before its dispatch is dispatched first (memory mode; at once
+    // unless such a publish is still queued), so the feed and the welcome's offset include it.
+    // Bounded: past CATCH_UP_TIMEOUT the feed opens anyway and those events arrive live.
     tokio::select! {
         _ = shutdown.cancelled() => return None,
         _ = tokio::time::timeout(CATCH_UP_TIMEOUT, shared.bus.hub().caught_up()) => {}

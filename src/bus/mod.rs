@@ -72,7 +72,8 @@ enum Ack {
 }
 
 /// Publish numbers are unique in the process, across buses (a bus that failed to start is
-/// replaced, and its settled numbers must never be confused with the new one's).
+/// replaced, and its settled numbers must never be confused with the new one's). Every enqueue
+/// holds its lock, so numbers and queue positions follow queue order.
 static NEXT_NUMBER: std::sync::Mutex<u64> = std::sync::Mutex::new(1);
 
 /// What [`Bus::publish_numbered`] did with an event (its number either way).
@@ -215,6 +216,8 @@ impl Bus {
     /// Like [`Bus::publish`], for an event built by the caller (e.g. with `data`).
     pub fn publish_event(&self, event: Event) -> Result<oneshot::Receiver<Result<()>>> {
         let (ack, done) = oneshot::channel();
+        // The lock numbered publishes hold too: queue positions follow queue order.
+        let _order = NEXT_NUMBER.lock().unwrap_or_else(|e| e.into_inner());
         self.enqueue(Publish { event, ack: Ack::Once(ack) })?;
         Ok(done)
     }
@@ -242,9 +245,15 @@ impl Bus {
             && !self.hub.is_overrun();
         let mut next = NEXT_NUMBER.lock().unwrap_or_else(|e| e.into_inner());
         let number = *next;
-        self.enqueue(Publish { event, ack: Ack::Numbered(number) })?;
+        let position = self.enqueue(Publish { event, ack: Ack::Numbered(number) })?;
         *next += 1;
-        Ok(if at_once { Taken::Accepted(number) } else { Taken::Queued(number) })
+        if !at_once {
+            return Ok(Taken::Queued(number));
+        }
+        if let Some(position) = position {
+            self.hub.accepted(position);
+        }
+        Ok(Taken::Accepted(number))
     }
 
     /// Where numbered publishes are settled.
@@ -252,7 +261,9 @@ impl Bus {
         *self.ack_sink.write().unwrap_or_else(|e| e.into_inner()) = sink;
     }
 
-    fn enqueue(&self, publish: Publish) -> Result<()> {
+    /// Queues a publish (the caller holds `NEXT_NUMBER`'s lock). Memory mode: returns its
+    /// position among the publishes queued (see `Hub::caught_up`).
+    fn enqueue(&self, publish: Publish) -> Result<Option<u64>> {
         self.queue.try_send(publish).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::new(
                 codes::PUBLISH_QUEUE_FULL,
@@ -266,10 +277,7 @@ impl Bus {
                 _ => Error::new(codes::BUS_CLOSED, "the bus has stopped"),
             },
         })?;
-        if self.config.redis_url.is_none() {
-            self.hub.taken();
-        }
-        Ok(())
+        Ok(self.config.redis_url.is_none().then(|| self.hub.taken()))
     }
 
     /// How many connections each of `users` has open now: over every live instance in Redis
