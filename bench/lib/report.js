@@ -109,7 +109,7 @@ function summarize(results) {
   if (m && !m.error) {
     add({
       key: 'memory', label: `RSS per idle authenticated connection (${fmtInt(m.rt?.clients ?? m.baseline?.clients)} clients)`,
-      unit: 'B', better: 'lower', rt: m.rt?.rss_per_connection, baseline: m.baseline?.rss_per_connection, fmt: fmtBytes,
+      unit: 'B', better: 'lower', rt: m.rt?.rss_per_connection, reference: m.reference?.rss_per_connection, baseline: m.baseline?.rss_per_connection, fmt: fmtBytes,
       target: '≤ 2 KiB', met: m.rt ? m.rt.rss_per_connection <= 2048 : null,
     });
   }
@@ -186,14 +186,14 @@ function chartSvg(doc) {
   const H = top + rows.length * rowH + 60;
   const plotW = W - left - right;
   const lo = 0.1;
-  const hi = Math.max(1000, ...rows.map((r) => r.factor * 1.5));
+  const hi = Math.max(1000, ...rows.map((r) => Math.max(r.factor, r.refFactor ?? 0) * 1.5));
   const x = (f) => left + ((Math.log10(Math.max(f, lo)) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))) * plotW;
   const out = [];
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif" font-size="13">`);
   out.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`);
-  out.push(`<text x="${W / 2}" y="24" text-anchor="middle" font-size="16" font-weight="bold">realtime-events vs the plain-Node baseline, same run (higher = better for rt)</text>`);
+  out.push(`<text x="${W / 2}" y="24" text-anchor="middle" font-size="16" font-weight="bold">realtime-events vs the plain-Node baseline and the bare tokio reference, same run (higher = better for rt)</text>`);
   const m = doc.meta.machine;
-  out.push(`<text x="${W / 2}" y="44" text-anchor="middle" fill="#555">${esc(`${m.nproc} cores (${m.cpu}), ${m.ram_gib} GiB, node ${m.node}, ${m.date.slice(0, 10)} — factor = how many times better than the baseline (log scale)`)}</text>`);
+  out.push(`<text x="${W / 2}" y="44" text-anchor="middle" fill="#555">${esc(`${m.nproc} cores (${m.cpu}), ${m.ram_gib} GiB, node ${m.node}, ${m.date.slice(0, 10)} — factor = how many times better than the baseline (thick bar) and than the reference (thin bar), log scale`)}</text>`);
   // grid
   out.push(`<text x="${W - right + 20}" y="${top - 12}" fill="#555" font-weight="bold">rt vs baseline</text>`);
   for (const g of [0.1, 1, 10, 100, 1000, 10000]) {
@@ -209,8 +209,15 @@ function chartSvg(doc) {
     const good = r.factor >= 1;
     const color = r.met === false ? '#e8a33d' : good ? '#2e8b57' : '#c0392b';
     out.push(`<text x="${left - 10}" y="${y + rowH / 2 + 4}" text-anchor="end">${esc(shortLabel(r))}</text>`);
-    out.push(`<rect x="${Math.min(x0, x1)}" y="${y + 6}" width="${Math.max(2, Math.abs(x1 - x0))}" height="${rowH - 12}" fill="${color}" rx="2"/>`);
-    out.push(`<text x="${Math.max(x0, x1) + 6}" y="${y + rowH / 2 + 4}" font-weight="bold">${esc(fmtFactor(r.factor))}</text>`);
+    const barH = r.refFactor == null ? rowH - 12 : rowH - 18;
+    out.push(`<rect x="${Math.min(x0, x1)}" y="${y + 4}" width="${Math.max(2, Math.abs(x1 - x0))}" height="${barH}" fill="${color}" rx="2"/>`);
+    out.push(`<text x="${Math.max(x0, x1) + 6}" y="${y + rowH / 2 + 2}" font-weight="bold">${esc(fmtFactor(r.factor))}</text>`);
+    if (r.refFactor != null) {
+      // The distance to the ceiling: 1× is as good as the bare tokio broadcaster.
+      const xr = x(r.refFactor);
+      out.push(`<rect x="${Math.min(x0, xr)}" y="${y + rowH - 12}" width="${Math.max(2, Math.abs(xr - x0))}" height="6" fill="#2f6db5" rx="1"/>`);
+      out.push(`<text x="${Math.max(x0, xr) + 6}" y="${y + rowH - 5}" font-size="11" fill="#2f6db5">${esc(`${fmtFactor(r.refFactor)} vs ref.`)}</text>`);
+    }
     out.push(`<text x="${W - right + 20}" y="${y + rowH / 2 + 4}" fill="#333">${esc(`rt ${r.fmt(r.rt)} vs ${r.fmt(r.baseline)}${r.refFactor == null ? '' : `; ${fmtFactor(r.refFactor)} of reference ${r.fmt(r.reference)}`}${r.target ? ` (target ${r.target.replace(' baseline', '').replace(', zero loss', '')})` : ''}`)}</text>`);
     if (/10× baseline/.test(r.target)) {
       const tx = x(10);
@@ -221,6 +228,7 @@ function chartSvg(doc) {
   out.push(`<rect x="${left}" y="${ly - 10}" width="12" height="12" fill="#2e8b57"/><text x="${left + 18}" y="${ly}">better than baseline, target met or none</text>`);
   out.push(`<rect x="${left + 270}" y="${ly - 10}" width="12" height="12" fill="#e8a33d"/><text x="${left + 288}" y="${ly}">target missed</text>`);
   out.push(`<line x1="${left + 400}" y1="${ly - 11}" x2="${left + 400}" y2="${ly + 2}" stroke="#000" stroke-width="2" stroke-dasharray="3,2"/><text x="${left + 408}" y="${ly}">10× target</text>`);
+  out.push(`<rect x="${left + 500}" y="${ly - 7}" width="12" height="6" fill="#2f6db5"/><text x="${left + 518}" y="${ly}">vs the reference (1× = the ceiling)</text>`);
   out.push('</svg>');
   return `${out.join('\n')}\n`;
 }
@@ -234,6 +242,12 @@ function shortLabel(r) {
     redis: 'Redis deliveries/s',
     redis_p99: 'Redis latency p99',
     scale: 'Max concurrent connections',
+    sweep: 'Sweep: awaited paced rate',
+    sweep_redis: 'Sweep, Redis mode',
+    publish_call_p50: 'await publish p50 (500 ev/s)',
+    publish_call_p99: 'await publish p99 (500 ev/s)',
+    publish_call_redis: 'await publish p99, Redis',
+    elu_100: 'JS event-loop use at 100 ev/s',
   };
   if (map[r.key]) return map[r.key];
   const hk = /^handshake_(\d+)$/.exec(r.key);
@@ -263,7 +277,7 @@ function markdown(doc) {
   L.push('');
   L.push('<!-- Generated by bench/run.js; re-run the command below to refresh. Do not edit by hand. -->');
   L.push('');
-  L.push(`**realtime-events** (this package: Rust engine behind the Node addon, events published with \`publishParcelUpdate\` from the Node process that hosts the server) against the **baseline**, the original design in plain Node (\`ws\` + \`jsonwebtoken\` + EventEmitter / node-redis, kept in [\`bench/server-baseline.js\`](bench/server-baseline.js)). Both run in the same benchmark run, on the same machine, driven by the same Rust load generator ([\`bench/loadgen\`](bench/loadgen)); every factor below is a ratio between the two from that run. How it works and what each scenario measures: [\`bench/README.md\`](bench/README.md).`);
+  L.push(`**realtime-events** (this package: Rust engine behind the Node addon, events published with \`publishParcelUpdate\` from the Node process that hosts the server) against the near-limit **reference**, a bare tokio-tungstenite broadcaster (no auth, one shared pre-encoded frame per event, batched writes, published to over a pipe: [\`bench/reference\`](bench/reference)), and the **baseline**, the original design in plain Node (\`ws\` + \`jsonwebtoken\` + EventEmitter / node-redis, kept in [\`bench/server-baseline.js\`](bench/server-baseline.js)). All three run in the same benchmark run, on the same machine, driven by the same Rust load generator ([\`bench/loadgen\`](bench/loadgen)); every factor below is a ratio between two of them from that run: the distance to the reference is the figure that counts, the factor over the baseline shows what the design buys. How it works and what each scenario measures: [\`bench/README.md\`](bench/README.md).`);
   L.push('');
   L.push('## Command');
   L.push('');
@@ -291,7 +305,7 @@ function markdown(doc) {
   L.push('');
   L.push('## At a glance');
   L.push('');
-  L.push('![rt vs baseline, improvement factors](bench/results/chart.svg)');
+  L.push('![rt vs baseline and vs reference, improvement factors](bench/results/chart.svg)');
   L.push('');
   L.push(table(['Figure', 'realtime-events', 'reference', 'baseline', 'rt vs reference', 'rt vs baseline', 'Target', 'Met'], summary.map((r) => [
     r.label, r.fmt(r.rt), r.reference == null ? '–' : r.fmt(r.reference), r.fmt(r.baseline), r.refFactor == null ? '–' : fmtFactor(r.refFactor), r.factor == null ? '–' : `**${fmtFactor(r.factor)}** ${r.better === 'higher' ? 'more' : 'less'}`,
