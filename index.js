@@ -637,7 +637,7 @@ function publishParcelUpdate(parcelId, data, options) {
     const json = encodeData(data);
     const users = publishUsers(options);
     ensureBus();
-    const number = callNative(() => native.publishNumbered(parcelId, json, users));
+    const number = callNative(() => native.publishNumbered(THREAD, parcelId, json, users));
     if (pending.size === 0) hold(); // a publish in flight keeps the process alive
     if (number < 0 && waitingForDispatch === 0) {
       // Memory mode, queue not backed up: accepted in order for good. It resolves on the next
@@ -676,9 +676,18 @@ function resolveAccepted() {
   for (const resolve of accepted) resolve();
 }
 
-function settle({ through, error }) {
+function settle({ through, error, events }) {
   // Publishes accepted at once were made before the ones settled here: they resolve first.
   if (acceptedNow.length > 0) resolveAccepted();
+  // The events dispatched before these publishes were settled may still be on their way to
+  // this thread's subscribers (another queue): the process stays alive until they arrived.
+  if (subscribers.size > 0 && events > eventsReceived) {
+    eventsAwaited = events;
+    if (!holdingForEvents) {
+      holdingForEvents = true;
+      hold();
+    }
+  }
   const err = error ? fromNative(new Error(error)) : null;
   for (const [number, entry] of pending) {
     if (number > through) break;
@@ -690,7 +699,9 @@ function settle({ through, error }) {
   }
   if (pending.size === 0) release();
 }
-native.setAckSink(settle);
+// This JS thread (the main thread or a worker): its publishes are settled here, and its
+// subscribers' events come here, never to another thread that loaded the package.
+const THREAD = native.registerThread(settle);
 
 /**
  * Fire and forget: publishes without waiting. Bus failures are logged, never thrown; a
@@ -804,7 +815,22 @@ function report(err) {
   log('error', 'a subscribeToParcelEvents callback threw', err);
 }
 
+// Events this thread's subscribers received, and the count a settled publish asked to wait for
+// (see settle()).
+let eventsReceived = 0;
+let eventsAwaited = 0;
+let holdingForEvents = false;
+
+function stopHoldingForEvents() {
+  if (holdingForEvents) {
+    holdingForEvents = false;
+    release();
+  }
+}
+
 function dispatch(frame) {
+  eventsReceived += 1;
+  if (holdingForEvents && eventsReceived >= eventsAwaited) stopHoldingForEvents();
   // The exact frame WebSocket clients receive: {type, parcel_id[, data]}.
   const event = JSON.parse(frame);
   for (const sub of subscribers) {
@@ -830,7 +856,7 @@ function subscribeToParcelEvents(callback) {
   ensureBus();
   const sub = { callback };
   subscribers.add(sub);
-  if (subscribers.size === 1) native.setEventSink(dispatch);
+  if (subscribers.size === 1) native.setEventSink(THREAD, dispatch);
   // Without Redis nothing can arrive from outside: the subscription does not hold the process.
   // (Decided by the configuration, not the mode of the moment: a bus still connecting, or one
   // that fell back to memory and retries, will carry other processes' events.)
@@ -841,7 +867,10 @@ function subscribeToParcelEvents(callback) {
     if (!active) return;
     active = false;
     subscribers.delete(sub);
-    if (subscribers.size === 0) native.setEventSink(null);
+    if (subscribers.size === 0) {
+      native.setEventSink(THREAD, null);
+      stopHoldingForEvents(); // nobody left to receive them
+    }
     if (keepsAlive) release();
   };
 }

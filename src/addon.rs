@@ -96,14 +96,81 @@ fn set_thread_nice(nice: i32) {
     let _ = nice;
 }
 
-/// The process-wide bus and the sink to attach to it.
+/// The process-wide bus.
 struct Global {
     bus: Option<Arc<Bus>>,
-    sink: Option<Sink>,
-    ack_sink: Option<crate::bus::AckSink>,
 }
 
-static GLOBAL: Mutex<Global> = Mutex::new(Global { bus: None, sink: None, ack_sink: None });
+static GLOBAL: Mutex<Global> = Mutex::new(Global { bus: None });
+
+/// A JS thread (the main thread or a worker) that loaded the package. The bus is one per
+/// process, but each thread settles its own publishes and runs its own subscribers: a worker
+/// that loads the package must not take over the main thread's promises or events.
+struct JsThread {
+    id: u32,
+    /// Settles this thread's numbered publishes.
+    ack: AckFn,
+    /// This thread's subscribers (`None` while it has none).
+    events: Option<SinkFn>,
+    /// Events handed to `events` so far; each ack carries it, so the thread can stay alive until
+    /// it has received the events dispatched before the publishes it settles.
+    queued: std::sync::atomic::AtomicU64,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+static THREADS: std::sync::RwLock<Vec<JsThread>> = std::sync::RwLock::new(Vec::new());
+static NEXT_THREAD: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+fn threads() -> std::sync::RwLockReadGuard<'static, Vec<JsThread>> {
+    THREADS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn threads_mut() -> std::sync::RwLockWriteGuard<'static, Vec<JsThread>> {
+    THREADS.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The bus's event sink: every event to every JS thread with subscribers.
+fn event_sink() -> Sink {
+    use std::sync::atomic::Ordering::Relaxed;
+    Arc::new(|event: &crate::event::Event| {
+        let threads = threads();
+        let mut json = None;
+        for thread in threads.iter() {
+            let Some(events) = &thread.events else { continue };
+            let text = json.get_or_insert_with(|| sink_json(event)).clone();
+            match events.call(text, ThreadsafeFunctionCallMode::NonBlocking) {
+                Status::Ok => {
+                    thread.queued.fetch_add(1, Relaxed);
+                }
+                Status::QueueFull => {
+                    let n = thread.dropped.fetch_add(1, Relaxed);
+                    if n.is_power_of_two() {
+                        log::warn!(
+                            "subscribers: the JS thread is {SINK_QUEUE} events behind; {} events \
+                             not delivered to subscribeToParcelEvents callbacks so far",
+                            n + 1
+                        );
+                    }
+                }
+                _ => {} // the thread is exiting
+            }
+        }
+    })
+}
+
+/// The bus's ack sink: settled publishes to the thread that made them.
+fn ack_sink() -> crate::bus::AckSink {
+    Arc::new(|publisher: u32, through: u64, result: &crate::error::Result<()>| {
+        let threads = threads();
+        let Some(thread) = threads.iter().find(|t| t.id == publisher) else { return };
+        let error = result.as_ref().err().map(|e| format!("{}: {}", e.code(), e.message()));
+        let events = thread.queued.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        thread.ack.call(
+            PublishAck { through: through as f64, error, events },
+            ThreadsafeFunctionCallMode::NonBlocking,
+        );
+    })
+}
 
 fn global() -> std::sync::MutexGuard<'static, Global> {
     GLOBAL.lock().unwrap_or_else(|e| e.into_inner())
@@ -134,8 +201,8 @@ fn bus_with(config: BusConfig) -> napi::Result<Arc<Bus>> {
         }
     }
     let bus = within_runtime_if_available(|| Bus::start(config));
-    bus.set_sink(global.sink.clone());
-    bus.set_ack_sink(global.ack_sink.clone());
+    bus.set_sink(Some(event_sink()));
+    bus.set_ack_sink(Some(ack_sink()));
     global.bus = Some(bus.clone());
     Ok(bus)
 }
@@ -238,6 +305,7 @@ pub fn bus_info() -> BusInfo {
 /// A negative number -n: publish n is accepted already (memory mode, see `Bus::publish_numbered`).
 #[napi(catch_unwind)]
 pub fn publish_numbered(
+    thread: u32,
     parcel_id: String,
     data: Option<String>,
     users: Option<Vec<String>>,
@@ -251,7 +319,7 @@ pub fn publish_numbered(
     }
     // Negative: accepted already (memory mode), the promise may resolve at once; the number
     // still comes back through the ack sink.
-    match bus.publish_numbered(event).map_err(to_js)? {
+    match bus.publish_numbered(event, thread).map_err(to_js)? {
         crate::bus::Taken::Accepted(n) => Ok(-(n as f64)),
         crate::bus::Taken::Queued(n) => Ok(n as f64),
     }
@@ -271,33 +339,32 @@ pub fn presence(env: &Env, users: Vec<String>) -> napi::Result<PromiseRaw<'_, Ve
 }
 
 /// One batch of settled publishes: every number up to `through`, resolved, or rejected with
-/// `error` ("CODE: message").
+/// `error` ("CODE: message"); `events`: how many events the thread's subscribers had been handed
+/// when it was settled (see `JsThread::queued`).
 #[napi(object)]
 pub struct PublishAck {
     pub through: f64,
     pub error: Option<String>,
+    pub events: f64,
 }
 
 type AckFn = ThreadsafeFunction<PublishAck, (), PublishAck, Status, false, true>;
 
-/// Where batches of settled publishes go (or nowhere with `null`).
+/// Registers the calling JS thread: `settle` receives its settled publishes. Returns the id its
+/// publishes and subscribers go by; the thread is forgotten when its environment is torn down
+/// (a worker that exits).
 #[napi(catch_unwind)]
-pub fn set_ack_sink(callback: Option<AckFn>) {
-    let sink: Option<crate::bus::AckSink> = callback.map(|tsfn| {
-        let tsfn = Arc::new(tsfn);
-        Arc::new(move |through: u64, result: &crate::error::Result<()>| {
-            let error = result.as_ref().err().map(|e| format!("{}: {}", e.code(), e.message()));
-            tsfn.call(
-                PublishAck { through: through as f64, error },
-                ThreadsafeFunctionCallMode::NonBlocking,
-            );
-        }) as crate::bus::AckSink
+pub fn register_thread(env: &Env, settle: AckFn) -> napi::Result<u32> {
+    let id = NEXT_THREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    threads_mut().push(JsThread {
+        id,
+        ack: settle,
+        events: None,
+        queued: Default::default(),
+        dropped: Default::default(),
     });
-    let mut global = global();
-    if let Some(bus) = &global.bus {
-        bus.set_ack_sink(sink.clone());
-    }
-    global.ack_sink = sink;
+    env.add_env_cleanup_hook(id, |id| threads_mut().retain(|t| t.id != id))?;
+    Ok(id)
 }
 
 /// What a subscriber receives: the frame clients receive, plus `users` for an addressed event.
@@ -313,31 +380,13 @@ fn sink_json(event: &crate::event::Event) -> String {
     }
 }
 
-/// Routes every event's frame (the JSON text clients receive) to `callback` (or stops with `null`).
+/// Routes every event's frame (the JSON text clients receive) to `callback` on the JS thread
+/// `thread` (or stops with `null`).
 #[napi(catch_unwind)]
-pub fn set_event_sink(callback: Option<SinkFn>) {
-    let sink: Option<Sink> = callback.map(|tsfn| {
-        let tsfn = Arc::new(tsfn);
-        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        Arc::new(move |event: &crate::event::Event| {
-            let status = tsfn.call(sink_json(event), ThreadsafeFunctionCallMode::NonBlocking);
-            if status == Status::QueueFull {
-                let n = dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n.is_power_of_two() {
-                    log::warn!(
-                        "subscribers: the JS thread is {SINK_QUEUE} events behind; {} events \
-                         not delivered to subscribeToParcelEvents callbacks so far",
-                        n + 1
-                    );
-                }
-            }
-        }) as Sink
-    });
-    let mut global = global();
-    if let Some(bus) = &global.bus {
-        bus.set_sink(sink.clone());
+pub fn set_event_sink(thread: u32, callback: Option<SinkFn>) {
+    if let Some(t) = threads_mut().iter_mut().find(|t| t.id == thread) {
+        t.events = callback;
     }
-    global.sink = sink;
 }
 
 #[napi(object)]

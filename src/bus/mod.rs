@@ -66,9 +66,10 @@ struct Publish {
 enum Ack {
     /// One channel per publish (Rust callers).
     Once(oneshot::Sender<Result<()>>),
-    /// A number; the [`AckSink`] settles numbered publishes a batch at a time (the JS skin:
-    /// one call into JS per batch instead of one promise machinery per publish).
-    Numbered(u64),
+    /// A number and who published it; the [`AckSink`] settles numbered publishes a batch at a
+    /// time, per publisher (the JS skin: one call into each JS thread per batch instead of one
+    /// promise machinery per publish).
+    Numbered { number: u64, publisher: u32 },
 }
 
 /// Publish numbers are unique in the process, across buses (a bus that failed to start is
@@ -109,23 +110,33 @@ fn settle_at_once_enabled() -> bool {
     })
 }
 
-/// Told, once per batch, that every numbered publish up to `through` is settled with `result`.
-pub type AckSink = Arc<dyn Fn(u64, &Result<()>) + Send + Sync>;
+/// Told, once per batch and publisher, that every numbered publish of `publisher` up to
+/// `through` is settled with `result`: `sink(publisher, through, result)`.
+pub type AckSink = Arc<dyn Fn(u32, u64, &Result<()>) + Send + Sync>;
 
-/// Settles a processed batch: answers each `Once`, then the numbered ones in one sink call.
+/// Settles a processed batch: answers each `Once`, then the numbered ones in one sink call per
+/// publisher (usually one: each JS thread that publishes is a publisher).
 fn settle(batch: &mut Vec<Publish>, result: &Result<()>, sink: &RwLock<Option<AckSink>>) {
-    let mut through = 0;
+    let mut through: Vec<(u32, u64)> = Vec::new();
     for p in batch.drain(..) {
         match p.ack {
             Ack::Once(tx) => {
                 let _ = tx.send(result.clone());
             }
-            Ack::Numbered(n) => through = through.max(n),
+            Ack::Numbered { number, publisher } => {
+                match through.iter_mut().find(|(p, _)| *p == publisher) {
+                    Some((_, n)) => *n = (*n).max(number),
+                    None => through.push((publisher, number)),
+                }
+            }
         }
     }
-    if through > 0 {
-        if let Some(sink) = sink.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            sink(through, result);
+    if through.is_empty() {
+        return;
+    }
+    if let Some(sink) = sink.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        for (publisher, n) in through {
+            sink(publisher, n, result);
         }
     }
 }
@@ -222,8 +233,9 @@ impl Bus {
         Ok(done)
     }
 
-    /// Enqueues an event and returns its number; the [`AckSink`] (see [`Bus::set_ack_sink`])
-    /// later settles it. Numbers increase by one per call, in call order.
+    /// Enqueues an event of `publisher` (an id the [`AckSink`] routes by, e.g. a JS thread) and
+    /// returns its number; the sink (see [`Bus::set_ack_sink`]) later settles it. Numbers
+    /// increase by one per call, in call order, across publishers.
     ///
     /// `Taken::Accepted` (the default; not with `REALTIME_PUBLISH_RESOLVES=dispatched`): in
     /// memory mode the queue is the bus, so an event it takes is accepted (in order, never lost:
@@ -237,7 +249,7 @@ impl Bus {
     /// publisher feels (and, when the queue is full, `ERR_PUBLISH_QUEUE_FULL`). With
     /// `dispatched`, in Redis mode, and on a memory bus that may switch to Redis, it is always
     /// `Taken::Queued`: settled once dispatched (memory) or acknowledged by Redis.
-    pub fn publish_numbered(&self, event: Event) -> Result<Taken> {
+    pub fn publish_numbered(&self, event: Event, publisher: u32) -> Result<Taken> {
         let at_once = settle_at_once_enabled()
             && self.config.redis_url.is_none()
             && self.queue.max_capacity() - self.queue.capacity() < SETTLE_AT_ONCE_BELOW
@@ -245,7 +257,7 @@ impl Bus {
             && !self.hub.is_overrun();
         let mut next = NEXT_NUMBER.lock().unwrap_or_else(|e| e.into_inner());
         let number = *next;
-        let position = self.enqueue(Publish { event, ack: Ack::Numbered(number) })?;
+        let position = self.enqueue(Publish { event, ack: Ack::Numbered { number, publisher } })?;
         *next += 1;
         if !at_once {
             return Ok(Taken::Queued(number));
