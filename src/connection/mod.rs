@@ -212,7 +212,7 @@ pub(crate) fn run<'a>(
     ops: &'a Context,
 ) -> impl Future<Output = Ended> + Send + 'a {
     let now = Instant::now();
-    let conn = Conn {
+    let mut conn = Conn {
         ws,
         feed,
         hub,
@@ -229,7 +229,9 @@ pub(crate) fn run<'a>(
         drain_slot: None,
         noticed: false,
     };
-    conn.serve(shutdown)
+    // Served in place: an `async fn` taking the state by value would hold it twice in the task
+    // (the argument, kept for the future's whole life, and the local it is moved into).
+    async move { conn.serve(shutdown).await }
 }
 
 /// What woke a connection's task.
@@ -356,7 +358,7 @@ impl Conn<'_> {
         Some(if self.noticed { notice + self.ops.drain.overlap() } else { notice })
     }
 
-    async fn serve(mut self, shutdown: CancellationToken) -> Ended {
+    async fn serve(&mut self, shutdown: CancellationToken) -> Ended {
         if let Err(ended) = Box::pin(self.start()).await {
             return ended;
         }
