@@ -477,7 +477,10 @@ enum Source {
         rx: mpsc::Receiver<Frame>,
         tx: mpsc::Sender<Frame>,
         lost: Arc<AtomicBool>,
-        ids: HashSet<Arc<str>>,
+        /// Boxed: every connection's task holds a `Source` (most of them `All`), and the set
+        /// would make it three times larger.
+        #[allow(clippy::box_collection)]
+        ids: Box<HashSet<Arc<str>>>,
     },
 }
 
@@ -485,7 +488,7 @@ impl Source {
     /// A feed of only `ids`, entered in `index` for connection `conn`.
     fn only(index: &mut Index, conn: u64, ids: &[String]) -> Source {
         let (tx, rx) = mpsc::channel(FILTERED_QUEUE);
-        let mut mode = Source::Only { rx, tx, lost: Arc::default(), ids: HashSet::new() };
+        let mut mode = Source::Only { rx, tx, lost: Arc::default(), ids: Box::default() };
         mode.follow(index, conn, ids);
         mode
     }
@@ -654,9 +657,10 @@ impl Feed {
         source + direct + usize::from(self.ahead.is_some())
     }
 
-    /// The user this feed receives addressed events for.
-    pub fn user(&self) -> Option<&str> {
-        self.direct.as_ref().map(|d| &*d.user)
+    /// The user this feed receives addressed events for (the hub's copy of the id: a connection
+    /// shares it rather than keeping one of its own).
+    pub fn user(&self) -> Option<&Arc<str>> {
+        self.direct.as_ref().map(|d| &d.user)
     }
 
     /// Takes the addressed events dispatched before the last of `seam` and merges them into it
@@ -693,7 +697,7 @@ impl Feed {
     fn leave_index(&mut self, source: Source, user: bool) {
         let direct = if user { self.direct.take() } else { None };
         let ids = match source {
-            Source::Only { ids, .. } => Some(ids),
+            Source::Only { ids, .. } => Some(*ids),
             _ => None,
         };
         if ids.is_none() && direct.is_none() {
@@ -832,7 +836,7 @@ impl Feed {
         };
         let ring = {
             let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
-            for id in ids {
+            for id in ids.iter() {
                 remove_target(&mut index.parcels, id, self.conn);
             }
             self.hub.frames.subscribe()

@@ -359,35 +359,40 @@ async fn accept_loop(
     // Dropping the listener here releases the port before close() returns.
 }
 
-async fn handle(
+/// A plain fn returning the task's future, not an `async fn`: an `async fn` keeps its arguments
+/// (the socket, the tickets, ...) in the task for the connection's whole life.
+fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     tickets: Tickets,
     shutdown: CancellationToken,
     close_clients: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send {
     // The handshake runs boxed: its state is freed once it is done, and the long-lived part of
     // the task holds only what the connection needs.
-    // The block ends the handshake's locals before the long await (their storage would otherwise
-    // stay in the task for the connection's whole life).
-    let (serve, user, _slots, guard) = {
-        let Some(session) = Box::pin(handshake(stream, peer, &shared, tickets, &shutdown)).await
-        else {
-            return;
+    let handshake = Box::pin(handshake(stream, peer, shared.clone(), tickets, shutdown));
+    async move {
+        // The block ends the handshake's locals before the long await (their storage would
+        // otherwise stay in the task for the connection's whole life).
+        let (serve, user, _slots, guard) = {
+            let Some(session) = handshake.await else {
+                return;
+            };
+            let Session { ws, feed, client, _slots, guard } = session;
+            let user = client.user.clone();
+            let (hub, auth, settings) = (shared.bus.hub(), &shared.auth, &shared.settings);
+            let ops = &shared.ops;
+            let serve = connection::run(ws, feed, hub, auth, settings, client, close_clients, ops);
+            (serve, user, _slots, guard)
         };
-        let Session { ws, feed, client, _slots, guard } = session;
-        let user = client.user.clone().unwrap_or_else(|| "-".into());
-        let (hub, auth, settings) = (shared.bus.hub(), &shared.auth, &shared.settings);
-        let ops = &shared.ops;
-        let serve = connection::run(ws, feed, hub, auth, settings, client, close_clients, ops);
-        (serve, user, _slots, guard)
-    };
-    log_open(peer, &user);
-    let opened = clock::now_ms();
-    let ended = serve.await;
-    guard.ended(&ended);
-    log_close(peer, &user, &ended, clock::now_ms().saturating_sub(opened));
+        let user = user.as_deref().unwrap_or("-");
+        log_open(peer, user);
+        let opened = clock::now_ms();
+        let ended = serve.await;
+        guard.ended(&ended);
+        log_close(peer, user, &ended, clock::now_ms().saturating_sub(opened));
+    }
 }
 
 // The connection lines are logged from plain functions: the logging machinery's temporaries then
@@ -465,10 +470,11 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 async fn handshake(
     mut stream: TcpStream,
     peer: SocketAddr,
-    shared: &Arc<Shared>,
+    shared: Arc<Shared>,
     tickets: Tickets,
-    shutdown: &CancellationToken,
+    shutdown: CancellationToken,
 ) -> Option<Session> {
+    let (shared, shutdown) = (&shared, &shutdown);
     let Tickets { slot, ip_slot, handshake: _handshake, ip_handshake: _ip_handshake } = tickets;
     let _ = stream.set_nodelay(true);
     let admitted = tokio::select! {
@@ -523,14 +529,10 @@ async fn handshake(
     )
     .await;
     shared.ops.metrics.connection_opened();
-    let client = connection::Client::from_claims(
-        &claims,
-        shared.config.jwt_leeway,
-        parcels,
-        since,
-        start,
-        inbox,
-    );
+    let opening = connection::Opening { parcels: parcels.is_some(), since, inbox };
+    let user = feed.user().cloned();
+    let client =
+        connection::Client::from_claims(&claims, user, shared.config.jwt_leeway, opening, start);
     Some(Session {
         ws,
         feed,

@@ -11,6 +11,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
@@ -35,7 +36,7 @@ mod write;
 
 use limits::{ByteBudget, TokenBucket};
 pub(crate) use limits::{Metered, Tripped};
-use write::{close_frame, close_ws, guarded, write, Guarded, Written};
+use write::{close_frame, close_ws, guarded, Guarded, Write, Written};
 
 /// Time allowed to deliver a close frame before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -71,39 +72,65 @@ pub(crate) struct Context {
     pub drain: Drain,
 }
 
-/// Who is on the other end, as the handshake established it.
+/// Who is on the other end, as the handshake established it. Every connection's task holds
+/// this for the connection's life: what only the first moments need is boxed (`opening`).
 pub(crate) struct Client {
-    pub user: Option<String>,
-    /// The claim that names the user, exactly as the token gave it (name and JSON value): a
-    /// refresh must carry the same.
-    pub user_claim: Option<(&'static str, serde_json::Value)>,
+    /// The user id, shared with the hub's index of users (see `Feed::user`).
+    pub user: Option<Arc<str>>,
+    /// The claim that names the user: its name, and whether its JSON value is a number (the
+    /// value is `user`, as text): a refresh must carry the same (see `Client::same_claim`).
+    pub user_claim: Option<(&'static str, bool)>,
     /// When the token expires (its `exp` plus the leeway), if it has one.
     pub expires_at: Option<Instant>,
-    /// Parcel ids asked for at connect (`?parcels=`).
-    pub parcels: Option<Vec<String>>,
-    /// Where to resume from (`?since=`).
-    pub since: Option<Offset>,
     /// The offset the welcome frame announces: the last event before its feed began, so every
     /// later event reaches this client live (`None` when the bus keeps no history).
     pub start: Option<Offset>,
-    /// Events addressed to the user that waited while they had no connection (boxed: most
-    /// connections have none, and every connection's task holds this field).
-    pub inbox: Option<Box<[Frame]>>,
+    /// What follows the welcome, if anything (most connections have none of it).
+    pub opening: Option<Box<Opening>>,
+}
+
+/// What a connection sends after its welcome frame.
+pub(crate) struct Opening {
+    /// Whether parcel ids were asked for at connect (`?parcels=`): the feed is already narrowed
+    /// to them; the client is told so.
+    pub parcels: bool,
+    /// Where to resume from (`?since=`).
+    pub since: Option<Offset>,
+    /// Events addressed to the user that waited while they had no connection.
+    pub inbox: Vec<Frame>,
 }
 
 impl Client {
     pub fn from_claims(
         claims: &Claims,
+        user: Option<Arc<str>>,
         leeway: Duration,
-        parcels: Option<Vec<String>>,
-        since: Option<Offset>,
+        opening: Opening,
         start: Option<Offset>,
-        inbox: Vec<Frame>,
     ) -> Self {
-        let user = auth::user_id(claims);
-        let user_claim = auth::user_claim(claims);
-        let inbox = (!inbox.is_empty()).then(|| inbox.into_boxed_slice());
-        Self { user, user_claim, expires_at: expiry(claims, leeway), parcels, since, start, inbox }
+        let user_claim = auth::user_claim(claims).map(|(name, value)| (name, value.is_number()));
+        let opening = (opening.parcels || opening.since.is_some() || !opening.inbox.is_empty())
+            .then(|| Box::new(opening));
+        Self { user, user_claim, expires_at: expiry(claims, leeway), start, opening }
+    }
+
+    /// Whether a refresh's claims name the user exactly as the connection's token did (claim
+    /// name and JSON value: `1` and `"1"` differ).
+    fn same_claim(&self, claims: &Claims) -> bool {
+        match (auth::user_claim(claims), self.user_claim, &self.user) {
+            (None, None, _) => true,
+            (Some((name, value)), Some((held, number)), Some(user)) if name == held => {
+                // The value as the token gave it: `user` is its text (a number's, printed
+                // exactly: parsed back, it is the same number).
+                let held = if number {
+                    serde_json::from_str::<serde_json::Value>(user).ok()
+                } else {
+                    Some(serde_json::Value::String(user.to_string()))
+                };
+                held.is_some_and(|held| held == value)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -242,17 +269,18 @@ enum Wake {
     Inbound(Option<Result<Message, WsError>>),
 }
 
-impl Conn<'_> {
+impl<'a> Conn<'a> {
     /// The welcome frame (with the current offset), then the acknowledgement of `?parcels=`,
     /// then the replay of `?since=`, or else the user's inbox.
     async fn start(&mut self) -> Result<(), Ended> {
         self.send(Message::text(frame::welcome(self.client.start))).await?;
-        if self.client.parcels.take().is_some() {
+        let Some(opening) = self.client.opening.take() else { return Ok(()) };
+        let Opening { parcels, since, inbox } = *opening;
+        if parcels {
             // The server narrowed the feed before the welcome (see `server::handshake`).
             self.ack(Ack::Subscribed).await?;
         }
-        let inbox = self.client.inbox.take().map_or_else(Vec::new, |b| b.into_vec());
-        let replayed = match self.client.since.take() {
+        let replayed = match since {
             Some(since) => self.resume(since).await?,
             None => false,
         };
@@ -566,7 +594,7 @@ impl Conn<'_> {
                 return Err(ended);
             }
         };
-        if auth::user_claim(&claims) != self.client.user_claim {
+        if !self.client.same_claim(&claims) {
             return Err(self.close(Disconnect::RefreshOtherUser).await);
         }
         if self.client.expires_at.is_some() && claims.get("exp").is_none() {
@@ -577,11 +605,40 @@ impl Conn<'_> {
         self.send(Message::text(frame::refreshed(claims.get("exp")))).await
     }
 
-    /// Writes `first` and whatever else is waiting, in one flush.
-    async fn write_events(&mut self, first: Frame) -> Result<(), Ended> {
+    /// Writes `first` and whatever else is waiting, in one flush. A plain fn around a small
+    /// `async` block: this runs inline in every connection's task, and an `async fn` would keep
+    /// its argument (the frame) there beside the write's state.
+    fn write_events(
+        &mut self,
+        first: Frame,
+    ) -> impl Future<Output = Result<(), Ended>> + use<'_, 'a> {
+        let mut batch = self.start_batch(first);
+        async move {
+            // Borrowed in place, not moved into a local (which would take room again).
+            let Some((write, entered)) = &mut batch else { return Ok(()) };
+            let (ws, feed, hub, settings) = (&mut self.ws, &mut self.feed, self.hub, self.settings);
+            let written = std::future::poll_fn(|cx| write.poll(ws, feed, hub, settings, cx)).await;
+            match written {
+                Written::Done => {
+                    let (frames, bytes) = self.feed.take_counts();
+                    self.ops.metrics.batch_sent(frames.into(), bytes.into(), *entered);
+                    self.hub.consumed();
+                    Ok(())
+                }
+                Written::Lagged(n) => Err(Box::pin(self.too_slow(n)).await),
+                Written::Stalled => Err(Box::pin(self.too_slow(0)).await),
+                Written::Stuck => Err(Disconnect::Stuck.into()),
+                Written::Failed(e) => Err(Ended::socket(e)),
+            }
+        }
+    }
+
+    /// The batch `first` starts, and when `first` entered the server; `None` when it was
+    /// already replayed.
+    fn start_batch(&mut self, first: Frame) -> Option<(Write, u32)> {
         if self.skip_through.is_some() {
             match (first.offset, self.skip_through) {
-                (Some(offset), Some(skip)) if offset <= skip => return Ok(()),
+                (Some(offset), Some(skip)) if offset <= skip => return None,
                 (Some(_), _) => self.skip_through = None,
                 _ => {}
             }
@@ -589,20 +646,8 @@ impl Conn<'_> {
         if self.first_sent.is_none() {
             self.first_sent = first.offset;
         }
-        let entered = first.entered;
         self.feed.count(&first);
-        match write(&mut self.ws, first.bytes, &mut self.feed, self.hub, self.settings).await {
-            Written::Done => {
-                let (frames, bytes) = self.feed.take_counts();
-                self.ops.metrics.batch_sent(frames.into(), bytes.into(), entered);
-                self.hub.consumed();
-                Ok(())
-            }
-            Written::Lagged(n) => Err(Box::pin(self.too_slow(n)).await),
-            Written::Stalled => Err(Box::pin(self.too_slow(0)).await),
-            Written::Stuck => Err(Disconnect::Stuck.into()),
-            Written::Failed(e) => Err(Ended::socket(e)),
-        }
+        Some((Write::new(first.bytes, &self.feed), first.entered))
     }
 
     /// Writes frames handed over at a filter change (already in order).
@@ -677,6 +722,42 @@ impl Conn<'_> {
 }
 
 #[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(json: &str) -> Claims {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn client(json: &str) -> Client {
+        let claims = claims(json);
+        let user = auth::user_id(&claims).map(Arc::from);
+        let opening = Opening { parcels: false, since: None, inbox: Vec::new() };
+        Client::from_claims(&claims, user, Duration::ZERO, opening, None)
+    }
+
+    /// The compact form of the user claim compares as the claim itself did (name and JSON value).
+    #[test]
+    fn a_refresh_must_name_the_user_with_the_same_claim() {
+        let same = |a: &str, b: &str| client(a).same_claim(&claims(b));
+        assert!(same(r#"{"sub":"u1"}"#, r#"{"sub":"u1","exp":1}"#));
+        assert!(same(r#"{"sub":7}"#, r#"{"sub":7}"#));
+        assert!(same(r#"{"sub":-7}"#, r#"{"sub":-7}"#));
+        assert!(same(r#"{"sub":1.5}"#, r#"{"sub":1.5}"#));
+        assert!(same(r#"{"sub":1e300}"#, r#"{"sub":1e300}"#));
+        assert!(same(r#"{"userId":"u1"}"#, r#"{"userId":"u1"}"#));
+        assert!(same(r#"{"role":"x"}"#, r#"{"other":"y"}"#));
+        assert!(!same(r#"{"sub":"1"}"#, r#"{"sub":1}"#));
+        assert!(!same(r#"{"sub":1}"#, r#"{"sub":"1"}"#));
+        assert!(!same(r#"{"sub":1}"#, r#"{"sub":1.0}"#));
+        assert!(!same(r#"{"sub":"u1"}"#, r#"{"sub":"u2"}"#));
+        assert!(!same(r#"{"sub":"u1"}"#, r#"{"userId":"u1"}"#));
+        assert!(!same(r#"{"sub":"u1"}"#, r#"{}"#));
+        assert!(!same(r#"{}"#, r#"{"sub":"u1"}"#));
+    }
+}
+
+#[cfg(test)]
 mod size_probe {
     use super::*;
 
@@ -706,15 +787,8 @@ mod size_probe {
             messages_per_second: 10.0,
             message_burst: 10.0,
         };
-        let client = Client {
-            user: None,
-            user_claim: None,
-            expires_at: None,
-            parcels: None,
-            since: None,
-            start: None,
-            inbox: None,
-        };
+        let client =
+            Client { user: None, user_claim: None, expires_at: None, start: None, opening: None };
         let ops = Context::default();
         let mut conn = Conn {
             ws,
