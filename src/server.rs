@@ -152,10 +152,11 @@ impl Server {
             listener.local_addr().map_err(|e| Error::new(codes::LISTEN_FAILED, e.to_string()))?;
         // Clients send only small control messages: a small read buffer keeps idle connections
         // cheap (tungstenite's default is 128 KiB each; it grows to fit a longer frame when one
-        // comes). A batch of events (up to 64 frames) goes out in one write: the buffer only
+        // comes; 64 bytes hold a ping, a pong or a short request, and a longer one is read in a
+        // few more reads: requests are rare and rate-limited). A batch of events (up to 64 frames) goes out in one write: the buffer only
         // writes early past 16 KiB.
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(128)
+            .read_buffer_size(64)
             .write_buffer_size(16 * 1024)
             .max_write_buffer_size(1024 * 1024)
             .max_message_size(Some(config.max_message_bytes))

@@ -248,7 +248,7 @@ pub(crate) fn run<'a>(
         client,
         last_seen: now,
         ping_sent: None,
-        bucket: TokenBucket::new(settings.messages_per_second, settings.message_burst),
+        bucket: TokenBucket::new(settings.message_burst),
         budget: ByteBudget::new(),
         skip_through: None,
         first_sent: None,
@@ -511,7 +511,8 @@ impl<'a> Conn<'a> {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
             return Err(Disconnect::ClientClosed.into());
         }
-        if !self.bucket.take(self.last_seen) {
+        let (rate, burst) = (self.settings.messages_per_second, self.settings.message_burst);
+        if !self.bucket.take(rate, burst, self.last_seen) {
             return Err(self.close(Disconnect::RateLimited).await);
         }
         match message {
@@ -799,7 +800,7 @@ mod size_probe {
             client,
             last_seen: Instant::now(),
             ping_sent: None,
-            bucket: TokenBucket::new(1.0, 1.0),
+            bucket: TokenBucket::new(1.0),
             budget: ByteBudget::new(),
             skip_through: None,
             first_sent: None,
