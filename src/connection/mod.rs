@@ -14,7 +14,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::future::Either;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -261,6 +262,26 @@ pub(crate) fn run<'a>(
     async move { conn.serve(shutdown).await }
 }
 
+/// How a step ended, and what the timer must do now.
+type Stepped = (Result<(), Ended>, Then);
+
+/// A step of a connection other than an event batch, boxed (see `Conn::step`).
+type Boxed<'s> = Pin<Box<dyn Future<Output = Stepped> + Send + 's>>;
+
+fn boxed<'s, A>(step: impl Future<Output = Stepped> + Send + 's) -> Either<A, Boxed<'s>> {
+    Either::Right(Box::pin(step))
+}
+
+/// What the timer must do once a step is done.
+#[derive(Clone, Copy)]
+enum Then {
+    Keep,
+    /// Set it for the next check.
+    Reset,
+    /// Bring it forward if the next check is sooner.
+    Sooner,
+}
+
 /// What woke a connection's task.
 enum Wake {
     Shutdown,
@@ -386,57 +407,84 @@ impl<'a> Conn<'a> {
         Some(if self.noticed { notice + self.ops.drain.overlap() } else { notice })
     }
 
-    async fn serve(&mut self, shutdown: CancellationToken) -> Ended {
-        if let Err(ended) = Box::pin(self.start()).await {
-            return ended;
-        }
-        let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(self.next_check()));
-        // Created once: registering with the shared token on every loop turn would make every
-        // connection take the token's lock once per event.
-        let mut shutdown = std::pin::pin!(shutdown.cancelled());
-        loop {
-            // Events first: when one is waiting, nothing else is polled (each poll of the socket
-            // or the timer costs, a thousand times per event). The others cannot starve for
-            // long: publishers are paced to the clients, so the feed runs dry between bursts.
-            let wake = tokio::select! {
-                biased;
-                received = self.feed.recv() => Wake::Feed(received),
-                _ = shutdown.as_mut(), if self.drain_slot.is_none() => Wake::Shutdown,
-                inbound = self.ws.next() => Wake::Inbound(inbound),
-                _ = timer.as_mut() => Wake::Timer,
-            };
-            // Events are the hot path and stay inline; everything else is boxed, so that an idle
-            // connection's task (whose size is that of its largest state) stays small.
-            let step = match wake {
-                Wake::Feed(Ok(first)) => self.write_events(first).await,
-                Wake::Timer => {
-                    let step = Box::pin(self.on_timer()).await;
-                    timer.as_mut().reset(self.next_check());
-                    step
-                }
-                Wake::Inbound(inbound) => {
-                    let step = Box::pin(self.on_inbound(inbound)).await;
-                    // A refresh may bring the expiry forward; later deadlines are handled
-                    // lazily when the timer fires.
-                    let next = self.next_check();
-                    if next < timer.deadline() {
-                        timer.as_mut().reset(next);
-                    }
-                    step
-                }
-                Wake::Feed(Err(FeedError::Lagged(n))) => Err(Box::pin(self.too_slow(n)).await),
-                Wake::Shutdown if self.ops.drain.overlap_now().is_some() => {
-                    // Draining: wait for this connection's moment (handled by the timer).
-                    self.drain_slot = Some(self.ops.drain.next_slot());
-                    timer.as_mut().reset(self.next_check());
-                    Ok(())
-                }
-                Wake::Shutdown | Wake::Feed(Err(FeedError::Closed)) => {
-                    Err(Box::pin(self.close(Disconnect::ServerShutdown)).await)
-                }
-            };
-            if let Err(ended) = step {
+    /// A plain fn around an `async` block: an `async fn` would keep its arguments in the task
+    /// twice.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    fn serve(
+        &mut self,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = Ended> + Send + use<'_, 'a> {
+        async move {
+            if let Err(ended) = Box::pin(self.start()).await {
                 return ended;
+            }
+            let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(self.next_check()));
+            // Created once: registering with the shared token on every loop turn would make
+            // every connection take the token's lock once per event.
+            let mut shutdown = std::pin::pin!(shutdown.cancelled());
+            loop {
+                // Events first: when one is waiting, nothing else is polled (each poll of the
+                // socket or the timer costs, a thousand times per event). The others cannot
+                // starve for long: publishers are paced to the clients, so the feed runs dry
+                // between bursts.
+                let wake = tokio::select! {
+                    biased;
+                    received = self.feed.recv() => Wake::Feed(received),
+                    _ = shutdown.as_mut(), if self.drain_slot.is_none() => Wake::Shutdown,
+                    inbound = self.ws.next() => Wake::Inbound(inbound),
+                    _ = timer.as_mut() => Wake::Timer,
+                };
+                // `wake` is consumed here, before the step is awaited: it then takes no room in
+                // the task beside the step.
+                let (step, then) = self.step(wake).await;
+                match then {
+                    Then::Reset => timer.as_mut().reset(self.next_check()),
+                    Then::Sooner => {
+                        // A refresh may bring the expiry forward; later deadlines are handled
+                        // lazily when the timer fires.
+                        let next = self.next_check();
+                        if next < timer.deadline() {
+                            timer.as_mut().reset(next);
+                        }
+                    }
+                    Then::Keep => {}
+                }
+                if let Err(ended) = step {
+                    return ended;
+                }
+            }
+        }
+    }
+
+    /// What to do about `wake`, and what the timer must do after (part of the step's output, so
+    /// that it takes no room of its own while the step runs). Events are the hot path and stay
+    /// inline; everything else is boxed, so that an idle connection's task (whose size is that of
+    /// its largest state) stays small.
+    fn step(
+        &mut self,
+        wake: Wake,
+    ) -> Either<impl Future<Output = Stepped> + Send + use<'_, 'a>, Boxed<'_>> {
+        fn keep(step: Result<(), Ended>) -> Stepped {
+            (step, Then::Keep)
+        }
+        match wake {
+            Wake::Feed(Ok(first)) => Either::Left(self.write_events(first).map(keep)),
+            Wake::Timer => boxed(async move { (self.on_timer().await, Then::Reset) }),
+            Wake::Inbound(inbound) => {
+                boxed(async move { (self.on_inbound(inbound).await, Then::Sooner) })
+            }
+            Wake::Feed(Err(FeedError::Lagged(n))) => {
+                boxed(async move { (Err(self.too_slow(n).await), Then::Keep) })
+            }
+            Wake::Shutdown if self.ops.drain.overlap_now().is_some() => {
+                // Draining: wait for this connection's moment (handled by the timer).
+                self.drain_slot = Some(self.ops.drain.next_slot());
+                boxed(std::future::ready((Ok(()), Then::Reset)))
+            }
+            Wake::Shutdown | Wake::Feed(Err(FeedError::Closed)) => {
+                boxed(
+                    async move { (Err(self.close(Disconnect::ServerShutdown).await), Then::Keep) },
+                )
             }
         }
     }
@@ -617,8 +665,13 @@ impl<'a> Conn<'a> {
         async move {
             // Borrowed in place, not moved into a local (which would take room again).
             let Some((write, entered)) = &mut batch else { return Ok(()) };
-            let (ws, feed, hub, settings) = (&mut self.ws, &mut self.feed, self.hub, self.settings);
-            let written = std::future::poll_fn(|cx| write.poll(ws, feed, hub, settings, cx)).await;
+            // The closure captures the connection once (not each field it passes on): it is part
+            // of every connection's task.
+            let written = std::future::poll_fn(|cx| {
+                let conn = &mut *self;
+                write.poll(&mut conn.ws, &mut conn.feed, conn.hub, conn.settings, cx)
+            })
+            .await;
             match written {
                 Written::Done => {
                     let (frames, bytes) = self.feed.take_counts();
