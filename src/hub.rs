@@ -24,7 +24,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -66,8 +66,9 @@ struct Direct {
     user: Arc<str>,
     queue: Mutex<DirectQueue>,
     /// The queue's length, readable without the lock: the hot path (a broadcast reaching a
-    /// connection whose user has nothing waiting) costs one atomic load, not a lock.
-    waiting: AtomicUsize,
+    /// connection whose user has nothing waiting) costs one atomic load, not a lock. (32 bits:
+    /// the queue is bounded, and every connection of a user holds a `Direct`.)
+    waiting: AtomicU32,
     /// The connection's task while it waits (an `AtomicWaker`, not a `Notify`: its wait then
     /// adds nothing to the size of every connection's task).
     waker: AtomicWaker,
@@ -79,8 +80,9 @@ struct DirectQueue {
     frames: VecDeque<Frame>,
     /// Offsets of the events this connection received from its user's inbox in Redis (sorted):
     /// one that also arrives live (it was inboxed just before the connection counted as
-    /// present) is not sent twice. Emptied once a later event arrives.
-    inboxed: Vec<Offset>,
+    /// present) is not sent twice. Emptied once a later event arrives. (A boxed slice, not a
+    /// `Vec`: every connection of a user holds one, nearly always empty.)
+    inboxed: Box<[Offset]>,
 }
 
 impl Direct {
@@ -92,7 +94,7 @@ impl Direct {
         let mut queue = self.lock();
         if let (Some(offset), Some(last)) = (frame.offset, queue.inboxed.last()) {
             if offset > *last {
-                queue.inboxed = Vec::new();
+                queue.inboxed = Box::default();
             } else if queue.inboxed.binary_search(&offset).is_ok() {
                 return;
             }
@@ -130,19 +132,19 @@ impl Direct {
     }
 
     fn len(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
+        self.waiting.load(Ordering::Acquire) as usize
     }
 
     /// Drops the events at `offsets` (delivered from the inbox) from the queue, now and when
     /// they arrive later.
     fn skip(&self, offsets: &[Offset]) {
         let mut queue = self.lock();
-        queue.inboxed = offsets.to_vec();
-        queue.inboxed.sort_unstable();
-        let inboxed = std::mem::take(&mut queue.inboxed);
+        let mut inboxed = offsets.to_vec();
+        inboxed.sort_unstable();
         queue.frames.retain(|f| f.offset.is_none_or(|o| inboxed.binary_search(&o).is_err()));
-        queue.inboxed = inboxed;
-        self.waiting.store(queue.frames.len(), Ordering::Release);
+        queue.inboxed = inboxed.into_boxed_slice();
+        // At most `FILTERED_QUEUE`.
+        self.waiting.store(queue.frames.len() as u32, Ordering::Release);
     }
 }
 
@@ -473,11 +475,15 @@ impl Hub {
         let (direct, inbox) = match user {
             None => (None, Vec::new()),
             Some(user) => {
-                let user: Arc<str> = user.into();
+                // A user's connections share one copy of the id (the index's).
+                let user: Arc<str> = match index.users.get_key_value(user) {
+                    Some((known, _)) => known.clone(),
+                    None => user.into(),
+                };
                 let direct = Arc::new(Direct {
                     user: user.clone(),
                     queue: Mutex::default(),
-                    waiting: AtomicUsize::new(0),
+                    waiting: AtomicU32::new(0),
                     waker: AtomicWaker::new(),
                     lost: AtomicBool::new(false),
                 });
@@ -514,7 +520,10 @@ enum Source {
         rx: mpsc::Receiver<Frame>,
         tx: mpsc::Sender<Frame>,
         lost: Arc<AtomicBool>,
-        ids: HashSet<Arc<str>>,
+        /// Boxed: every connection's task holds a `Source` (most of them `All`), and the set
+        /// would make it three times larger.
+        #[allow(clippy::box_collection)]
+        ids: Box<HashSet<Arc<str>>>,
     },
 }
 
@@ -522,7 +531,7 @@ impl Source {
     /// A feed of only `ids`, entered in `index` for connection `conn`.
     fn only(index: &mut Index, conn: u64, ids: &[String]) -> Source {
         let (tx, rx) = mpsc::channel(FILTERED_QUEUE);
-        let mut mode = Source::Only { rx, tx, lost: Arc::default(), ids: HashSet::new() };
+        let mut mode = Source::Only { rx, tx, lost: Arc::default(), ids: Box::default() };
         mode.follow(index, conn, ids);
         mode
     }
@@ -583,27 +592,35 @@ impl Feed {
         std::mem::take(&mut self.counted)
     }
 
-    /// The next frame, in dispatch order across the feed and the user's queue.
-    pub async fn recv(&mut self) -> Result<Frame, FeedError> {
-        let Some(direct) = &self.direct else {
-            return Self::recv_source(&mut self.source).await;
-        };
-        let direct = direct.clone();
-        loop {
-            if let Some(frame) = self.try_recv_uncounted()? {
-                return Ok(frame);
+    /// The next frame, in dispatch order across the feed and the user's queue. A plain fn around
+    /// an `async` block: this waits in every idle connection's task, and an `async fn` would keep
+    /// its argument there twice.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub fn recv(&mut self) -> impl Future<Output = Result<Frame, FeedError>> + Send + '_ {
+        async move {
+            if self.direct.is_none() {
+                return Self::recv_source(&mut self.source).await;
             }
-            let mut source = std::pin::pin!(Self::recv_source(&mut self.source));
-            let received = std::future::poll_fn(|cx| {
-                direct.waker.register(cx.waker());
-                if direct.lost.load(Ordering::Relaxed) || !direct.is_empty() {
-                    return std::task::Poll::Ready(None);
+            loop {
+                if let Some(frame) = self.try_recv_uncounted()? {
+                    return Ok(frame);
                 }
-                source.as_mut().poll(cx).map(Some)
-            })
-            .await;
-            if let Some(frame) = received {
-                self.ahead = Some(Box::new(frame?));
+                // Borrowed, not cloned: the user's queue is waited on beside the feed.
+                let mut source = std::pin::pin!(Self::recv_source(&mut self.source));
+                let direct = &self.direct;
+                let received = std::future::poll_fn(|cx| {
+                    if let Some(direct) = direct {
+                        direct.waker.register(cx.waker());
+                        if direct.lost.load(Ordering::Relaxed) || !direct.is_empty() {
+                            return std::task::Poll::Ready(None);
+                        }
+                    }
+                    source.as_mut().poll(cx).map(Some)
+                })
+                .await;
+                if let Some(frame) = received {
+                    self.ahead = Some(Box::new(frame?));
+                }
             }
         }
     }
@@ -691,9 +708,10 @@ impl Feed {
         source + direct + usize::from(self.ahead.is_some())
     }
 
-    /// The user this feed receives addressed events for.
-    pub fn user(&self) -> Option<&str> {
-        self.direct.as_ref().map(|d| &*d.user)
+    /// The user this feed receives addressed events for (the hub's copy of the id: a connection
+    /// shares it rather than keeping one of its own).
+    pub fn user(&self) -> Option<&Arc<str>> {
+        self.direct.as_ref().map(|d| &d.user)
     }
 
     /// Takes the addressed events dispatched before the last of `seam` and merges them into it
@@ -730,7 +748,7 @@ impl Feed {
     fn leave_index(&mut self, source: Source, user: bool) {
         let direct = if user { self.direct.take() } else { None };
         let ids = match source {
-            Source::Only { ids, .. } => Some(ids),
+            Source::Only { ids, .. } => Some(*ids),
             _ => None,
         };
         if ids.is_none() && direct.is_none() {
@@ -869,7 +887,7 @@ impl Feed {
         };
         let ring = {
             let mut index = self.hub.index.write().unwrap_or_else(|e| e.into_inner());
-            for id in ids {
+            for id in ids.iter() {
                 remove_target(&mut index.parcels, id, self.conn);
             }
             self.hub.frames.subscribe()

@@ -152,10 +152,11 @@ impl Server {
             listener.local_addr().map_err(|e| Error::new(codes::LISTEN_FAILED, e.to_string()))?;
         // Clients send only small control messages: a small read buffer keeps idle connections
         // cheap (tungstenite's default is 128 KiB each; it grows to fit a longer frame when one
-        // comes). A batch of events (up to 64 frames) goes out in one write: the buffer only
+        // comes; 64 bytes hold a ping, a pong or a short request, and a longer one is read in a
+        // few more reads: requests are rare and rate-limited). A batch of events (up to 64 frames) goes out in one write: the buffer only
         // writes early past 16 KiB.
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(128)
+            .read_buffer_size(64)
             .write_buffer_size(16 * 1024)
             .max_write_buffer_size(1024 * 1024)
             .max_message_size(Some(config.max_message_bytes))
@@ -359,35 +360,41 @@ async fn accept_loop(
     // Dropping the listener here releases the port before close() returns.
 }
 
-async fn handle(
+/// A plain fn returning the task's future, not an `async fn`: an `async fn` keeps its arguments
+/// (the socket, the tickets, ...) in the task for the connection's whole life.
+fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     tickets: Tickets,
     shutdown: CancellationToken,
     close_clients: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send {
     // The handshake runs boxed: its state is freed once it is done, and the long-lived part of
     // the task holds only what the connection needs.
-    // The block ends the handshake's locals before the long await (their storage would otherwise
-    // stay in the task for the connection's whole life).
-    let (serve, user, _slots, guard) = {
-        let Some(session) = Box::pin(handshake(stream, peer, &shared, tickets, &shutdown)).await
-        else {
-            return;
+    let handshake =
+        Box::pin(handshake(stream, peer, shared.clone(), tickets, shutdown, close_clients));
+    async move {
+        // The block ends the handshake's locals before the long await (their storage would
+        // otherwise stay in the task for the connection's whole life).
+        let (serve, user, _slots, guard) = {
+            let Some(session) = handshake.await else {
+                return;
+            };
+            let Session { ws, feed, client, close_clients, _slots, guard } = session;
+            let user = client.user.clone();
+            let (hub, auth, settings) = (shared.bus.hub(), &shared.auth, &shared.settings);
+            let ops = &shared.ops;
+            let serve = connection::run(ws, feed, hub, auth, settings, client, close_clients, ops);
+            (serve, user, _slots, guard)
         };
-        let Session { ws, feed, client, _slots, guard } = session;
-        let user = client.user.clone().unwrap_or_else(|| "-".into());
-        let (hub, auth, settings) = (shared.bus.hub(), &shared.auth, &shared.settings);
-        let ops = &shared.ops;
-        let serve = connection::run(ws, feed, hub, auth, settings, client, close_clients, ops);
-        (serve, user, _slots, guard)
-    };
-    log_open(peer, &user);
-    let opened = clock::now_ms();
-    let ended = serve.await;
-    guard.ended(&ended);
-    log_close(peer, &user, &ended, clock::now_ms().saturating_sub(opened));
+        log_open(peer, user.as_deref().unwrap_or("-"));
+        let opened = clock::now_ms();
+        let ended = serve.await;
+        guard.ended(&ended);
+        let user = user.as_deref().unwrap_or("-");
+        log_close(peer, user, &ended, clock::now_ms().saturating_sub(opened));
+    }
 }
 
 // The connection lines are logged from plain functions: the logging machinery's temporaries then
@@ -414,6 +421,9 @@ struct Session {
     ws: connection::Ws,
     feed: Feed,
     client: connection::Client,
+    /// Fires when the connection must go (handed over through here rather than kept by the
+    /// connection's task beside the handshake).
+    close_clients: CancellationToken,
     _slots: (Slot, Option<IpSlot>),
     guard: ClientGuard,
 }
@@ -468,10 +478,12 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 async fn handshake(
     mut stream: TcpStream,
     peer: SocketAddr,
-    shared: &Arc<Shared>,
+    shared: Arc<Shared>,
     tickets: Tickets,
-    shutdown: &CancellationToken,
+    shutdown: CancellationToken,
+    close_clients: CancellationToken,
 ) -> Option<Session> {
+    let (shared, shutdown) = (&shared, &shutdown);
     let Tickets { slot, ip_slot, handshake: _handshake, ip_handshake: _ip_handshake } = tickets;
     let _ = stream.set_nodelay(true);
     let admitted = tokio::select! {
@@ -533,18 +545,15 @@ async fn handshake(
     )
     .await;
     shared.ops.metrics.connection_opened();
-    let client = connection::Client::from_claims(
-        &claims,
-        shared.config.jwt_leeway,
-        parcels,
-        since,
-        start,
-        inbox,
-    );
+    let opening = connection::Opening { parcels: parcels.is_some(), since, inbox };
+    let user = feed.user().cloned();
+    let client =
+        connection::Client::from_claims(&claims, user, shared.config.jwt_leeway, opening, start);
     Some(Session {
         ws,
         feed,
         client,
+        close_clients,
         _slots: (slot, ip_slot),
         guard: ClientGuard(Some(shared.clone())),
     })
@@ -872,9 +881,9 @@ mod tests {
             server.close_clients.clone(),
         );
         let size = std::mem::size_of_val(&task);
-        // 2,504 bytes before the hardening and events addressed to users; the frame meter
-        // (`Metered`), the reply budget, the user claim kept for refresh checks and the user's
-        // queue of addressed events add ~500.
-        assert!(size <= 3200, "a connection task grew to {size} bytes");
+        // 1,168 bytes (2,816 before no state was held twice: see `connection::run`, `handle`
+        // and `Conn::step`). tokio adds ~100 bytes of header and rounds the task up to a
+        // multiple of 128: 1,280 bytes allocated per connection. Past 1,184 it takes 1,408.
+        assert!(size <= 1184, "a connection task grew to {size} bytes");
     }
 }

@@ -44,11 +44,15 @@ impl Tripped {
 /// capped. Once tripped, the next read fails with the [`Tripped`] reason.
 pub(crate) struct Metered<S> {
     inner: S,
+    /// The frame bucket's rate and burst.
+    rate: f64,
+    burst: f64,
     bucket: TokenBucket,
-    /// Bytes of the current frame header read so far, and how many it needs.
+    /// Bytes of the current frame header read so far, and how many it needs (at most 14: bytes,
+    /// as every connection holds these).
     header: [u8; 14],
-    have: usize,
-    need: usize,
+    have: u8,
+    need: u8,
     /// Payload bytes of the current frame still to skip.
     payload: u64,
     fragments: u32,
@@ -62,7 +66,9 @@ impl<S> Metered<S> {
     pub(crate) fn new(inner: S, rate: f64, burst: f64) -> Self {
         Self {
             inner,
-            bucket: TokenBucket::new(rate, burst),
+            rate,
+            burst,
+            bucket: TokenBucket::new(burst),
             header: [0; 14],
             have: 0,
             need: 2,
@@ -82,9 +88,11 @@ impl<S> Metered<S> {
                 bytes = &bytes[skip as usize..];
                 continue;
             }
-            let take = (self.need - self.have).min(bytes.len());
-            self.header[self.have..self.have + take].copy_from_slice(&bytes[..take]);
-            self.have += take;
+            let have = usize::from(self.have);
+            let take = usize::from(self.need - self.have).min(bytes.len());
+            self.header[have..have + take].copy_from_slice(&bytes[..take]);
+            // At most 14 (the header's length).
+            self.have += take as u8;
             bytes = &bytes[take..];
             if self.have < self.need {
                 continue;
@@ -123,7 +131,7 @@ impl<S> Metered<S> {
         if opcode == 0x8 {
             return Ok(()); // a close is always let through
         }
-        if !self.bucket.take(Instant::now()) {
+        if !self.bucket.take(self.rate, self.burst, Instant::now()) {
             return Err(Tripped::RateLimited);
         }
         match opcode {
@@ -199,25 +207,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     }
 }
 
-/// A token bucket: `rate` tokens per second, holding at most `burst`.
+/// A token bucket: `rate` tokens per second, holding at most `burst`. The rate and burst are
+/// the caller's (the same for every connection): every connection holds its buckets.
 pub(crate) struct TokenBucket {
-    rate: f64,
-    burst: f64,
     tokens: f64,
     updated: Instant,
 }
 
 impl TokenBucket {
-    pub(crate) fn new(rate: f64, burst: f64) -> Self {
-        Self { rate, burst, tokens: burst, updated: Instant::now() }
+    /// A full bucket.
+    pub(crate) fn new(burst: f64) -> Self {
+        Self { tokens: burst, updated: Instant::now() }
     }
 
-    pub(crate) fn take(&mut self, now: Instant) -> bool {
-        if self.rate <= 0.0 {
+    pub(crate) fn take(&mut self, rate: f64, burst: f64, now: Instant) -> bool {
+        if rate <= 0.0 {
             return true; // 0: no limit, as for every other limit
         }
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
         self.updated = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -292,10 +300,11 @@ mod tests {
     #[test]
     fn token_bucket_allows_the_burst_then_the_rate() {
         let start = Instant::now();
-        let mut bucket = TokenBucket::new(10.0, 3.0);
-        assert!(bucket.take(start) && bucket.take(start) && bucket.take(start));
-        assert!(!bucket.take(start));
-        assert!(bucket.take(start + Duration::from_millis(100)));
-        assert!(!bucket.take(start + Duration::from_millis(100)));
+        let mut bucket = TokenBucket::new(3.0);
+        let mut take = |at| bucket.take(10.0, 3.0, at);
+        assert!(take(start) && take(start) && take(start));
+        assert!(!take(start));
+        assert!(take(start + Duration::from_millis(100)));
+        assert!(!take(start + Duration::from_millis(100)));
     }
 }

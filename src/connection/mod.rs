@@ -2,8 +2,11 @@
 //! client may send, keeps the connection honest (heartbeat, token expiry, message rate) and cuts
 //! it cleanly when it must.
 //!
-//! Memory per idle connection: a feed (a ring cursor), a 512-byte read buffer, one timer and a
-//! few fields. The write buffer only fills while a burst is being written.
+//! Memory per idle connection (~2.2 KiB of RSS, see BENCHMARKS.md): this task (1,280 bytes with
+//! tokio's header: its size is that of its largest state, so nothing is held twice and the rare
+//! steps are boxed), the socket's registration with tokio (256), the user's queue of addressed
+//! events (128), the timer (128), tokio-tungstenite's two waker slots (2 × 80), the 64-byte read
+//! buffer and the write buffer (kept by tungstenite at the size of the largest batch written).
 //!
 //! Metrics cost nothing per delivery: a batch's frame count and bytes are added once per flush,
 //! with one latency observation (see `metrics/`). The write path is in `write.rs`, the inbound limits in `limits.rs`.
@@ -11,9 +14,11 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::future::Either;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -35,7 +40,7 @@ mod write;
 
 use limits::{ByteBudget, TokenBucket};
 pub(crate) use limits::{Metered, Tripped};
-use write::{close_frame, close_ws, guarded, write, Guarded, Written};
+use write::{close_frame, close_ws, guarded, Guarded, Write, Written};
 
 /// Time allowed to deliver a close frame before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -71,39 +76,65 @@ pub(crate) struct Context {
     pub drain: Drain,
 }
 
-/// Who is on the other end, as the handshake established it.
+/// Who is on the other end, as the handshake established it. Every connection's task holds
+/// this for the connection's life: what only the first moments need is boxed (`opening`).
 pub(crate) struct Client {
-    pub user: Option<String>,
-    /// The claim that names the user, exactly as the token gave it (name and JSON value): a
-    /// refresh must carry the same.
-    pub user_claim: Option<(&'static str, serde_json::Value)>,
+    /// The user id, shared with the hub's index of users (see `Feed::user`).
+    pub user: Option<Arc<str>>,
+    /// The claim that names the user: its name, and whether its JSON value is a number (the
+    /// value is `user`, as text): a refresh must carry the same (see `Client::same_claim`).
+    pub user_claim: Option<(&'static str, bool)>,
     /// When the token expires (its `exp` plus the leeway), if it has one.
     pub expires_at: Option<Instant>,
-    /// Parcel ids asked for at connect (`?parcels=`).
-    pub parcels: Option<Vec<String>>,
-    /// Where to resume from (`?since=`).
-    pub since: Option<Offset>,
     /// The offset the welcome frame announces: the last event before its feed began, so every
     /// later event reaches this client live (`None` when the bus keeps no history).
     pub start: Option<Offset>,
-    /// Events addressed to the user that waited while they had no connection (boxed: most
-    /// connections have none, and every connection's task holds this field).
-    pub inbox: Option<Box<[Frame]>>,
+    /// What follows the welcome, if anything (most connections have none of it).
+    pub opening: Option<Box<Opening>>,
+}
+
+/// What a connection sends after its welcome frame.
+pub(crate) struct Opening {
+    /// Whether parcel ids were asked for at connect (`?parcels=`): the feed is already narrowed
+    /// to them; the client is told so.
+    pub parcels: bool,
+    /// Where to resume from (`?since=`).
+    pub since: Option<Offset>,
+    /// Events addressed to the user that waited while they had no connection.
+    pub inbox: Vec<Frame>,
 }
 
 impl Client {
     pub fn from_claims(
         claims: &Claims,
+        user: Option<Arc<str>>,
         leeway: Duration,
-        parcels: Option<Vec<String>>,
-        since: Option<Offset>,
+        opening: Opening,
         start: Option<Offset>,
-        inbox: Vec<Frame>,
     ) -> Self {
-        let user = auth::user_id(claims);
-        let user_claim = auth::user_claim(claims);
-        let inbox = (!inbox.is_empty()).then(|| inbox.into_boxed_slice());
-        Self { user, user_claim, expires_at: expiry(claims, leeway), parcels, since, start, inbox }
+        let user_claim = auth::user_claim(claims).map(|(name, value)| (name, value.is_number()));
+        let opening = (opening.parcels || opening.since.is_some() || !opening.inbox.is_empty())
+            .then(|| Box::new(opening));
+        Self { user, user_claim, expires_at: expiry(claims, leeway), start, opening }
+    }
+
+    /// Whether a refresh's claims name the user exactly as the connection's token did (claim
+    /// name and JSON value: `1` and `"1"` differ).
+    fn same_claim(&self, claims: &Claims) -> bool {
+        match (auth::user_claim(claims), self.user_claim, &self.user) {
+            (None, None, _) => true,
+            (Some((name, value)), Some((held, number)), Some(user)) if name == held => {
+                // The value as the token gave it: `user` is its text (a number's, printed
+                // exactly: parsed back, it is the same number).
+                let held = if number {
+                    serde_json::from_str::<serde_json::Value>(user).ok()
+                } else {
+                    Some(serde_json::Value::String(user.to_string()))
+                };
+                held.is_some_and(|held| held == value)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -212,7 +243,7 @@ pub(crate) fn run<'a>(
     ops: &'a Context,
 ) -> impl Future<Output = Ended> + Send + 'a {
     let now = Instant::now();
-    let conn = Conn {
+    let mut conn = Conn {
         ws,
         feed,
         hub,
@@ -221,7 +252,7 @@ pub(crate) fn run<'a>(
         client,
         last_seen: now,
         ping_sent: None,
-        bucket: TokenBucket::new(settings.messages_per_second, settings.message_burst),
+        bucket: TokenBucket::new(settings.message_burst),
         budget: ByteBudget::new(),
         skip_through: None,
         first_sent: None,
@@ -229,7 +260,29 @@ pub(crate) fn run<'a>(
         drain_slot: None,
         noticed: false,
     };
-    conn.serve(shutdown)
+    // Served in place: an `async fn` taking the state by value would hold it twice in the task
+    // (the argument, kept for the future's whole life, and the local it is moved into).
+    async move { conn.serve(shutdown).await }
+}
+
+/// How a step ended, and what the timer must do now.
+type Stepped = (Result<(), Ended>, Then);
+
+/// A step of a connection other than an event batch, boxed (see `Conn::step`).
+type Boxed<'s> = Pin<Box<dyn Future<Output = Stepped> + Send + 's>>;
+
+fn boxed<'s, A>(step: impl Future<Output = Stepped> + Send + 's) -> Either<A, Boxed<'s>> {
+    Either::Right(Box::pin(step))
+}
+
+/// What the timer must do once a step is done.
+#[derive(Clone, Copy)]
+enum Then {
+    Keep,
+    /// Set it for the next check.
+    Reset,
+    /// Bring it forward if the next check is sooner.
+    Sooner,
 }
 
 /// What woke a connection's task.
@@ -240,17 +293,18 @@ enum Wake {
     Inbound(Option<Result<Message, WsError>>),
 }
 
-impl Conn<'_> {
+impl<'a> Conn<'a> {
     /// The welcome frame (with the current offset), then the acknowledgement of `?parcels=`,
     /// then the replay of `?since=`, or else the user's inbox.
     async fn start(&mut self) -> Result<(), Ended> {
         self.send(Message::text(frame::welcome(self.client.start))).await?;
-        if self.client.parcels.take().is_some() {
+        let Some(opening) = self.client.opening.take() else { return Ok(()) };
+        let Opening { parcels, since, inbox } = *opening;
+        if parcels {
             // The server narrowed the feed before the welcome (see `server::handshake`).
             self.ack(Ack::Subscribed).await?;
         }
-        let inbox = self.client.inbox.take().map_or_else(Vec::new, |b| b.into_vec());
-        let replayed = match self.client.since.take() {
+        let replayed = match since {
             Some(since) => self.resume(since).await?,
             None => false,
         };
@@ -356,57 +410,84 @@ impl Conn<'_> {
         Some(if self.noticed { notice + self.ops.drain.overlap() } else { notice })
     }
 
-    async fn serve(mut self, shutdown: CancellationToken) -> Ended {
-        if let Err(ended) = Box::pin(self.start()).await {
-            return ended;
-        }
-        let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(self.next_check()));
-        // Created once: registering with the shared token on every loop turn would make every
-        // connection take the token's lock once per event.
-        let mut shutdown = std::pin::pin!(shutdown.cancelled());
-        loop {
-            // Events first: when one is waiting, nothing else is polled (each poll of the socket
-            // or the timer costs, a thousand times per event). The others cannot starve for
-            // long: publishers are paced to the clients, so the feed runs dry between bursts.
-            let wake = tokio::select! {
-                biased;
-                received = self.feed.recv() => Wake::Feed(received),
-                _ = shutdown.as_mut(), if self.drain_slot.is_none() => Wake::Shutdown,
-                inbound = self.ws.next() => Wake::Inbound(inbound),
-                _ = timer.as_mut() => Wake::Timer,
-            };
-            // Events are the hot path and stay inline; everything else is boxed, so that an idle
-            // connection's task (whose size is that of its largest state) stays small.
-            let step = match wake {
-                Wake::Feed(Ok(first)) => self.write_events(first).await,
-                Wake::Timer => {
-                    let step = Box::pin(self.on_timer()).await;
-                    timer.as_mut().reset(self.next_check());
-                    step
-                }
-                Wake::Inbound(inbound) => {
-                    let step = Box::pin(self.on_inbound(inbound)).await;
-                    // A refresh may bring the expiry forward; later deadlines are handled
-                    // lazily when the timer fires.
-                    let next = self.next_check();
-                    if next < timer.deadline() {
-                        timer.as_mut().reset(next);
-                    }
-                    step
-                }
-                Wake::Feed(Err(FeedError::Lagged(n))) => Err(Box::pin(self.too_slow(n)).await),
-                Wake::Shutdown if self.ops.drain.overlap_now().is_some() => {
-                    // Draining: wait for this connection's moment (handled by the timer).
-                    self.drain_slot = Some(self.ops.drain.next_slot());
-                    timer.as_mut().reset(self.next_check());
-                    Ok(())
-                }
-                Wake::Shutdown | Wake::Feed(Err(FeedError::Closed)) => {
-                    Err(Box::pin(self.close(Disconnect::ServerShutdown)).await)
-                }
-            };
-            if let Err(ended) = step {
+    /// A plain fn around an `async` block: an `async fn` would keep its arguments in the task
+    /// twice.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    fn serve(
+        &mut self,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = Ended> + Send + use<'_, 'a> {
+        async move {
+            if let Err(ended) = Box::pin(self.start()).await {
                 return ended;
+            }
+            let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(self.next_check()));
+            // Created once: registering with the shared token on every loop turn would make
+            // every connection take the token's lock once per event.
+            let mut shutdown = std::pin::pin!(shutdown.cancelled());
+            loop {
+                // Events first: when one is waiting, nothing else is polled (each poll of the
+                // socket or the timer costs, a thousand times per event). The others cannot
+                // starve for long: publishers are paced to the clients, so the feed runs dry
+                // between bursts.
+                let wake = tokio::select! {
+                    biased;
+                    received = self.feed.recv() => Wake::Feed(received),
+                    _ = shutdown.as_mut(), if self.drain_slot.is_none() => Wake::Shutdown,
+                    inbound = self.ws.next() => Wake::Inbound(inbound),
+                    _ = timer.as_mut() => Wake::Timer,
+                };
+                // `wake` is consumed here, before the step is awaited: it then takes no room in
+                // the task beside the step.
+                let (step, then) = self.step(wake).await;
+                match then {
+                    Then::Reset => timer.as_mut().reset(self.next_check()),
+                    Then::Sooner => {
+                        // A refresh may bring the expiry forward; later deadlines are handled
+                        // lazily when the timer fires.
+                        let next = self.next_check();
+                        if next < timer.deadline() {
+                            timer.as_mut().reset(next);
+                        }
+                    }
+                    Then::Keep => {}
+                }
+                if let Err(ended) = step {
+                    return ended;
+                }
+            }
+        }
+    }
+
+    /// What to do about `wake`, and what the timer must do after (part of the step's output, so
+    /// that it takes no room of its own while the step runs). Events are the hot path and stay
+    /// inline; everything else is boxed, so that an idle connection's task (whose size is that of
+    /// its largest state) stays small.
+    fn step(
+        &mut self,
+        wake: Wake,
+    ) -> Either<impl Future<Output = Stepped> + Send + use<'_, 'a>, Boxed<'_>> {
+        fn keep(step: Result<(), Ended>) -> Stepped {
+            (step, Then::Keep)
+        }
+        match wake {
+            Wake::Feed(Ok(first)) => Either::Left(self.write_events(first).map(keep)),
+            Wake::Timer => boxed(async move { (self.on_timer().await, Then::Reset) }),
+            Wake::Inbound(inbound) => {
+                boxed(async move { (self.on_inbound(inbound).await, Then::Sooner) })
+            }
+            Wake::Feed(Err(FeedError::Lagged(n))) => {
+                boxed(async move { (Err(self.too_slow(n).await), Then::Keep) })
+            }
+            Wake::Shutdown if self.ops.drain.overlap_now().is_some() => {
+                // Draining: wait for this connection's moment (handled by the timer).
+                self.drain_slot = Some(self.ops.drain.next_slot());
+                boxed(std::future::ready((Ok(()), Then::Reset)))
+            }
+            Wake::Shutdown | Wake::Feed(Err(FeedError::Closed)) => {
+                boxed(
+                    async move { (Err(self.close(Disconnect::ServerShutdown).await), Then::Keep) },
+                )
             }
         }
     }
@@ -481,7 +562,8 @@ impl Conn<'_> {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
             return Err(Disconnect::ClientClosed.into());
         }
-        if !self.bucket.take(self.last_seen) {
+        let (rate, burst) = (self.settings.messages_per_second, self.settings.message_burst);
+        if !self.bucket.take(rate, burst, self.last_seen) {
             return Err(self.close(Disconnect::RateLimited).await);
         }
         match message {
@@ -564,7 +646,7 @@ impl Conn<'_> {
                 return Err(ended);
             }
         };
-        if auth::user_claim(&claims) != self.client.user_claim {
+        if !self.client.same_claim(&claims) {
             return Err(self.close(Disconnect::RefreshOtherUser).await);
         }
         if self.client.expires_at.is_some() && claims.get("exp").is_none() {
@@ -575,11 +657,45 @@ impl Conn<'_> {
         self.send(Message::text(frame::refreshed(claims.get("exp")))).await
     }
 
-    /// Writes `first` and whatever else is waiting, in one flush.
-    async fn write_events(&mut self, first: Frame) -> Result<(), Ended> {
+    /// Writes `first` and whatever else is waiting, in one flush. A plain fn around a small
+    /// `async` block: this runs inline in every connection's task, and an `async fn` would keep
+    /// its argument (the frame) there beside the write's state.
+    fn write_events(
+        &mut self,
+        first: Frame,
+    ) -> impl Future<Output = Result<(), Ended>> + use<'_, 'a> {
+        let mut batch = self.start_batch(first);
+        async move {
+            // Borrowed in place, not moved into a local (which would take room again).
+            let Some((write, entered)) = &mut batch else { return Ok(()) };
+            // The closure captures the connection once (not each field it passes on): it is part
+            // of every connection's task.
+            let written = std::future::poll_fn(|cx| {
+                let conn = &mut *self;
+                write.poll(&mut conn.ws, &mut conn.feed, conn.hub, conn.settings, cx)
+            })
+            .await;
+            match written {
+                Written::Done => {
+                    let (frames, bytes) = self.feed.take_counts();
+                    self.ops.metrics.batch_sent(frames.into(), bytes.into(), *entered);
+                    self.hub.consumed();
+                    Ok(())
+                }
+                Written::Lagged(n) => Err(Box::pin(self.too_slow(n)).await),
+                Written::Stalled => Err(Box::pin(self.too_slow(0)).await),
+                Written::Stuck => Err(Disconnect::Stuck.into()),
+                Written::Failed(e) => Err(Ended::socket(e)),
+            }
+        }
+    }
+
+    /// The batch `first` starts, and when `first` entered the server; `None` when it was
+    /// already replayed.
+    fn start_batch(&mut self, first: Frame) -> Option<(Write, u32)> {
         if self.skip_through.is_some() {
             match (first.offset, self.skip_through) {
-                (Some(offset), Some(skip)) if offset <= skip => return Ok(()),
+                (Some(offset), Some(skip)) if offset <= skip => return None,
                 (Some(_), _) => self.skip_through = None,
                 _ => {}
             }
@@ -587,20 +703,8 @@ impl Conn<'_> {
         if self.first_sent.is_none() {
             self.first_sent = first.offset;
         }
-        let entered = first.entered;
         self.feed.count(&first);
-        match write(&mut self.ws, first.bytes, &mut self.feed, self.hub, self.settings).await {
-            Written::Done => {
-                let (frames, bytes) = self.feed.take_counts();
-                self.ops.metrics.batch_sent(frames.into(), bytes.into(), entered);
-                self.hub.consumed();
-                Ok(())
-            }
-            Written::Lagged(n) => Err(Box::pin(self.too_slow(n)).await),
-            Written::Stalled => Err(Box::pin(self.too_slow(0)).await),
-            Written::Stuck => Err(Disconnect::Stuck.into()),
-            Written::Failed(e) => Err(Ended::socket(e)),
-        }
+        Some((Write::new(first.bytes, &self.feed), first.entered))
     }
 
     /// Writes frames handed over at a filter change (already in order).
@@ -675,6 +779,42 @@ impl Conn<'_> {
 }
 
 #[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(json: &str) -> Claims {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn client(json: &str) -> Client {
+        let claims = claims(json);
+        let user = auth::user_id(&claims).map(Arc::from);
+        let opening = Opening { parcels: false, since: None, inbox: Vec::new() };
+        Client::from_claims(&claims, user, Duration::ZERO, opening, None)
+    }
+
+    /// The compact form of the user claim compares as the claim itself did (name and JSON value).
+    #[test]
+    fn a_refresh_must_name_the_user_with_the_same_claim() {
+        let same = |a: &str, b: &str| client(a).same_claim(&claims(b));
+        assert!(same(r#"{"sub":"u1"}"#, r#"{"sub":"u1","exp":1}"#));
+        assert!(same(r#"{"sub":7}"#, r#"{"sub":7}"#));
+        assert!(same(r#"{"sub":-7}"#, r#"{"sub":-7}"#));
+        assert!(same(r#"{"sub":1.5}"#, r#"{"sub":1.5}"#));
+        assert!(same(r#"{"sub":1e300}"#, r#"{"sub":1e300}"#));
+        assert!(same(r#"{"userId":"u1"}"#, r#"{"userId":"u1"}"#));
+        assert!(same(r#"{"role":"x"}"#, r#"{"other":"y"}"#));
+        assert!(!same(r#"{"sub":"1"}"#, r#"{"sub":1}"#));
+        assert!(!same(r#"{"sub":1}"#, r#"{"sub":"1"}"#));
+        assert!(!same(r#"{"sub":1}"#, r#"{"sub":1.0}"#));
+        assert!(!same(r#"{"sub":"u1"}"#, r#"{"sub":"u2"}"#));
+        assert!(!same(r#"{"sub":"u1"}"#, r#"{"userId":"u1"}"#));
+        assert!(!same(r#"{"sub":"u1"}"#, r#"{}"#));
+        assert!(!same(r#"{}"#, r#"{"sub":"u1"}"#));
+    }
+}
+
+#[cfg(test)]
 mod size_probe {
     use super::*;
 
@@ -704,15 +844,8 @@ mod size_probe {
             messages_per_second: 10.0,
             message_burst: 10.0,
         };
-        let client = Client {
-            user: None,
-            user_claim: None,
-            expires_at: None,
-            parcels: None,
-            since: None,
-            start: None,
-            inbox: None,
-        };
+        let client =
+            Client { user: None, user_claim: None, expires_at: None, start: None, opening: None };
         let ops = Context::default();
         let mut conn = Conn {
             ws,
@@ -723,7 +856,7 @@ mod size_probe {
             client,
             last_seen: Instant::now(),
             ping_sent: None,
-            bucket: TokenBucket::new(1.0, 1.0),
+            bucket: TokenBucket::new(1.0),
             budget: ByteBudget::new(),
             skip_through: None,
             first_sent: None,

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{Sink, StreamExt};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -29,53 +29,53 @@ pub(super) enum Written {
     Failed(WsError),
 }
 
-/// Writes `first` and whatever else is waiting. The common case (the socket takes it at once)
-/// costs no timer; a blocked write is watched every [`STALL_CHECK`] (its timer allocated only
-/// then). The batch is polled by hand, not an `async` block: this state lives in every
-/// connection's task, idle or not, so it is kept to a few words (see `Batch`).
-pub(super) async fn write(
-    ws: &mut Ws,
-    first: Utf8Bytes,
-    feed: &mut Feed,
-    hub: &Hub,
-    settings: &Settings,
-) -> Written {
-    let reads_ring = feed.reads_ring();
-    let mut batch = Batch { next: Some(first), fed: 0, flushing: false };
-    let once = std::future::poll_fn(|cx| Poll::Ready(batch.poll(ws, feed, cx))).await;
-    let result = match once {
-        Poll::Ready(result) => result,
-        Poll::Pending => {
-            let started = Instant::now();
-            let mut check = Box::pin(tokio::time::sleep(STALL_CHECK));
-            let watched = std::future::poll_fn(|cx| {
-                if let Poll::Ready(result) = batch.poll(ws, feed, cx) {
-                    return Poll::Ready(Ok(result));
-                }
-                while check.as_mut().poll(cx).is_ready() {
-                    let blocked = started.elapsed();
-                    if blocked >= settings.send_timeout {
-                        return Poll::Ready(Err(Written::Stuck));
-                    }
-                    let held = hub.is_waiting() || hub.is_overrun();
-                    if reads_ring && blocked >= settings.stall_timeout && held {
-                        return Poll::Ready(Err(Written::Stalled));
-                    }
-                    check.as_mut().reset(Instant::now() + STALL_CHECK);
-                }
-                Poll::Pending
-            })
-            .await;
-            match watched {
-                Ok(result) => result,
-                Err(written) => return written,
-            }
+/// Writes `first` and whatever else is waiting, polled by hand through [`Write::poll`]. The
+/// common case (the socket takes it at once) costs no timer; a blocked write is watched every
+/// [`STALL_CHECK`] (its timer allocated only then). Not an `async fn`: this state lives in every
+/// connection's task, idle or not, and an `async fn` would also keep its arguments there.
+pub(super) struct Write {
+    batch: Batch,
+    reads_ring: bool,
+    /// Once the write blocked: when, and the timer that checks on it.
+    watch: Option<(Instant, Pin<Box<Sleep>>)>,
+}
+
+impl Write {
+    pub(super) fn new(first: Utf8Bytes, feed: &Feed) -> Self {
+        let batch = Batch { next: Some(first), fed: 0, flushing: false };
+        Write { batch, reads_ring: feed.reads_ring(), watch: None }
+    }
+
+    pub(super) fn poll(
+        &mut self,
+        ws: &mut Ws,
+        feed: &mut Feed,
+        hub: &Hub,
+        settings: &Settings,
+        cx: &mut Context<'_>,
+    ) -> Poll<Written> {
+        if let Poll::Ready(result) = self.batch.poll(ws, feed, cx) {
+            return Poll::Ready(match result {
+                Ok(None) => Written::Done,
+                Ok(Some(n)) => Written::Lagged(n),
+                Err(e) => Written::Failed(e),
+            });
         }
-    };
-    match result {
-        Ok(None) => Written::Done,
-        Ok(Some(n)) => Written::Lagged(n),
-        Err(e) => Written::Failed(e),
+        let (started, check) = self
+            .watch
+            .get_or_insert_with(|| (Instant::now(), Box::pin(tokio::time::sleep(STALL_CHECK))));
+        while check.as_mut().poll(cx).is_ready() {
+            let blocked = started.elapsed();
+            if blocked >= settings.send_timeout {
+                return Poll::Ready(Written::Stuck);
+            }
+            let held = hub.is_waiting() || hub.is_overrun();
+            if self.reads_ring && blocked >= settings.stall_timeout && held {
+                return Poll::Ready(Written::Stalled);
+            }
+            check.as_mut().reset(Instant::now() + STALL_CHECK);
+        }
+        Poll::Pending
     }
 }
 
