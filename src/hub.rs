@@ -166,6 +166,11 @@ pub trait Directory: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<Vec<usize>>> + Send + '_>>;
 }
 
+/// How many stall bounds a dispatch waits for the slowest reader while other connections keep
+/// writing (the machine is saturated, not the reader gone). A client that reads nothing is
+/// still given up on after one stall bound when nobody else is writing.
+const SATURATED_WAITS: u32 = 4;
+
 pub struct Hub {
     frames: broadcast::Sender<Frame>,
     high_water: usize,
@@ -333,24 +338,45 @@ impl Hub {
         index.users.iter().map(|(u, conns)| (u.clone(), conns.len())).collect()
     }
 
+    /// Waits, before an event enters the ring, while the slowest reader is too far behind: at
+    /// most the stall bound per dispatch, or [`SATURATED_WAITS`] of them while other connections
+    /// keep finishing writes.
+    ///
+    /// Two levels. Past the high-water mark (half the ring) the dispatch waits for the slowest
+    /// reader; after a whole stall bound without it moving, publishers give up on it (overrun)
+    /// and its connection, blocked that long, cuts it (`connection::write`), which frees the
+    /// ring. Meanwhile dispatches still wait at the ring's capacity, where the next event would
+    /// overwrite what that reader has not read: sending freely at once would push every reader
+    /// that is merely behind (on a saturated machine, all of them) past the capacity too, and
+    /// cut the whole fleet for one stalled reader. Only a second stall bound without progress
+    /// overwrites.
     async fn wait_for_room(&self) {
-        if self.frames.len() < self.high_water {
+        let len = self.frames.len();
+        if len < self.high_water {
             self.overrun.store(false, Ordering::Relaxed);
             return;
         }
-        if self.overrun.load(Ordering::Relaxed) {
+        let overrun = self.overrun.load(Ordering::Relaxed);
+        let limit = if overrun { self.capacity() } else { self.high_water };
+        if len < limit {
             return;
         }
         self.waiting.store(true, Ordering::SeqCst);
         let started = std::time::Instant::now();
-        let max_wait = Duration::from_millis(self.max_wait_ms.load(Ordering::Relaxed));
-        while self.frames.len() >= self.high_water {
-            if started.elapsed() >= max_wait {
+        let stall = Duration::from_millis(self.max_wait_ms.load(Ordering::Relaxed));
+        // Other connections finishing writes meanwhile: the readers are busy, not gone (a burst
+        // on a saturated machine, where the slowest socket may take longer than the stall bound
+        // to drain): the wait then extends to SATURATED_WAITS stall bounds.
+        let mut busy = false;
+        while self.frames.len() >= limit {
+            let bound = if busy { stall * SATURATED_WAITS } else { stall };
+            if started.elapsed() >= bound {
                 self.overrun.store(true, Ordering::Relaxed);
                 break;
             }
             // A progress signal, or a periodic re-check in case a connection was dropped.
-            let _ = tokio::time::timeout(Duration::from_millis(1), self.progress.notified()).await;
+            let progress = self.progress.notified();
+            busy |= tokio::time::timeout(Duration::from_millis(10), progress).await.is_ok();
         }
         self.metrics.paced(started.elapsed());
         self.waiting.store(false, Ordering::SeqCst);

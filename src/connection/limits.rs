@@ -60,6 +60,9 @@ pub(crate) struct Metered<S> {
     tripped: Option<Tripped>,
     /// After that failure, bytes pass unscanned (the close handshake drains them).
     reported: bool,
+    /// Writes the socket accepted (wrapping): a blocked batch whose count still moves belongs to
+    /// a client that reads, however slowly (see `connection::write`).
+    writes: u32,
 }
 
 impl<S> Metered<S> {
@@ -76,7 +79,13 @@ impl<S> Metered<S> {
             fragments: 0,
             tripped: None,
             reported: false,
+            writes: 0,
         }
+    }
+
+    /// Writes the socket has accepted so far (wrapping).
+    pub(crate) fn writes(&self) -> u32 {
+        self.writes
     }
 
     /// Scans `bytes` (the next bytes from the client) frame by frame.
@@ -183,7 +192,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.writes = self.writes.wrapping_add(1);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -199,7 +212,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.writes = self.writes.wrapping_add(1);
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

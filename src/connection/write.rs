@@ -36,8 +36,9 @@ pub(super) enum Written {
 pub(super) struct Write {
     batch: Batch,
     reads_ring: bool,
-    /// Once the write blocked: when, and the timer that checks on it.
-    watch: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// Once the write blocked: when, the timer that checks on it, and when the socket last
+    /// accepted bytes (with its write count then).
+    watch: Option<Box<Watch>>,
 }
 
 impl Write {
@@ -61,22 +62,50 @@ impl Write {
                 Err(e) => Written::Failed(e),
             });
         }
-        let (started, check) = self
-            .watch
-            .get_or_insert_with(|| (Instant::now(), Box::pin(tokio::time::sleep(STALL_CHECK))));
-        while check.as_mut().poll(cx).is_ready() {
-            let blocked = started.elapsed();
-            if blocked >= settings.send_timeout {
+        let watch = self.watch.get_or_insert_with(|| {
+            let now = Instant::now();
+            let writes = ws.get_ref().writes();
+            Box::new(Watch {
+                started: now,
+                check: Box::pin(tokio::time::sleep(STALL_CHECK)),
+                moved: now,
+                writes,
+            })
+        });
+        while watch.check.as_mut().poll(cx).is_ready() {
+            if watch.started.elapsed() >= settings.send_timeout {
                 return Poll::Ready(Written::Stuck);
             }
-            let held = hub.is_waiting() || hub.is_overrun();
+            // Stalled means accepting nothing: a client on a saturated machine, reading slowly,
+            // still moves (the ring paces the publishers to it, and overruns it only after a
+            // second stall bound: see `Hub::wait_for_room`).
+            let writes = ws.get_ref().writes();
+            if writes != watch.writes {
+                (watch.moved, watch.writes) = (Instant::now(), writes);
+            }
+            let blocked = watch.moved.elapsed();
+            // Cut only once the publishers gave up on the ring's slowest reader (a dispatch
+            // waited the whole stall bound without it moving). A socket merely blocked while the
+            // ring paces the publishers (every reader behind: a burst on a saturated machine)
+            // is no stalled reader: cutting it would cut the whole fleet.
+            let held = hub.is_overrun();
             if self.reads_ring && blocked >= settings.stall_timeout && held {
                 return Poll::Ready(Written::Stalled);
             }
-            check.as_mut().reset(Instant::now() + STALL_CHECK);
+            let next = Instant::now() + STALL_CHECK;
+            watch.check.as_mut().reset(next);
         }
         Poll::Pending
     }
+}
+
+/// A blocked write's watch (allocated only once a write blocks).
+struct Watch {
+    started: Instant,
+    check: Pin<Box<Sleep>>,
+    /// When the socket last accepted bytes of this write, and its write count then.
+    moved: Instant,
+    writes: u32,
 }
 
 /// One batch in progress: feeds the first frame and whatever else is already waiting (up to
