@@ -1032,6 +1032,72 @@ mod tests {
         assert!(opened > 10, "only {opened} feeds opened while events flowed");
     }
 
+    /// The ring's two levels (see `Hub::wait_for_room`): a reader that reads nothing is given up
+    /// on at the high-water mark, yet nothing it has not read is overwritten while the ring is
+    /// full and it moves again within a second stall bound. Only outcomes are asserted.
+    #[tokio::test]
+    async fn giving_up_on_a_reader_overwrites_nothing_it_catches_up_on() {
+        let hub = Arc::new(Hub::new(16)); // high water 8, capacity 16
+        hub.bound_wait(Duration::from_millis(20));
+        let mut late = hub.feed();
+        for i in 0..16 {
+            publish(&hub, &format!("p{i}")).await; // the 9th waits one bound, then goes on
+        }
+        assert!(hub.is_overrun(), "given up on the reader at the high-water mark");
+        assert_eq!(late.pending(), 16, "yet everything it has not read is still there");
+        // The ring is full: the next event waits (a second bound) instead of overwriting.
+        let next = tokio::spawn({
+            let hub = hub.clone();
+            async move { publish(&hub, "p16").await }
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let first = late.try_recv().unwrap().and_then(|f| parcel_id_of(&f.bytes));
+        assert_eq!(first.as_deref(), Some("p0"));
+        hub.consumed();
+        next.await.unwrap();
+        let rest = drain(&mut late);
+        assert_eq!(rest, (1..17).map(|i| format!("p{i}")).collect::<Vec<_>>(), "nothing lost");
+    }
+
+    /// While other connections keep finishing writes, the wait for the slowest reader extends
+    /// past one stall bound: a reader that pauses for longer (but less than four) is paced to,
+    /// not given up on. Without the others' writes it is given up on.
+    #[tokio::test]
+    async fn a_paused_reader_among_busy_ones_is_waited_for() {
+        for busy in [true, false] {
+            let hub = Arc::new(Hub::new(16));
+            hub.bound_wait(Duration::from_millis(100));
+            let mut paused = hub.feed();
+            let others = tokio::spawn({
+                let hub = hub.clone();
+                async move {
+                    for _ in 0..80 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        if busy {
+                            hub.consumed();
+                        }
+                    }
+                }
+            });
+            let reader = tokio::spawn(async move {
+                // One and a half bounds: well within the four a busy fleet gets.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let mut got = drain(&mut paused).len();
+                while got < 12 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    got += drain(&mut paused).len();
+                }
+                got
+            });
+            for i in 0..12 {
+                publish(&hub, &format!("p{i}")).await;
+            }
+            assert_eq!(hub.is_overrun(), !busy, "busy: {busy}");
+            others.await.unwrap();
+            assert_eq!(reader.await.unwrap(), 12);
+        }
+    }
+
     #[tokio::test]
     async fn a_new_feed_waits_for_the_publishes_taken_before_it() {
         let hub = Arc::new(Hub::new(16));
