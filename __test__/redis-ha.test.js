@@ -288,7 +288,10 @@ describe('Sentinel: 1 master, 1 replica, 3 sentinels', { skip }, () => {
       const masterNow = new RegExp(`realtime_redis_master_info\\{address="127\\.0\\.0\\.1:${set.currentMaster().port}"\\} 1`);
       for (const s of servers) {
         await h.waitUntil(async () => masterNow.test((await h.httpGet(s.port, '/metrics')).raw), '/metrics names the new master', 15_000, 200);
-        assert.match((await h.httpGet(s.port, '/metrics')).raw, /realtime_redis_failovers_total 1\n/);
+        // At least one change seen: with the old master SIGKILLed and restarted at once, a bus
+        // may see more than one while the sentinels settle (seen once in ~10 runs: 2).
+        const failovers = Number(/realtime_redis_failovers_total (\d+)\n/.exec((await h.httpGet(s.port, '/metrics')).raw)?.[1]);
+        assert.ok(failovers >= 1, `failovers seen: ${failovers}`);
       }
       for (const c of mine) await c.close();
     });
