@@ -296,8 +296,8 @@ enum Wake {
 impl<'a> Conn<'a> {
     /// The welcome frame (with the current offset), then the acknowledgement of `?parcels=`,
     /// then the replay of `?since=`, or else the user's inbox.
+    /// What follows the welcome (which the server wrote with the 101: see `server::handshake`).
     async fn start(&mut self) -> Result<(), Ended> {
-        self.send(Message::text(frame::welcome(self.client.start))).await?;
         let Some(opening) = self.client.opening.take() else { return Ok(()) };
         let Opening { parcels, since, inbox } = *opening;
         if parcels {
