@@ -51,7 +51,8 @@ struct Index {
     /// Parcel id → the filtered feeds that follow it.
     parcels: HashMap<Arc<str>, Vec<Target>>,
     /// User id → the queues of that user's connections, for events addressed to the user.
-    users: HashMap<Arc<str>, Vec<(u64, Arc<Direct>)>>,
+    /// (One connection per user inline: that is nearly every user, and a `Vec` would allocate.)
+    users: HashMap<Arc<str>, smallvec::SmallVec<[(u64, Arc<Direct>); 1]>>,
 }
 
 struct Target {
@@ -64,7 +65,9 @@ struct Target {
 /// Bounded like a filtered feed's queue: overflowing it marks the connection lost (1013).
 struct Direct {
     user: Arc<str>,
-    queue: Mutex<DirectQueue>,
+    /// Allocated on the first addressed event (every connection of a user holds a `Direct`;
+    /// most never receive one).
+    queue: Mutex<Option<Box<DirectQueue>>>,
     /// The queue's length, readable without the lock: the hot path (a broadcast reaching a
     /// connection whose user has nothing waiting) costs one atomic load, not a lock. (32 bits:
     /// the queue is bounded, and every connection of a user holds a `Direct`.)
@@ -86,27 +89,29 @@ struct DirectQueue {
 }
 
 impl Direct {
-    fn lock(&self) -> std::sync::MutexGuard<'_, DirectQueue> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Box<DirectQueue>>> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn push(&self, frame: Frame) {
-        let mut queue = self.lock();
-        if let (Some(offset), Some(last)) = (frame.offset, queue.inboxed.last()) {
-            if offset > *last {
-                queue.inboxed = Box::default();
-            } else if queue.inboxed.binary_search(&offset).is_ok() {
+        {
+            let mut guard = self.lock();
+            let queue = guard.get_or_insert_with(Box::default);
+            if let (Some(offset), Some(last)) = (frame.offset, queue.inboxed.last()) {
+                if offset > *last {
+                    queue.inboxed = Box::default();
+                } else if queue.inboxed.binary_search(&offset).is_ok() {
+                    return;
+                }
+            }
+            if queue.frames.len() >= FILTERED_QUEUE {
+                self.lost.store(true, Ordering::Relaxed);
                 return;
             }
+            queue.frames.push_back(frame);
+            // Release: a reader that sees the count also sees every frame dispatched before.
+            self.waiting.fetch_add(1, Ordering::Release);
         }
-        if queue.frames.len() >= FILTERED_QUEUE {
-            self.lost.store(true, Ordering::Relaxed);
-            return;
-        }
-        queue.frames.push_back(frame);
-        // Release: a reader that sees the count also sees every frame dispatched before.
-        self.waiting.fetch_add(1, Ordering::Release);
-        drop(queue);
         self.waker.wake();
     }
 
@@ -115,7 +120,7 @@ impl Direct {
         if self.is_empty() {
             return None;
         }
-        self.lock().frames.front().map(|f| f.before(seq))
+        self.lock().as_ref()?.frames.front().map(|f| f.before(seq))
     }
 
     fn is_empty(&self) -> bool {
@@ -124,7 +129,7 @@ impl Direct {
 
     fn pop(&self) -> Option<Frame> {
         let mut queue = self.lock();
-        let frame = queue.frames.pop_front();
+        let frame = queue.as_mut()?.frames.pop_front();
         if frame.is_some() {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
@@ -139,6 +144,7 @@ impl Direct {
     /// they arrive later.
     fn skip(&self, offsets: &[Offset]) {
         let mut queue = self.lock();
+        let queue = queue.get_or_insert_with(Box::default);
         let mut inboxed = offsets.to_vec();
         inboxed.sort_unstable();
         queue.frames.retain(|f| f.offset.is_none_or(|o| inboxed.binary_search(&o).is_err()));
@@ -323,13 +329,13 @@ impl Hub {
     /// How many connections each of `users` has open in this process now.
     pub fn presence(&self, users: &[String]) -> Vec<usize> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-        users.iter().map(|u| index.users.get(u.as_str()).map_or(0, Vec::len)).collect()
+        users.iter().map(|u| index.users.get(u.as_str()).map_or(0, |c| c.len())).collect()
     }
 
     /// Like [`Hub::presence`], for user ids the hub handed out.
     pub(crate) fn count_of(&self, users: &[Arc<str>]) -> Vec<usize> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-        users.iter().map(|u| index.users.get(u).map_or(0, Vec::len)).collect()
+        users.iter().map(|u| index.users.get(u).map_or(0, |c| c.len())).collect()
     }
 
     /// Every user with a connection in this process, with their count.
@@ -508,7 +514,7 @@ impl Hub {
                 };
                 let direct = Arc::new(Direct {
                     user: user.clone(),
-                    queue: Mutex::default(),
+                    queue: Mutex::new(None),
                     waiting: AtomicU32::new(0),
                     waker: AtomicWaker::new(),
                     lost: AtomicBool::new(false),
