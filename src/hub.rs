@@ -51,8 +51,7 @@ struct Index {
     /// Parcel id → the filtered feeds that follow it.
     parcels: HashMap<Arc<str>, Vec<Target>>,
     /// User id → the queues of that user's connections, for events addressed to the user.
-    /// (One connection per user inline: that is nearly every user, and a `Vec` would allocate.)
-    users: HashMap<Arc<str>, smallvec::SmallVec<[(u64, Arc<Direct>); 1]>>,
+    users: HashMap<Arc<str>, UserConns>,
 }
 
 struct Target {
@@ -60,6 +59,10 @@ struct Target {
     tx: mpsc::Sender<Frame>,
     lost: Arc<AtomicBool>,
 }
+
+/// A user's connections here, by connection number. One inline: that is nearly every user, and
+/// a `Vec` would allocate for it.
+type UserConns = smallvec::SmallVec<[(u64, Arc<Direct>); 1]>;
 
 /// The queue of events addressed to one connection's user, beside its ring or filtered feed.
 /// Bounded like a filtered feed's queue: overflowing it marks the connection lost (1013).
