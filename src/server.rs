@@ -18,6 +18,8 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -537,11 +539,13 @@ async fn handshake(
     // allocates its own on the first frame it writes and keeps it). A fresh socket's send buffer
     // takes these few hundred bytes at once. (Dropping the feed on failure undoes the join.)
     let welcome = frame::welcome(start);
-    push_text_frame(&mut accept, &welcome);
+    let welcome_len = welcome.len();
+    // tungstenite's own frame encoder (unmasked: the server's role); writing to a `Vec` cannot fail.
+    let _ = WsFrame::message(welcome, OpCode::Data(Data::Text), true).format(&mut accept);
     if stream.write_all(&accept).await.is_err() {
         return None;
     }
-    shared.ops.metrics.control_sent(crate::metrics::ws_frame_len(welcome.len()));
+    shared.ops.metrics.control_sent(crate::metrics::ws_frame_len(welcome_len));
     let settings = &shared.settings;
     let (rate, burst) = (settings.messages_per_second * 4.0, settings.message_burst * 4.0);
     let metered = Metered::new(stream, rate, burst);
@@ -565,23 +569,6 @@ async fn handshake(
         _slots: (slot, ip_slot),
         guard: ClientGuard(Some(shared.clone())),
     })
-}
-
-/// Appends an unmasked server-to-client text frame carrying `text` (RFC 6455 section 5.2).
-fn push_text_frame(out: &mut Vec<u8>, text: &str) {
-    out.push(0x81); // FIN, text
-    match text.len() {
-        n @ 0..=125 => out.push(n as u8),
-        n @ 126..=65_535 => {
-            out.push(126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(text.as_bytes());
 }
 
 /// Answers a refused upgrade (counted, logged, and answered as plain HTTP).
